@@ -1,0 +1,23 @@
+"""Content-based image search: ResNet50 (or VGG16) features in a FAISS index.
+
+The CLI in `cli.py` is a thin layer over these functions; use them directly from Python the same way.
+"""
+
+from .config import Settings, load_settings
+from .embedders import Embedder, KerasEmbedder
+from .ingest import IngestReport, ingest
+from .search import Hit, QueryResult, query
+from .store import Store
+
+__all__ = [
+    "Embedder",
+    "Hit",
+    "IngestReport",
+    "KerasEmbedder",
+    "QueryResult",
+    "Settings",
+    "Store",
+    "ingest",
+    "load_settings",
+    "query",
+]

@@ -1,0 +1,184 @@
+"""The `retrieval` command: parse arguments, call one library function, print its result.
+
+Library errors become exit codes here and nowhere else (see errors.py): 0 ok, 1 error, 2 usage,
+3 index missing/corrupt/mismatched, 4 nothing to index or no results, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from . import collage as collage_
+from . import search, store
+from .config import METRICS, MODELS, Settings, load_settings
+from .errors import RetrievalError
+from .files import printable
+from .ingest import ERROR_REPORT, ProgressCallback
+from .ingest import ingest as run_ingest
+
+app = typer.Typer(
+    help="Content-based image search: index a folder of images, then find the ones most like a query image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="Settings file (default: ./config.yaml when present).", exists=True, dir_okay=False),
+]
+IndexOption = Annotated[Optional[Path], typer.Option("--index", help="Index folder (config: index).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Turn the library's exceptions into a one-line message on stderr and the exception's exit code."""
+    try:
+        yield
+    except RetrievalError as e:
+        err.print(Text("error: ", style="bold red") + Text(printable(str(e))))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; the index on disk is unchanged")
+        raise typer.Exit(130) from None
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    with _reported():
+        return load_settings(config, **overrides)
+
+
+@app.command()
+def ingest(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", exists=True, file_okay=False)],
+    index: IndexOption = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Backbone: {' | '.join(MODELS)} (config: model).")] = None,
+    weights: Annotated[
+        Optional[str], typer.Option(help="imagenet | none (seeded random) | path to a weights file (config: weights).")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass (config: batch_size).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help=f"{' | '.join(METRICS)} (config: metric).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for random weights (config: seed).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Embed every image under FOLDER and save the index (replacing the previous one only on success)."""
+    settings = _settings(
+        config, index=index, model=model, weights=weights, batch_size=batch_size, metric=metric, seed=seed
+    )
+    with _reported(), _progress(quiet) as progress:
+        report = run_ingest(folder, settings, progress=progress)
+    typer.echo(
+        f"Indexed {report.indexed} images in {report.seconds:.1f} s ({report.rate:.1f} img/s) "
+        f"into {printable(report.index)}"
+    )
+    if report.skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in report.skipped_by_reason().items())
+        typer.echo(f"Skipped {len(report.skipped)}: {reasons}. Details: {printable(report.index / ERROR_REPORT)}")
+
+
+@app.command()
+def query(
+    image: Annotated[Path, typer.Argument(help="The query image.", exists=True, dir_okay=False)],
+    k: Annotated[Optional[int], typer.Option("-k", "--top-k", min=1, help="How many results (config: top_k).")] = None,
+    index: IndexOption = None,
+    collage: Annotated[
+        Optional[Path], typer.Option(help="Also draw the query and its hits with their scores to this .png/.jpg.")
+    ] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Print the indexed images most similar to IMAGE, best first."""
+    settings = _settings(config, index=index)
+    with _reported():
+        result = search.query(image, settings, k=k)
+        if collage is not None:
+            collage_.render(result, collage, settings.max_pixels)
+    if as_json:
+        _echo_json(_result_json(result, collage))
+        return
+    label = "similarity" if result.metric == "cosine" else "distance"
+    typer.echo(f"rank  {label:>10}  path")
+    for h in result.hits:
+        typer.echo(f"{h.rank:>4}  {h.score:>10.4f}  {printable(result.absolute(h))}")
+    if collage is not None:
+        typer.echo(f"collage: {printable(collage)}")
+
+
+@app.command()
+def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Describe the index: size, model, weights, metric, when it was built."""
+    settings = _settings(config, index=index)
+    with _reported():
+        meta = store.live_meta(settings.index)
+        size = store.disk_size(settings.index)
+    embedding = meta["embedding"]
+    facts = {
+        "index": str(settings.index),
+        "count": meta["count"],
+        "model": embedding.get("model"),
+        "weights": embedding.get("weights"),
+        "dim": meta["dim"],
+        "metric": meta["metric"],
+        "bytes_on_disk": size,
+        "created": meta.get("created"),
+        "root": meta["root"],
+        "format_version": meta["format_version"],
+    }
+    if as_json:
+        _echo_json(facts)
+        return
+    facts["weights"] = " ".join(f"{k}={v}" for k, v in embedding.get("weights", {}).items())
+    facts["bytes_on_disk"] = f"{size / 2**20:.1f} MiB"
+    for key, value in facts.items():
+        typer.echo(f"{key:<15} {printable(str(value))}")
+
+
+def _echo_json(value: Any) -> None:
+    """JSON on stdout; ASCII-escaped so that file names that are not UTF-8 survive any locale."""
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=True))
+
+
+def _result_json(result: search.QueryResult, collage: Path | None) -> dict[str, Any]:
+    return {
+        "query": str(result.query),
+        "metric": result.metric,
+        "embedded": result.embedded,
+        "results": [
+            {"rank": h.rank, "score": h.score, "path": str(result.absolute(h)), "relative_path": h.path}
+            for h in result.hits
+        ],
+        "collage": str(collage) if collage else None,
+    }
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[ProgressCallback]:
+    """A bar with images done, img/s and time left, on stderr so that stdout stays parseable."""
+    bar = Progress(
+        TextColumn("embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    )
+    task = bar.add_task("ingest", total=None, rate="")
+
+    def update(done: int, total: int) -> None:
+        speed = bar.tasks[0].speed
+        bar.update(task, completed=done, total=total, rate=f"{speed:.1f} img/s" if speed else "")
+
+    with bar:
+        yield update

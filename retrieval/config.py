@@ -1,0 +1,111 @@
+"""Settings, resolved once per command: built-in defaults, then config.yaml, then command-line flags.
+
+Relative paths in a config file are taken relative to that file's folder, so a config works the same
+from whichever directory the command is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path("config.yaml")
+MODELS = ("resnet50", "vgg16")
+METRICS = ("cosine", "l2")
+# Pillow's own default: a 10000 x 10000 image is over it and so treated as a decompression bomb.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of `retrieval`; config.yaml documents each one."""
+
+    index: Path = Path("index")
+    model: str = "resnet50"
+    weights: str = "imagenet"
+    seed: int = 0
+    batch_size: int = 32
+    metric: str = "cosine"
+    top_k: int = 5
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
+        for name in ("batch_size", "top_k", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_PATH_KEYS = ("index",)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Resolve settings: defaults, then `config` (or ./config.yaml when present), then non-None overrides.
+
+    `weights` given as a relative file path in the config file is resolved against the file's folder;
+    the keywords `imagenet` and `none` are left as they are.
+    """
+    values: dict[str, Any] = {}
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    if config is not None:
+        values.update(_read_config(config))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+    return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of key: value lines")
+    base = path.parent
+    for key in _PATH_KEYS:
+        if isinstance(raw.get(key), str):
+            raw[key] = base / raw[key]
+    weights = raw.get("weights")
+    if isinstance(weights, str) and weights not in ("imagenet", "none"):
+        raw["weights"] = str(base / weights)
+    if weights is None and "weights" in raw:
+        raw["weights"] = "none"  # YAML reads a bare `none`/`null`/`~` as None
+    return raw
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a value against the field's type; YAML and flags give str/int/bool, so this stays small."""
+    kind = _FIELDS[key].type
+    if kind == "Path":
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key} must be a path, not {value!r}")
+        return Path(value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be a whole number, not {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, not {value!r}")
+    return value
+
+
+def as_dict(settings: Settings) -> Mapping[str, Any]:
+    """The settings as plain values, for `--json` output and logs."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}

@@ -1,0 +1,121 @@
+"""Decoding any image a user's folder holds into the exact RGB array the model expects, or a clear reason why not.
+
+Every step here is part of the index's recorded preprocessing (`PREPROCESSING`): change one and bump
+its version, so that old indexes are refused instead of silently compared with differently made vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+from .files import FOREIGN_EXTENSIONS
+
+# Transparent pixels are laid on this colour, so a logo on alpha embeds the same wherever it came from.
+BACKGROUND = (255, 255, 255)
+# Decoders we let Pillow use. Others (EPS, which runs Ghostscript; PSD; ICO …) are refused by design.
+# Image.init() registers every plugin first: Image.open fails on a listed format it has not loaded yet,
+# and a build of Pillow without one of these (AVIF, say) simply does not offer it.
+Image.init()
+FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF") if f in Image.OPEN)
+
+# Pillow only warns between its pixel limit and twice it; `max_pixels` below decides instead. Set once here,
+# not per call, because `warnings.catch_warnings` is not thread-safe and decoding runs in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+PREPROCESSING: dict[str, Any] = {
+    "version": 1,
+    "orientation": "exif",
+    "frame": "first",
+    "color": "RGB; 16-bit scaled by 1/257; alpha over white",
+    "jpeg_draft": "DCT scaling to the smallest size >= input",
+    "resize": "squash to input size, bilinear with antialias",
+}
+
+
+def load_image(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Decode `path` into a (height, width, 3) uint8 array of exactly `size` (width, height).
+
+    The whole image is squashed to the model's input rather than centre-cropped, so nothing at the
+    edges is lost from the search. Raises ImageError with a short reason for anything unusable.
+    """
+    im = open_rgb(path, max_pixels, draft=size)
+    return np.asarray(im.resize(size, Image.Resampling.BILINEAR))
+
+
+def load_thumbnail(path: Path, box: int, max_pixels: int) -> Image.Image:
+    """An RGB image fitting in a `box` x `box` square, aspect kept: for drawing, not for embedding."""
+    im = open_rgb(path, max_pixels, draft=(box, box))
+    im.thumbnail((box, box), Image.Resampling.BILINEAR)
+    return im
+
+
+def open_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open, fully decode, orient and convert one image to RGB, translating every failure to ImageError.
+
+    `draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is at least that much larger
+    than needed, which is most of the decoding time saved on camera-sized photos.
+    """
+    try:
+        # Our own file object, closed on every path, so a failing decoder never leaks a descriptor.
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise ImageError("not an image", "empty file")
+            im = Image.open(f, formats=FORMATS)
+            if im.width * im.height > max_pixels:
+                raise ImageError(
+                    "decompression bomb",
+                    f"{im.width}x{im.height} pixels, over the limit of {max_pixels} (max_pixels)",
+                )
+            if draft is not None:
+                im.draft(None, draft)
+            im.load()  # decoding errors (truncation, bad data) surface here, not at open
+            return _to_rgb(_orient(im))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError("decompression bomb", str(e)) from e
+    except UnidentifiedImageError as e:
+        foreign = path.suffix.lower() in FOREIGN_EXTENSIONS
+        raise ImageError("unsupported format" if foreign else "not an image", "no decoder recognises it") from e
+    except PermissionError as e:
+        raise ImageError("permission denied", e.strerror or "") from e
+    except FileNotFoundError as e:
+        raise ImageError("file not found", "deleted, or a broken link") from e
+    except IsADirectoryError as e:
+        raise ImageError("not an image", "is a folder") from e
+    except OSError as e:
+        reason = "truncated" if "truncated" in str(e) else "corrupt"
+        raise ImageError(reason, str(e)) from e
+    except Exception as e:  # noqa: BLE001 - decoders raise anything (SyntaxError, ValueError, struct.error …)
+        raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
+
+
+def _orient(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block means no rotation, not a lost image."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on bad data
+        return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB, deterministically."""
+    if im.mode.startswith("I"):
+        # 16-bit (and 32-bit integer) greyscale: scale 0..65535 onto 0..255 instead of clipping at 255.
+        wide = np.asarray(im).astype(np.int64)
+        im = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")

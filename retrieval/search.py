@@ -1,0 +1,93 @@
+"""Answering a query: find the query image's vector (stored, or embedded now) and map the nearest rows to files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import Settings
+from .errors import EmptyIndex
+from .embedders import Embedder, KerasEmbedder, weights_argument
+from .images import load_image
+from .ingest import embedding_identity
+from .store import Store
+
+EmbedderFactory = Callable[[str, str, int], Embedder]  # (model, weights, seed)
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float  # cosine similarity, or Euclidean distance when the metric is l2
+    path: str  # relative to the index's root
+    row: int
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: Path
+    root: Path
+    metric: str
+    hits: list[Hit]
+    embedded: bool  # False when the query was already indexed and its stored vector was used
+
+    def absolute(self, hit: Hit) -> Path:
+        return self.root / hit.path
+
+
+def query(
+    image: Path,
+    settings: Settings,
+    *,
+    k: int | None = None,
+    make_embedder: EmbedderFactory = KerasEmbedder,
+) -> QueryResult:
+    """Top-k most similar indexed images to `image`.
+
+    An image that is in the index, unchanged since it was embedded, is looked up by its stored vector,
+    so no model (and no TensorFlow) is loaded. Any other image is embedded exactly as the index records.
+    """
+    store = Store.load(settings.index)
+    if store.count == 0:
+        raise EmptyIndex(f"the index in {settings.index} is empty: no results")  # before loading any model
+    row = indexed_row(store, image)
+    if row is not None:
+        vector = store.vector(row)
+    else:
+        embedder = embedder_for(store, make_embedder)
+        pixels = load_image(image, embedder.spec.input_size, settings.max_pixels)
+        vector = embedder.embed(pixels[np.newaxis])[0]
+    pairs = store.search(vector, k or settings.top_k)[0]
+    hits = [Hit(rank, score, store.entry(r).path, r) for rank, (r, score) in enumerate(pairs, 1)]
+    return QueryResult(image, store.root, store.metric, hits, embedded=row is None)
+
+
+def indexed_row(store: Store, image: Path) -> int | None:
+    """The row of `image` if it lies under the index's root and has not changed since it was embedded."""
+    try:
+        rel = Path(os.path.abspath(image)).relative_to(store.root).as_posix()
+    except ValueError:
+        return None
+    row = store.find(rel)
+    if row is None:
+        return None
+    entry = store.entry(row)
+    try:
+        st = image.stat()
+    except OSError:
+        return None
+    return row if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
+
+
+def embedder_for(store: Store, make_embedder: EmbedderFactory) -> Embedder:
+    """Rebuild the embedder the index was made with, and refuse if it no longer embeds the same way
+    (other weights on disk, changed preprocessing)."""
+    recorded = store.meta["embedding"]
+    weights, seed = weights_argument(recorded)
+    embedder = make_embedder(recorded["model"], weights, seed)
+    store.check_embedding(embedding_identity(embedder))
+    return embedder

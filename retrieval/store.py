@@ -1,0 +1,362 @@
+"""The index on disk: FAISS vectors, a row-aligned manifest and metadata, saved and loaded as one unit.
+
+Layout of an index folder::
+
+    CURRENT            name of the live generation, replaced atomically
+    gen-000007/
+        vectors.faiss  row i is the vector of manifest line i
+        manifest.jsonl one {"path", "size", "mtime_ns"} per line, paths relative to the ingested root
+        meta.json      format version, embedding identity, metric, count, file sizes and hashes, versions
+
+A save writes a whole new generation into a temporary folder, fsyncs it, renames it into place and only
+then switches CURRENT, so a crash at any moment leaves the previous index loadable. The previous
+generation is kept until the next save, so a reader that read CURRENT just before a switch still finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import faiss
+import numpy as np
+
+from .errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
+from .files import sha256_file
+
+FORMAT = "retrieval-index"
+FORMAT_VERSION = 1
+POINTER = "CURRENT"
+VECTORS = "vectors.faiss"
+MANIFEST = "manifest.jsonl"
+META = "meta.json"
+_GENERATION = re.compile(r"gen-(\d{6,})")
+_TEMPORARY = ".tmp-"
+T = TypeVar("T")
+_FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest row: the file a vector came from, and what it looked like when it was embedded."""
+
+    path: str  # relative to the ingested root, POSIX separators
+    size: int
+    mtime_ns: int
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalize rows: the one place vectors are normalized, for stored and query vectors alike.
+
+    Checked explicitly rather than left to faiss, whose own checks are `assert`s that `python -O` drops.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise UsageError(f"vectors must be a 2-d array (n, dim), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise UsageError("vectors contain NaN or infinity")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise UsageError("a vector is all zeros and has no direction")
+    return np.ascontiguousarray(x / norms)
+
+
+class Store:
+    """An in-memory index with its manifest and metadata; `save` and `load` move it to and from disk."""
+
+    def __init__(self, index: faiss.Index, entries: list[Entry], meta: dict[str, Any]) -> None:
+        self._index = index
+        self._entries = entries
+        self._meta = meta
+        self._rows: dict[str, int] | None = None
+
+    @classmethod
+    def create(
+        cls, *, dim: int, metric: str, embedding: dict[str, Any], root: Path, versions: dict[str, str]
+    ) -> Store:
+        """An empty store. `embedding` says how vectors are made; a later query must embed the same way."""
+        if metric not in _FAISS_METRICS:
+            raise UsageError(f"metric must be one of {', '.join(_FAISS_METRICS)}, not {metric!r}")
+        index = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dim": dim,
+            "metric": metric,
+            "root": str(root.resolve()),
+            "embedding": embedding,
+            "versions": {"faiss": faiss.__version__, "numpy": np.__version__, **versions},
+        }
+        return cls(index, [], meta)
+
+    # --- facts -----------------------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def metric(self) -> str:
+        return str(self._meta["metric"])
+
+    @property
+    def root(self) -> Path:
+        return Path(self._meta["root"])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    def entry(self, row: int) -> Entry:
+        return self._entries[row]
+
+    def find(self, path: str) -> int | None:
+        """Row of a manifest path (relative, POSIX), or None."""
+        if self._rows is None:
+            self._rows = {e.path: i for i, e in enumerate(self._entries)}
+        return self._rows.get(path)
+
+    def vector(self, row: int) -> np.ndarray:
+        """The stored (normalized) vector of `row`: a query by an indexed image needs no model."""
+        return self._index.reconstruct(row)  # (dim,)
+
+    def check_embedding(self, identity: dict[str, Any]) -> None:
+        """Refuse vectors made differently from the stored ones, naming what differs."""
+        stored = self._meta["embedding"]
+        if identity == stored:
+            return
+        keys = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        diffs = "; ".join(f"{k}: index has {stored.get(k)!r}, now {identity.get(k)!r}" for k in keys)
+        raise IndexMismatch(
+            f"the index was built with another model or preprocessing ({diffs}). "
+            "Rebuild it with `retrieval ingest`, or use the settings it was built with."
+        )
+
+    # --- vectors ---------------------------------------------------------------------------------
+
+    def add(self, vectors: np.ndarray, entries: Iterable[Entry]) -> None:
+        entries = list(entries)
+        x = normalize(vectors)
+        if x.shape != (len(entries), self.dim):
+            raise UsageError(f"got {x.shape[0]} vectors of dim {x.shape[1]} for {len(entries)} entries, dim {self.dim}")
+        self._index.add(x)
+        self._entries.extend(entries)
+        self._rows = None
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
+
+        Fewer than k pairs come back when the index holds fewer vectors; faiss's -1 fillers never do.
+        """
+        if k < 1:
+            raise UsageError(f"k must be at least 1, not {k}")
+        q = normalize(np.atleast_2d(queries))
+        if q.shape[1] != self.dim:
+            raise UsageError(f"query vector has dimension {q.shape[1]}, the index has {self.dim}")
+        if self.count == 0:
+            raise EmptyIndex("the index is empty: no results")
+        scores, rows = self._index.search(q, min(k, self.count))
+        if self.metric == "l2":
+            scores = np.sqrt(np.maximum(scores, 0))  # faiss reports squared distances
+        return [
+            [(int(r), float(s)) for r, s in zip(row_ids, row_scores) if r >= 0]
+            for row_ids, row_scores in zip(rows, scores)
+        ]
+
+    # --- disk ------------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> Path:
+        """Write a new generation and switch to it atomically. Returns the generation's folder."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _remove_temporaries(folder)
+            previous = _current_name(folder)
+            final = folder / f"gen-{_next_number(folder):06d}"
+            staging = folder / f"{_TEMPORARY}{final.name}-{os.getpid()}"
+            staging.mkdir()
+            try:
+                self._write_generation(staging)
+                os.rename(staging, final)
+                _fsync_dir(folder)
+                _write_pointer(folder, final.name)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        except (OSError, RuntimeError) as e:  # faiss raises RuntimeError for a failed write
+            raise StoreError(f"cannot save the index in {folder} ({e}); the previous index is untouched") from e
+        _remove_old_generations(folder, keep={final.name, previous})
+        return final
+
+    def _write_generation(self, staging: Path) -> None:
+        faiss.write_index(self._index, str(staging / VECTORS))
+        with open(staging / MANIFEST, "w", encoding="utf-8") as f:
+            for e in self._entries:
+                # ensure_ascii keeps file names that are not valid UTF-8 (surrogate escapes) round-trippable
+                f.write(json.dumps(asdict(e), ensure_ascii=True) + "\n")
+        meta = dict(self._meta)
+        meta.update(
+            count=self.count,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            files={name: file_facts(staging / name) for name in (VECTORS, MANIFEST)},
+        )
+        (staging / META).write_text(json.dumps(meta, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
+        for name in (VECTORS, MANIFEST, META):
+            _fsync_file(staging / name)
+        _fsync_dir(staging)
+        self._meta = meta
+
+    @classmethod
+    def load(cls, folder: Path) -> Store:
+        """Load and validate the live generation; refuse anything inconsistent with IndexCorrupt."""
+        return _on_live_generation(folder, cls._load_generation)
+
+    @classmethod
+    def _load_generation(cls, generation: Path) -> Store:
+        folder = generation.parent
+        meta = read_meta(generation)
+        for name, facts in meta["files"].items():
+            if file_facts(generation / name) != facts:
+                raise _corrupt(folder, f"{name} does not match the size and hash recorded in {META}")
+        try:
+            index = faiss.read_index(str(generation / VECTORS))
+        except RuntimeError as e:
+            raise _corrupt(folder, f"faiss cannot read {VECTORS}: {e}") from e
+        entries = _read_manifest(generation / MANIFEST, folder)
+        counts = {"index": index.ntotal, "manifest": len(entries), "meta": meta["count"]}
+        if len(set(counts.values())) != 1:
+            raise _corrupt(folder, f"row counts disagree: {counts}")
+        if index.d != meta["dim"] or index.metric_type != _FAISS_METRICS.get(meta["metric"]):
+            raise _corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
+        return cls(index, entries, meta)
+
+
+def live_meta(folder: Path) -> dict[str, Any]:
+    """The live generation's metadata, validated, without reading the vectors (for `info`)."""
+    return _on_live_generation(folder, read_meta)
+
+
+def _on_live_generation(folder: Path, read: Callable[[Path], T]) -> T:
+    """Run `read` on the live generation; if its files vanish because a save switched generations
+    meanwhile, read the new one instead."""
+    for _ in range(3):
+        generation = current_generation(folder)
+        try:
+            return read(generation)
+        except FileNotFoundError:
+            if current_generation(folder) == generation:  # not a concurrent switch: really missing
+                raise _corrupt(folder, f"files of {generation.name} are missing") from None
+    raise StoreError(f"the index in {folder} keeps changing while being loaded; try again")
+
+
+def current_generation(folder: Path) -> Path:
+    """The live generation's folder, or IndexMissing when `folder` holds no index."""
+    name = _current_name(folder)
+    if name is None:
+        raise IndexMissing(f"no index in {folder}: build one with `retrieval ingest FOLDER --index {folder}`")
+    if not _GENERATION.fullmatch(name):
+        raise _corrupt(folder, f"{POINTER} names {name!r}, not a generation")
+    return folder / name
+
+
+def read_meta(generation: Path) -> dict[str, Any]:
+    """The generation's metadata, checked for format and version; cheap, never touches the vectors."""
+    folder = generation.parent
+    try:
+        meta = json.loads((generation / META).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(folder, f"{META} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _corrupt(folder, f"{META} is not a retrieval index description")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise IndexMismatch(
+            f"the index in {folder} has format version {meta.get('format_version')!r}; this retrieval reads "
+            f"version {FORMAT_VERSION}. Rebuild it with `retrieval ingest`."
+        )
+    required = ("dim", "metric", "count", "root", "embedding", "files")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise _corrupt(folder, f"{META} lacks {', '.join(missing)}")
+    if not isinstance(meta["files"], dict) or not isinstance(meta["embedding"], dict):
+        raise _corrupt(folder, f"{META} has malformed fields")
+    return meta
+
+
+def disk_size(folder: Path) -> int:
+    """Bytes used by the live generation."""
+    return sum(p.stat().st_size for p in current_generation(folder).iterdir())
+
+
+def _corrupt(folder: Path, why: str) -> IndexCorrupt:
+    return IndexCorrupt(f"the index in {folder} is corrupt ({why}); rebuild it with `retrieval ingest`")
+
+
+def _read_manifest(path: Path, folder: Path) -> list[Entry]:
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                entries.append(Entry(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise _corrupt(folder, f"{MANIFEST} line {number} is unreadable") from e
+    return entries
+
+
+def file_facts(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as meta.json records them and load checks them."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _current_name(folder: Path) -> str | None:
+    try:
+        return (folder / POINTER).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise IndexMissing(f"{folder} is a file, not an index folder") from None
+
+
+def _next_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _GENERATION.fullmatch(p.name))]
+    return max(numbers, default=0) + 1
+
+
+def _write_pointer(folder: Path, name: str) -> None:
+    staging = folder / f"{_TEMPORARY}{POINTER}-{os.getpid()}"
+    staging.write_text(name + "\n", encoding="utf-8")
+    _fsync_file(staging)
+    os.replace(staging, folder / POINTER)
+    _fsync_dir(folder)
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Staging files left by a crashed save are never live: delete them."""
+    for p in folder.glob(f"{_TEMPORARY}*"):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _remove_old_generations(folder: Path, keep: set[str | None]) -> None:
+    for p in folder.iterdir():
+        if _GENERATION.fullmatch(p.name) and p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_file(path)  # on POSIX a directory opened read-only can be fsynced like a file

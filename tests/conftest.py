@@ -1,0 +1,47 @@
+"""Shared fixtures: a small generated photo collection, one real (random-weight) ResNet50, and an index
+built from them with the real pipeline. Built once per session: TensorFlow is the slow part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retrieval.config import Settings
+from retrieval.embedders import KerasEmbedder
+from retrieval.ingest import ingest
+from retrieval.synthetic import write_photos
+
+PHOTOS = 12
+
+
+@pytest.fixture(scope="session")
+def embedder() -> KerasEmbedder:
+    return KerasEmbedder("resnet50", "none", seed=0)
+
+
+@pytest.fixture(scope="session")
+def make_embedder(embedder):
+    """An embedder factory for `search.query` that hands back the session's model when asked for it."""
+
+    def make(model: str, weights: str, seed: int) -> KerasEmbedder:
+        if (model, weights, seed) == ("resnet50", "none", 0):
+            return embedder
+        return KerasEmbedder(model, weights, seed)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    write_photos(folder, PHOTOS)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def indexed(tmp_path_factory, photos, embedder) -> Settings:
+    """Settings pointing at an index of `photos`, built once by the real ingest pipeline."""
+    settings = Settings(index=tmp_path_factory.mktemp("index"), weights="none", batch_size=5)
+    ingest(photos, settings, embedder=embedder)
+    return settings

@@ -1,0 +1,151 @@
+"""The command line: exit codes, output and --json, through typer's CliRunner and one real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from retrieval.cli import app
+from retrieval.ingest import embedding_identity
+from retrieval.store import VECTORS, Store, current_generation
+from retrieval.synthetic import near_duplicates, photo
+
+from .test_images import png_header_only
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def cli_index(tmp_path_factory, photos):
+    index = tmp_path_factory.mktemp("cli") / "index"
+    result = run("ingest", photos, "--index", index, "--weights", "none", "--batch-size", "6", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "Indexed 12 images" in result.output
+    return index
+
+
+def test_query_prints_a_ranked_table(cli_index, photos):
+    result = run("query", photos / "photo-0004.jpg", "--index", cli_index, "-k", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["rank", "similarity", "path"]
+    assert lines[1].split()[0] == "1" and lines[1].endswith("photo-0004.jpg")
+    assert len(lines) == 4
+
+
+def test_query_json_parses_and_finds_a_mirrored_copy(cli_index, tmp_path):
+    near_duplicates(photo(9))["mirrored"].save(tmp_path / "mirror.png")
+    result = run("query", tmp_path / "mirror.png", "--index", cli_index, "-k", "20", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["embedded"] is True and body["metric"] == "cosine"
+    assert [r["rank"] for r in body["results"]] == list(range(1, 13))  # k > count: only what exists
+    assert body["results"][0]["relative_path"] == "photo-0009.jpg"
+
+
+def test_query_draws_a_collage(cli_index, photos, tmp_path):
+    out = tmp_path / "c.png"
+    result = run("query", photos / "photo-0000.jpg", "--index", cli_index, "--collage", out)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size[0] > 6 * 256
+
+
+def test_info_reports_the_index(cli_index):
+    result = run("info", "--index", cli_index, "--json")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["count"] == 12 and facts["model"] == "resnet50" and facts["dim"] == 2048
+    assert facts["weights"] == {"source": "random", "seed": 0} and facts["metric"] == "cosine"
+    assert run("info", "--index", cli_index).output.startswith("index")
+
+
+@pytest.mark.parametrize("k", ["0", "-3"])
+def test_k_below_one_is_a_usage_error(cli_index, photos, k):
+    assert run("query", photos / "photo-0000.jpg", "--index", cli_index, "-k", k).exit_code == 2
+
+
+def test_a_missing_folder_or_a_file_as_folder_is_a_usage_error(tmp_path, photos):
+    assert run("ingest", tmp_path / "nope", "--index", tmp_path / "i").exit_code == 2
+    assert run("ingest", photos / "photo-0000.jpg", "--index", tmp_path / "i").exit_code == 2
+
+
+def test_an_empty_folder_exits_4_and_keeps_the_index(cli_index, tmp_path):
+    before = current_generation(cli_index)
+    (tmp_path / "empty").mkdir()
+    result = run("ingest", tmp_path / "empty", "--index", cli_index, "--weights", "none", "--quiet")
+    assert result.exit_code == 4
+    assert "no image files" in result.output
+    assert current_generation(cli_index) == before
+
+
+def test_a_corrupt_or_bomb_query_image_exits_1(cli_index, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    (tmp_path / "bomb.png").write_bytes(png_header_only(40000, 40000))
+    for name, reason in (("bad.jpg", "error:"), ("bomb.png", "decompression bomb")):
+        result = run("query", tmp_path / name, "--index", cli_index)
+        assert result.exit_code == 1 and reason in result.output
+
+
+def test_a_missing_or_corrupt_index_exits_3(tmp_path, cli_index, photos):
+    assert run("query", photos / "photo-0000.jpg", "--index", tmp_path / "none").exit_code == 3
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cli_index, damaged)
+    vectors = current_generation(damaged) / VECTORS
+    vectors.write_bytes(vectors.read_bytes()[:100])
+    result = run("query", photos / "photo-0000.jpg", "--index", damaged)
+    assert result.exit_code == 3 and "corrupt" in result.output
+    assert run("info", "--index", damaged).exit_code == 0  # info reads metadata only
+
+
+def test_an_empty_index_exits_4(tmp_path, photos, embedder):
+    identity = embedding_identity(embedder)
+    Store.create(dim=2048, metric="cosine", embedding=identity, root=photos, versions={}).save(tmp_path / "idx")
+    result = run("query", photos / "photo-0000.jpg", "--index", tmp_path / "idx")
+    assert result.exit_code == 4 and "no results" in result.output
+
+
+def test_bad_config_exits_2(tmp_path, photos):
+    (tmp_path / "config.yaml").write_text("batch_size: many\n")
+    result = run("ingest", photos, "--config", tmp_path / "config.yaml")
+    assert result.exit_code == 2 and "whole number" in result.output
+
+
+def test_a_real_subprocess_with_a_name_that_is_not_utf8(tmp_path):
+    """`python -m retrieval` as a user runs it, under LC_ALL=C.UTF-8, with a non-UTF-8 file name that
+    holds a copy of another file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        photo(i).save(folder / f"p{i}.jpg")
+    odd = os.fsencode(folder) + b"/caf\xe9.jpg"
+    shutil.copy(folder / "p1.jpg", odd)
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    common = {"capture_output": True, "env": env, "timeout": 300}
+    ingest = subprocess.run(
+        [sys.executable, "-m", "retrieval", "ingest", folder, "--index", tmp_path / "i", "--weights", "none", "-q"],
+        **common,
+    )
+    assert ingest.returncode == 0, ingest.stderr
+    table = subprocess.run([sys.executable, "-m", "retrieval", "query", odd, "--index", tmp_path / "i"], **common)
+    assert table.returncode == 0, table.stderr
+    assert b"caf\\xe9.jpg" in table.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "retrieval", "query", odd, "--index", tmp_path / "i", "--json"], **common
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    results = json.loads(as_json.stdout)["results"]
+    assert len(results) == 4  # the same picture under two names is two entries
+    # the copy and its original tie at the top; surrogate escapes round-trip to the original bytes
+    assert {os.fsencode(r["path"]) for r in results[:2]} == {odd, os.fsencode(folder / "p1.jpg")}
+    assert results[1]["score"] == pytest.approx(1.0, abs=1e-5)

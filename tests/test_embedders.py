@@ -1,0 +1,90 @@
+"""The real Keras backbones with random weights: shapes, determinism, weight files, and the offline failure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.embedders import KerasEmbedder, keras_cache_file, spec_for
+from retrieval.errors import UsageError, WeightsUnavailable
+from retrieval.synthetic import photo
+
+
+@pytest.fixture(scope="module")
+def batch() -> np.ndarray:
+    return np.stack([np.asarray(photo(seed, (224, 224))) for seed in range(3)])  # (3, 224, 224, 3) uint8
+
+
+def test_resnet50_gives_2048_d_float32(embedder, batch):
+    out = embedder.embed(batch)
+    assert out.shape == (3, 2048) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+
+
+def test_batching_does_not_change_vectors(embedder, batch):
+    together = embedder.embed(batch)
+    alone = np.concatenate([embedder.embed(batch[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(alone, together, rtol=1e-4, atol=1e-5)
+
+
+def test_the_input_batch_is_left_untouched(embedder, batch):
+    copy = batch.copy()
+    embedder.embed(batch)
+    assert np.array_equal(batch, copy)
+
+
+def test_random_weights_are_identical_for_a_seed_and_differ_across_seeds(embedder, batch):
+    same = KerasEmbedder("resnet50", "none", seed=0)
+    other = KerasEmbedder("resnet50", "none", seed=1)
+    np.testing.assert_allclose(same.embed(batch), embedder.embed(batch), rtol=1e-5, atol=1e-6)
+    assert same.identity() == embedder.identity()
+    assert not np.allclose(other.embed(batch), embedder.embed(batch))
+    assert other.identity()["weights"] == {"source": "random", "seed": 1}
+
+
+def test_vgg16_fc1_gives_4096_d(batch):
+    vgg = KerasEmbedder("vgg16", "none", seed=0)
+    out = vgg.embed(batch[:2])
+    assert out.shape == (2, 4096) and out.dtype == np.float32
+    assert vgg.identity()["output"] == "fc1"
+
+
+def test_a_weights_file_is_loaded_and_identified_by_hash(tmp_path, embedder, batch):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    net = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None, input_shape=(224, 224, 3))
+    path = tmp_path / "resnet50.weights.h5"
+    net.save_weights(path)
+    from_file = KerasEmbedder("resnet50", str(path))
+    np.testing.assert_allclose(from_file.embed(batch), embedder.embed(batch), rtol=1e-5, atol=1e-6)
+    weights = from_file.identity()["weights"]
+    assert weights["source"] == "file" and weights["path"] == str(path) and len(weights["sha256"]) == 64
+
+
+def test_a_missing_or_broken_weights_file_says_what_to_do(tmp_path):
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        KerasEmbedder("resnet50", str(tmp_path / "nope.h5"))
+    (tmp_path / "broken.h5").write_bytes(b"not hdf5")
+    with pytest.raises(WeightsUnavailable, match="cannot load weights file"):
+        KerasEmbedder("resnet50", str(tmp_path / "broken.h5"))
+
+
+def test_unavailable_imagenet_weights_name_the_cache_file_and_the_alternatives(tmp_path, monkeypatch):
+    """The real download path, made to fail the same way with or without network: an empty Keras cache
+    and a proxy on a closed local port."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(WeightsUnavailable) as caught:
+        KerasEmbedder("resnet50", "imagenet")
+    message = str(caught.value)
+    assert str(keras_cache_file(spec_for("resnet50"))) in message
+    assert "--weights none" in message and "--weights /path/to/" in message
+
+
+def test_an_unknown_model_is_a_usage_error():
+    with pytest.raises(UsageError):
+        spec_for("alexnet")

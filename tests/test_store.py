@@ -1,0 +1,254 @@
+"""The store against a reference: brute-force numpy search, save/load round trips, and every way the files
+on disk can be damaged (../shared/BAD_INPUTS.md items 30-32, 39, 41, 42)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from retrieval.errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
+from retrieval.store import MANIFEST, META, VECTORS, Entry, Store, current_generation, file_facts, live_meta
+
+DIM = 64
+EMBEDDING = {"model": "test", "dim": DIM}
+
+
+def vectors(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+def entries(n: int) -> list[Entry]:
+    return [Entry(f"dir/img-{i:03d}.jpg", 1000 + i, 10**18 + i) for i in range(n)]
+
+
+def make_store(n: int = 50, metric: str = "cosine", root: Path = Path("/photos")) -> Store:
+    store = Store.create(dim=DIM, metric=metric, embedding=EMBEDDING, root=root, versions={})
+    if n:
+        store.add(vectors(n), entries(n))
+    return store
+
+
+def brute_force_cosine(data: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    d = data / np.linalg.norm(data, axis=1, keepdims=True)
+    q = query / np.linalg.norm(query)
+    scores = d @ q
+    order = np.argsort(-scores, kind="stable")[:k]
+    return order, scores[order]
+
+
+def test_search_equals_brute_force_numpy_cosine():
+    store = make_store(200)
+    for seed in range(5):
+        query = vectors(1, seed=100 + seed)[0]
+        rows, scores = zip(*store.search(query, 10)[0])
+        expected_rows, expected_scores = brute_force_cosine(vectors(200), query, 10)
+        assert list(rows) == list(expected_rows)
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_stored_vectors_have_unit_norm():
+    store = make_store(30)
+    norms = np.linalg.norm(np.stack([store.vector(i) for i in range(store.count)]), axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-6)
+
+
+def test_l2_ranks_exactly_like_cosine_on_normalized_vectors():
+    cosine, l2 = make_store(100, "cosine"), make_store(100, "l2")
+    query = vectors(1, seed=9)[0]
+    cos_hits, l2_hits = cosine.search(query, 20)[0], l2.search(query, 20)[0]
+    assert [r for r, _ in cos_hits] == [r for r, _ in l2_hits]
+    # on unit vectors, |a - b|^2 = 2 - 2 cos(a, b)
+    np.testing.assert_allclose([d**2 for _, d in l2_hits], [2 - 2 * s for _, s in cos_hits], atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_save_load_search_equals_before(tmp_path, metric):
+    store = make_store(80, metric)
+    queries = vectors(7, seed=3)
+    before = store.search(queries, 10)
+    store.save(tmp_path / "index")
+    loaded = Store.load(tmp_path / "index")
+    assert loaded.search(queries, 10) == before
+    assert [loaded.entry(i) for i in range(80)] == entries(80)
+    assert loaded.metric == metric and loaded.count == 80 and loaded.dim == DIM
+
+
+def test_k_larger_than_the_index_returns_only_what_exists():
+    store = make_store(3)
+    hits = store.search(vectors(1, seed=5)[0], 10)[0]
+    assert len(hits) == 3 and all(row >= 0 for row, _ in hits)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_k_below_one_is_a_usage_error(k):
+    with pytest.raises(UsageError):
+        make_store(5).search(vectors(1)[0], k)
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        (np.ones(DIM + 1, np.float32), "dimension"),
+        (np.full(DIM, np.nan, np.float32), "NaN"),
+        (np.zeros(DIM, np.float32), "zeros"),
+    ],
+)
+def test_bad_query_vectors_are_rejected(query, message):
+    with pytest.raises(UsageError, match=message):
+        make_store(5).search(query, 3)
+
+
+UNDER_O = """
+import numpy as np
+from pathlib import Path
+from retrieval.errors import UsageError
+from retrieval.store import Entry, Store
+
+store = Store.create(dim=8, metric="cosine", embedding={}, root=Path("/"), versions={})
+store.add(np.eye(8, dtype=np.float32), [Entry(str(i), 0, 0) for i in range(8)])
+for query in (np.full(8, np.nan, np.float32), np.ones(9, np.float32)):
+    try:
+        store.search(query, 3)
+    except UsageError:
+        print("rejected")
+"""
+
+
+def test_bad_query_vectors_are_rejected_under_python_O():
+    """faiss's own checks are asserts, which -O removes; ours are not."""
+    run = subprocess.run([sys.executable, "-O", "-c", UNDER_O], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["rejected", "rejected"]
+
+
+def test_vectors_and_entries_must_agree():
+    store = make_store(0)
+    with pytest.raises(UsageError):
+        store.add(vectors(3), entries(2))
+
+
+def test_an_empty_index_has_no_results(tmp_path):
+    make_store(0).save(tmp_path / "index")
+    with pytest.raises(EmptyIndex):
+        Store.load(tmp_path / "index").search(vectors(1)[0], 5)
+
+
+def test_no_index_at_all(tmp_path):
+    with pytest.raises(IndexMissing):
+        Store.load(tmp_path / "nowhere")
+
+
+# --- damage on disk ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    folder = tmp_path / "index"
+    make_store(40).save(folder)
+    return folder
+
+
+def live(folder: Path, name: str) -> Path:
+    return current_generation(folder) / name
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated
+        lambda p: p.write_bytes(b""),  # empty
+        lambda p: p.write_bytes(np.random.default_rng(1).bytes(p.stat().st_size)),  # garbage, same size
+    ],
+    ids=["truncated", "empty", "garbage"],
+)
+def test_a_damaged_vector_file_is_reported_corrupt(saved, damage):
+    damage(live(saved, VECTORS))
+    with pytest.raises(IndexCorrupt, match="rebuild"):
+        Store.load(saved)
+
+
+def _rewrite_meta(folder: Path, **changes) -> None:
+    path = live(folder, META)
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_a_manifest_with_a_row_more_or_fewer_is_refused(saved, delta):
+    """Even with meta.json's hash of the manifest updated to match, the counts must agree."""
+    path = live(saved, MANIFEST)
+    lines = path.read_text().splitlines(keepends=True)
+    lines = lines + lines[-1:] if delta > 0 else lines[:-1]
+    path.write_text("".join(lines))
+    meta = json.loads(live(saved, META).read_text())
+    meta["files"][MANIFEST] = file_facts(path)
+    live(saved, META).write_text(json.dumps(meta))
+    with pytest.raises(IndexCorrupt, match="row counts"):
+        Store.load(saved)
+
+
+def test_missing_meta_is_refused(saved):
+    live(saved, META).unlink()
+    with pytest.raises(IndexCorrupt):
+        Store.load(saved)
+
+
+def test_unparsable_meta_is_refused(saved):
+    live(saved, META).write_text("{ not json")
+    with pytest.raises(IndexCorrupt, match="JSON"):
+        Store.load(saved)
+
+
+def test_unknown_format_version_is_refused_by_name(saved):
+    _rewrite_meta(saved, format_version=99)
+    with pytest.raises(IndexMismatch, match="format version 99"):
+        Store.load(saved)
+
+
+def test_another_dimension_in_meta_is_refused(saved):
+    _rewrite_meta(saved, dim=DIM * 2)
+    with pytest.raises(IndexCorrupt, match="dimension"):
+        Store.load(saved)
+
+
+def test_another_model_is_refused_naming_the_difference(saved):
+    store = Store.load(saved)
+    with pytest.raises(IndexMismatch, match="model: index has 'test', now 'other'"):
+        store.check_embedding({**EMBEDDING, "model": "other"})
+    store.check_embedding(dict(EMBEDDING))  # the same identity passes
+
+
+def test_a_failed_save_leaves_the_previous_index_loadable(saved, monkeypatch):
+    before = Store.load(saved).search(vectors(2, seed=4), 5)
+
+    def disk_full(index, path):
+        raise RuntimeError("No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", disk_full)
+    with pytest.raises(StoreError, match="previous index is untouched"):
+        make_store(10).save(saved)
+    monkeypatch.undo()
+    assert Store.load(saved).search(vectors(2, seed=4), 5) == before
+    assert not [p for p in saved.iterdir() if p.name.startswith(".tmp-")], "no staging left behind"
+
+
+def test_saves_switch_generations_and_keep_only_the_previous_one(tmp_path):
+    folder = tmp_path / "index"
+    for n in (5, 6, 7):
+        make_store(n).save(folder)
+    assert Store.load(folder).count == 7
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("gen-")) == ["gen-000002", "gen-000003"]
+    assert live_meta(folder)["count"] == 7
+
+
+def test_a_pointer_outside_the_index_is_refused(saved):
+    (saved / "CURRENT").write_text("../../etc\n")
+    with pytest.raises(IndexCorrupt):
+        Store.load(saved)
