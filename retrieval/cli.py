@@ -7,6 +7,7 @@ Library errors become exit codes here and nowhere else (see errors.py): 0 ok, 1 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from . import collage as collage_
 from . import search, store
-from .config import METRICS, MODELS, Settings, load_settings
+from .config import ENGINES, METRICS, MODELS, PRECISIONS, Settings, load_settings
 from .errors import RetrievalError
 from .files import printable
 from .ingest import ERROR_REPORT, ProgressCallback
@@ -38,6 +39,8 @@ ConfigOption = Annotated[
 ]
 IndexOption = Annotated[Optional[Path], typer.Option("--index", help="Index folder (config: index).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+EngineOption = Annotated[Optional[str], typer.Option(help=f"{' | '.join(ENGINES)} (config: engine).")]
+PrecisionOption = Annotated[Optional[str], typer.Option(help=f"{' | '.join(PRECISIONS)} (config: precision).")]
 
 
 @contextmanager
@@ -69,12 +72,26 @@ def ingest(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass (config: batch_size).")] = None,
     metric: Annotated[Optional[str], typer.Option(help=f"{' | '.join(METRICS)} (config: metric).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for random weights (config: seed).")] = None,
+    engine: EngineOption = None,
+    precision: PrecisionOption = None,
+    decode_threads: Annotated[
+        Optional[int], typer.Option(min=1, help="Threads decoding images (config: decode_threads).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Embed every image under FOLDER and save the index (replacing the previous one only on success)."""
     settings = _settings(
-        config, index=index, model=model, weights=weights, batch_size=batch_size, metric=metric, seed=seed
+        config,
+        index=index,
+        model=model,
+        weights=weights,
+        batch_size=batch_size,
+        metric=metric,
+        seed=seed,
+        engine=engine,
+        precision=precision,
+        decode_threads=decode_threads,
     )
     with _reported(), _progress(quiet) as progress:
         report = run_ingest(folder, settings, progress=progress)
@@ -96,10 +113,12 @@ def query(
         Optional[Path], typer.Option(help="Also draw the query and its hits with their scores to this .png/.jpg.")
     ] = None,
     as_json: JsonOption = False,
+    engine: EngineOption = None,
+    precision: PrecisionOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Print the indexed images most similar to IMAGE, best first."""
-    settings = _settings(config, index=index)
+    settings = _settings(config, index=index, engine=engine, precision=precision)
     with _reported():
         result = search.query(image, settings, k=k)
         if collage is not None:
@@ -163,8 +182,40 @@ def _result_json(result: search.QueryResult, collage: Path | None) -> dict[str, 
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[ProgressCallback]:
-    """A bar with images done, img/s and time left, on stderr so that stdout stays parseable."""
+def _progress(quiet: bool) -> Iterator[ProgressCallback | None]:
+    """On a terminal, a bar with files done, img/s and time left; otherwise (a batch job's log) a line
+    every LOG_EVERY seconds. Both on stderr, so that stdout stays parseable."""
+    if quiet:
+        yield None
+    elif err.is_terminal:
+        with _bar() as update:
+            yield update
+    else:
+        yield _log_lines()
+
+
+LOG_EVERY = 5.0
+
+
+def _log_lines() -> ProgressCallback:
+    started = time.monotonic()
+    last = started
+
+    def update(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < LOG_EVERY and done < total:
+            return
+        last = now
+        rate = done / (now - started) if now > started else 0.0
+        left = f", about {(total - done) / rate:.0f} s left" if rate and done < total else ""
+        err.print(f"ingest: {done}/{total} files ({rate:.1f} files/s{left})")
+
+    return update
+
+
+@contextmanager
+def _bar() -> Iterator[ProgressCallback]:
     bar = Progress(
         TextColumn("embedding"),
         BarColumn(),
@@ -172,7 +223,6 @@ def _progress(quiet: bool) -> Iterator[ProgressCallback]:
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
         console=err,
-        disable=quiet,
     )
     task = bar.add_task("ingest", total=None, rate="")
 

@@ -11,14 +11,18 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from functools import partial
+from itertools import islice
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
 from .config import Settings
-from .embedders import Embedder, KerasEmbedder
+from .embedders import Embedder, create_embedder, package_version
 from .errors import ImageError, NothingToIndex, StoreError
 from .files import Skipped, list_images
 from .images import PREPROCESSING, load_image
@@ -26,6 +30,8 @@ from .store import Entry, Store
 
 ERROR_REPORT = "errors.jsonl"
 ProgressCallback = Callable[[int, int], None]  # (files done, files in total)
+Decoder = Callable[[Path, tuple[int, int], int], np.ndarray]  # (path, (width, height), max_pixels) -> pixels
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,19 +62,25 @@ def ingest(
     *,
     embedder: Embedder | None = None,
     progress: ProgressCallback | None = None,
+    decode: Decoder = load_image,
 ) -> IngestReport:
-    """Index every image under `folder` into `settings.index`, skipping (and reporting) unusable files."""
+    """Index every image under `folder` into `settings.index`, skipping (and reporting) unusable files.
+
+    Decoding runs in `settings.decode_threads` threads, a few batches ahead of inference, so the
+    model never waits for Pillow (both release the GIL). Vectors go into the store batch by batch;
+    the pixels of at most those few batches are in memory at once.
+    """
     started = time.perf_counter()
     listing = list_images(folder)
     if not listing.paths:
         raise NothingToIndex(f"no image files found in {folder}; nothing was written")
-    embedder = embedder or KerasEmbedder(settings.model, settings.weights, settings.seed)
+    embedder = embedder or create_embedder(settings)
     store = Store.create(
         dim=embedder.spec.dim,
         metric=settings.metric,
         embedding=embedding_identity(embedder),
         root=folder,
-        versions=_versions(),
+        runtime={**embedder.runtime(), **_versions()},
     )
     skipped = list(listing.errors)
     width, height = embedder.spec.input_size
@@ -82,16 +94,22 @@ def ingest(
         if progress:
             progress(done, len(listing.paths))
 
-    for done, rel in enumerate(listing.paths, 1):
-        try:
-            entry, pixels = _read(folder, rel, (width, height), settings.max_pixels)
-        except ImageError as e:
-            skipped.append(Skipped(rel, e.reason, e.detail))
-            continue
-        batch[len(pending)] = pixels
-        pending.append(entry)
-        if len(pending) == settings.batch_size:
-            flush(done)
+    read = partial(_read, folder, decode=decode, size=(width, height), max_pixels=settings.max_pixels)
+    ahead = 2 * settings.batch_size + settings.decode_threads
+    with closing(_in_threads(read, listing.paths, settings.decode_threads, ahead)) as results:
+        for done, (rel, result) in enumerate(zip(listing.paths, results), 1):
+            try:
+                entry, pixels = result.result()
+            except ImageError as e:
+                skipped.append(Skipped(rel, e.reason, e.detail))
+                continue
+            except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
+                skipped.append(Skipped(rel, "decoder failed", f"{type(e).__name__}: {e}"))
+                continue
+            batch[len(pending)] = pixels
+            pending.append(entry)
+            if len(pending) == settings.batch_size:
+                flush(done)
     flush(len(listing.paths))
     report = IngestReport(settings.index, store.count, time.perf_counter() - started, skipped)
     write_error_report(settings.index, skipped)
@@ -106,7 +124,30 @@ def ingest(
     return report
 
 
-def _read(folder: Path, rel: str, size: tuple[int, int], max_pixels: int) -> tuple[Entry, np.ndarray]:
+def _in_threads(work: Callable[[str], T], items: list[str], threads: int, ahead: int) -> Iterator[Future[T]]:
+    """Futures of `work(item)` in the order of `items`, with at most `ahead` submitted but not yet consumed.
+
+    Closing the generator (Ctrl-C, an error downstream) cancels what has not started and waits only
+    for the few decodes under way, so no thread outlives the run.
+    """
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+    queue: deque[Future[T]] = deque()
+    upcoming = iter(items)
+    try:
+        for item in islice(upcoming, ahead):
+            queue.append(pool.submit(work, item))
+        while queue:
+            head = queue.popleft()
+            for item in islice(upcoming, 1):
+                queue.append(pool.submit(work, item))
+            yield head
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read(
+    folder: Path, rel: str, *, decode: Decoder, size: tuple[int, int], max_pixels: int
+) -> tuple[Entry, np.ndarray]:
     """Stat then decode one file. Stat first: if the file changes while we read it, the next run sees a
     newer mtime than the manifest's and embeds it again."""
     path = folder / rel
@@ -116,7 +157,7 @@ def _read(folder: Path, rel: str, size: tuple[int, int], max_pixels: int) -> tup
         raise ImageError("file not found", "deleted, or a broken link") from e
     except OSError as e:
         raise ImageError("unreadable", e.strerror or str(e)) from e
-    return Entry(rel, st.st_size, st.st_mtime_ns), load_image(path, size, max_pixels)
+    return Entry(rel, st.st_size, st.st_mtime_ns), decode(path, size, max_pixels)
 
 
 def write_error_report(index: Path, skipped: list[Skipped]) -> None:
@@ -137,11 +178,6 @@ def _reasons(report: IngestReport) -> str:
 
 
 def _versions() -> dict[str, str]:
-    """Installed versions of what shapes the vectors, read without importing TensorFlow."""
-    found = {}
-    for name in ("retrieval", "tensorflow", "tensorflow-cpu", "keras", "pillow"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    """Installed versions of what shapes the vectors and the index, read without importing them."""
+    names = ("retrieval", "pillow", "numpy", "faiss-cpu")
+    return {name: version for name in names if (version := package_version(name))}

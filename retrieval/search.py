@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -11,12 +11,12 @@ import numpy as np
 
 from .config import Settings
 from .errors import EmptyIndex
-from .embedders import Embedder, KerasEmbedder, weights_argument
+from .embedders import Embedder, create_embedder, weights_argument
 from .images import load_image
 from .ingest import embedding_identity
 from .store import Store
 
-EmbedderFactory = Callable[[str, str, int], Embedder]  # (model, weights, seed)
+EmbedderFactory = Callable[[Settings], Embedder]
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,13 @@ def query(
     settings: Settings,
     *,
     k: int | None = None,
-    make_embedder: EmbedderFactory = KerasEmbedder,
+    make_embedder: EmbedderFactory = create_embedder,
 ) -> QueryResult:
     """Top-k most similar indexed images to `image`.
 
     An image that is in the index, unchanged since it was embedded, is looked up by its stored vector,
-    so no model (and no TensorFlow) is loaded. Any other image is embedded exactly as the index records.
+    so no model (and no TensorFlow) is loaded. Any other image is embedded with the model, weights and
+    preprocessing the index records, on the engine and precision `settings` ask for.
     """
     store = Store.load(settings.index)
     if store.count == 0:
@@ -58,7 +59,7 @@ def query(
     if row is not None:
         vector = store.vector(row)
     else:
-        embedder = embedder_for(store, make_embedder)
+        embedder = embedder_for(store, settings, make_embedder)
         pixels = load_image(image, embedder.spec.input_size, settings.max_pixels)
         vector = embedder.embed(pixels[np.newaxis])[0]
     pairs = store.search(vector, k or settings.top_k)[0]
@@ -83,11 +84,11 @@ def indexed_row(store: Store, image: Path) -> int | None:
     return row if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
 
 
-def embedder_for(store: Store, make_embedder: EmbedderFactory) -> Embedder:
+def embedder_for(store: Store, settings: Settings, make_embedder: EmbedderFactory) -> Embedder:
     """Rebuild the embedder the index was made with, and refuse if it no longer embeds the same way
     (other weights on disk, changed preprocessing)."""
     recorded = store.meta["embedding"]
     weights, seed = weights_argument(recorded)
-    embedder = make_embedder(recorded["model"], weights, seed)
+    embedder = make_embedder(replace(settings, model=recorded["model"], weights=weights, seed=seed))
     store.check_embedding(embedding_identity(embedder))
     return embedder

@@ -78,9 +78,10 @@ class Store:
 
     @classmethod
     def create(
-        cls, *, dim: int, metric: str, embedding: dict[str, Any], root: Path, versions: dict[str, str]
+        cls, *, dim: int, metric: str, embedding: dict[str, Any], root: Path, runtime: dict[str, str]
     ) -> Store:
-        """An empty store. `embedding` says how vectors are made; a later query must embed the same way."""
+        """An empty store. `embedding` says how vectors are made; a later query must embed the same way.
+        `runtime` (engine, precision, versions) is recorded for the record, never compared."""
         if metric not in _FAISS_METRICS:
             raise UsageError(f"metric must be one of {', '.join(_FAISS_METRICS)}, not {metric!r}")
         index = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
@@ -91,7 +92,7 @@ class Store:
             "metric": metric,
             "root": str(root.resolve()),
             "embedding": embedding,
-            "versions": {"faiss": faiss.__version__, "numpy": np.__version__, **versions},
+            "runtime": runtime,
         }
         return cls(index, [], meta)
 

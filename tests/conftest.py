@@ -3,31 +3,40 @@ built from them with the real pipeline. Built once per session: TensorFlow is th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from retrieval.config import Settings
-from retrieval.embedders import KerasEmbedder
+from retrieval.embedders import KerasEmbedder, create_embedder, spec_for
 from retrieval.ingest import ingest
 from retrieval.synthetic import write_photos
 
 PHOTOS = 12
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Converted OpenVINO models go to a fresh folder, not the user's ~/.cache (subprocesses inherit it)."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    os.environ["RETRIEVAL_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def embedder() -> KerasEmbedder:
-    return KerasEmbedder("resnet50", "none", seed=0)
+    return KerasEmbedder(spec_for("resnet50"), "none", seed=0, precision="fp32")
 
 
 @pytest.fixture(scope="session")
 def make_embedder(embedder):
     """An embedder factory for `search.query` that hands back the session's model when asked for it."""
 
-    def make(model: str, weights: str, seed: int) -> KerasEmbedder:
-        if (model, weights, seed) == ("resnet50", "none", 0):
+    def make(settings: Settings) -> KerasEmbedder:
+        if (settings.model, settings.weights, settings.seed) == ("resnet50", "none", 0):
             return embedder
-        return KerasEmbedder(model, weights, seed)
+        return create_embedder(settings)
 
     return make
 

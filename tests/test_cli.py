@@ -110,7 +110,7 @@ def test_a_missing_or_corrupt_index_exits_3(tmp_path, cli_index, photos):
 
 def test_an_empty_index_exits_4(tmp_path, photos, embedder):
     identity = embedding_identity(embedder)
-    Store.create(dim=2048, metric="cosine", embedding=identity, root=photos, versions={}).save(tmp_path / "idx")
+    Store.create(dim=2048, metric="cosine", embedding=identity, root=photos, runtime={}).save(tmp_path / "idx")
     result = run("query", photos / "photo-0000.jpg", "--index", tmp_path / "idx")
     assert result.exit_code == 4 and "no results" in result.output
 

@@ -39,7 +39,7 @@ def test_the_shipped_config_yaml_is_valid_and_documents_every_key():
     assert settings.model == "resnet50" and settings.weights == "imagenet"
     text = shipped.read_text()
     for key in Settings.__dataclass_fields__:
-        assert f"\n{key}:" in text, f"config.yaml lacks {key}"
+        assert f"\n{key}:" in text or f"\n# {key}:" in text, f"config.yaml lacks {key}"
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from retrieval.embedders import KerasEmbedder, keras_cache_file, spec_for
+from retrieval.embedders import KerasEmbedder, caffe_preprocess, keras_cache_file, spec_for
 from retrieval.errors import UsageError, WeightsUnavailable
+from retrieval.openvino_engine import OpenVinoEmbedder
 from retrieval.synthetic import photo
+
+RESNET = spec_for("resnet50")
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,8 @@ def test_the_input_batch_is_left_untouched(embedder, batch):
 
 
 def test_random_weights_are_identical_for_a_seed_and_differ_across_seeds(embedder, batch):
-    same = KerasEmbedder("resnet50", "none", seed=0)
-    other = KerasEmbedder("resnet50", "none", seed=1)
+    same = KerasEmbedder(RESNET, "none", seed=0)
+    other = KerasEmbedder(RESNET, "none", seed=1)
     np.testing.assert_allclose(same.embed(batch), embedder.embed(batch), rtol=1e-5, atol=1e-6)
     assert same.identity() == embedder.identity()
     assert not np.allclose(other.embed(batch), embedder.embed(batch))
@@ -43,7 +49,7 @@ def test_random_weights_are_identical_for_a_seed_and_differ_across_seeds(embedde
 
 
 def test_vgg16_fc1_gives_4096_d(batch):
-    vgg = KerasEmbedder("vgg16", "none", seed=0)
+    vgg = KerasEmbedder(spec_for("vgg16"), "none", seed=0)
     out = vgg.embed(batch[:2])
     assert out.shape == (2, 4096) and out.dtype == np.float32
     assert vgg.identity()["output"] == "fc1"
@@ -56,7 +62,7 @@ def test_a_weights_file_is_loaded_and_identified_by_hash(tmp_path, embedder, bat
     net = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None, input_shape=(224, 224, 3))
     path = tmp_path / "resnet50.weights.h5"
     net.save_weights(path)
-    from_file = KerasEmbedder("resnet50", str(path))
+    from_file = KerasEmbedder(RESNET, str(path))
     np.testing.assert_allclose(from_file.embed(batch), embedder.embed(batch), rtol=1e-5, atol=1e-6)
     weights = from_file.identity()["weights"]
     assert weights["source"] == "file" and weights["path"] == str(path) and len(weights["sha256"]) == 64
@@ -64,10 +70,10 @@ def test_a_weights_file_is_loaded_and_identified_by_hash(tmp_path, embedder, bat
 
 def test_a_missing_or_broken_weights_file_says_what_to_do(tmp_path):
     with pytest.raises(WeightsUnavailable, match="does not exist"):
-        KerasEmbedder("resnet50", str(tmp_path / "nope.h5"))
+        KerasEmbedder(RESNET, str(tmp_path / "nope.h5"))
     (tmp_path / "broken.h5").write_bytes(b"not hdf5")
     with pytest.raises(WeightsUnavailable, match="cannot load weights file"):
-        KerasEmbedder("resnet50", str(tmp_path / "broken.h5"))
+        KerasEmbedder(RESNET, str(tmp_path / "broken.h5"))
 
 
 def test_unavailable_imagenet_weights_name_the_cache_file_and_the_alternatives(tmp_path, monkeypatch):
@@ -79,7 +85,7 @@ def test_unavailable_imagenet_weights_name_the_cache_file_and_the_alternatives(t
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.raises(WeightsUnavailable) as caught:
-        KerasEmbedder("resnet50", "imagenet")
+        KerasEmbedder(RESNET, "imagenet")
     message = str(caught.value)
     assert str(keras_cache_file(spec_for("resnet50"))) in message
     assert "--weights none" in message and "--weights /path/to/" in message
@@ -88,3 +94,50 @@ def test_unavailable_imagenet_weights_name_the_cache_file_and_the_alternatives(t
 def test_an_unknown_model_is_a_usage_error():
     with pytest.raises(UsageError):
         spec_for("alexnet")
+
+
+def test_caffe_preprocessing_equals_keras_preprocess_input(batch):
+    import keras
+
+    expected = keras.applications.resnet50.preprocess_input(batch.astype(np.float32))
+    np.testing.assert_allclose(caffe_preprocess(batch), expected, atol=1e-4)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def fidelity_batch() -> np.ndarray:
+    return np.stack([np.asarray(photo(seed, (224, 224))) for seed in range(8)])
+
+
+@pytest.mark.parametrize("precision, floor", [("fp32", 0.99999), ("bf16", 0.999)])
+def test_openvino_vectors_match_tensorflow_fp32(embedder, fidelity_batch, precision, floor):
+    ov = OpenVinoEmbedder(RESNET, "none", seed=0, precision=precision)
+    assert ov.identity() == embedder.identity(), "same model and weights: the same identity"
+    assert ov.runtime()["engine"] == "openvino" and ov.runtime()["precision"] == precision
+    assert cosines(ov.embed(fidelity_batch), embedder.embed(fidelity_batch)).min() >= floor
+
+
+def test_tensorflow_bf16_vectors_match_fp32(embedder, fidelity_batch):
+    bf16 = KerasEmbedder(RESNET, "none", seed=0, precision="bf16")
+    assert bf16.runtime()["precision"] == "bf16"
+    assert cosines(bf16.embed(fidelity_batch), embedder.embed(fidelity_batch)).min() >= 0.999
+
+
+CACHED_OPENVINO = """
+import sys
+from retrieval.embedders import spec_for
+from retrieval.openvino_engine import OpenVinoEmbedder
+OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0, precision="fp32")
+print("tensorflow" in sys.modules)
+"""
+
+
+def test_a_cached_openvino_model_runs_without_tensorflow(model_cache):
+    OpenVinoEmbedder(RESNET, "none", seed=0, precision="fp32")  # converts and caches, if not done yet
+    run = subprocess.run([sys.executable, "-c", CACHED_OPENVINO], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False"]
+    assert list(model_cache.glob("openvino/resnet50-*/model.xml"))

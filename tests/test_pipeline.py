@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import math
 import subprocess
 import sys
@@ -146,3 +147,56 @@ def test_the_collage_has_a_titled_tile_per_hit_plus_the_query(tmp_path, photos, 
         x, y = 12 + (i % columns) * 268, 12 + (i // columns) * 320
         assert sheet[y : y + 256, x : x + 256].std() > 10
         assert (sheet[y + 262 : y + 300, x : x + 256] < 100).any()
+
+
+def test_threaded_pipeline_equals_the_simple_sequential_path(tmp_path, photos, embedder):
+    """Decoding threads and batching change nothing: same order, same vectors as one image at a time."""
+    settings = Settings(index=tmp_path / "index", weights="none", batch_size=5, decode_threads=3)
+    ingest(photos, settings, embedder=embedder)
+    store = Store.load(settings.index)
+    paths = sorted(photos.glob("*.jpg"))
+    assert [store.entry(i).path for i in range(store.count)] == [p.name for p in paths]
+    for i, path in enumerate(paths):
+        alone = embedder.embed(load_image(path, (224, 224), settings.max_pixels)[np.newaxis])[0]
+        np.testing.assert_allclose(store.vector(i), alone / np.linalg.norm(alone), atol=1e-5)
+
+
+def test_a_decoder_failure_on_one_file_skips_that_file_only(tmp_path, photos, embedder):
+    def flaky(path, size, max_pixels):
+        if path.name == "photo-0004.jpg":
+            raise RuntimeError("decoder bug")
+        return load_image(path, size, max_pixels)
+
+    settings = Settings(index=tmp_path / "index", weights="none", batch_size=4, decode_threads=2)
+    report = ingest(photos, settings, embedder=embedder, decode=flaky)
+    assert report.indexed == PHOTOS - 1
+    assert [(s.path, s.reason) for s in report.skipped] == [("photo-0004.jpg", "decoder failed")]
+
+
+class InterruptedEmbedder:
+    """The real embedder, until a user presses Ctrl-C during the second batch."""
+
+    def __init__(self, embedder):
+        self._embedder, self.spec, self.calls = embedder, embedder.spec, 0
+
+    def identity(self):
+        return self._embedder.identity()
+
+    def runtime(self):
+        return self._embedder.runtime()
+
+    def embed(self, images):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self._embedder.embed(images)
+
+
+def test_ctrl_c_stops_the_decoding_threads_and_keeps_the_index(tmp_path, photos, embedder):
+    settings = Settings(index=tmp_path / "index", weights="none", batch_size=3, decode_threads=2)
+    ingest(photos, settings, embedder=embedder)
+    generation = current_generation(settings.index)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(photos, settings, embedder=InterruptedEmbedder(embedder))
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
+    assert current_generation(settings.index) == generation and Store.load(settings.index).count == PHOTOS

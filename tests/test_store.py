@@ -28,7 +28,7 @@ def entries(n: int) -> list[Entry]:
 
 
 def make_store(n: int = 50, metric: str = "cosine", root: Path = Path("/photos")) -> Store:
-    store = Store.create(dim=DIM, metric=metric, embedding=EMBEDDING, root=root, versions={})
+    store = Store.create(dim=DIM, metric=metric, embedding=EMBEDDING, root=root, runtime={})
     if n:
         store.add(vectors(n), entries(n))
     return store
@@ -110,7 +110,7 @@ from pathlib import Path
 from retrieval.errors import UsageError
 from retrieval.store import Entry, Store
 
-store = Store.create(dim=8, metric="cosine", embedding={}, root=Path("/"), versions={})
+store = Store.create(dim=8, metric="cosine", embedding={}, root=Path("/"), runtime={})
 store.add(np.eye(8, dtype=np.float32), [Entry(str(i), 0, 0) for i in range(8)])
 for query in (np.full(8, np.nan, np.float32), np.ones(9, np.float32)):
     try:
