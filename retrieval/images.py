@@ -39,13 +39,14 @@ PREPROCESSING: dict[str, Any] = {
 }
 
 
-def load_image(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+def load_image(path: Path, size: tuple[int, int], max_pixels: int, *, jpeg_draft: bool = True) -> np.ndarray:
     """Decode `path` into a (height, width, 3) uint8 array of exactly `size` (width, height).
 
     The whole image is squashed to the model's input rather than centre-cropped, so nothing at the
     edges is lost from the search. Raises ImageError with a short reason for anything unusable.
+    `jpeg_draft=False` decodes JPEGs at full size first: only for measuring what the draft saves.
     """
-    im = open_rgb(path, max_pixels, draft=size)
+    im = open_rgb(path, max_pixels, draft=size if jpeg_draft else None)
     return np.asarray(im.resize(size, Image.Resampling.BILINEAR))
 
 

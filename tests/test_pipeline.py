@@ -15,9 +15,11 @@ from PIL import Image
 
 from retrieval.collage import MAX_COLUMNS, render
 from retrieval.config import Settings
+from retrieval.embedders import cpu_has_bf16, spec_for
 from retrieval.errors import IndexMismatch, NothingToIndex
 from retrieval.images import load_image
 from retrieval.ingest import ERROR_REPORT, ingest
+from retrieval.openvino_engine import OpenVinoEmbedder
 from retrieval.search import query
 from retrieval.store import META, Store, current_generation
 from retrieval.synthetic import near_duplicates, photo
@@ -200,3 +202,18 @@ def test_ctrl_c_stops_the_decoding_threads_and_keeps_the_index(tmp_path, photos,
         ingest(photos, settings, embedder=InterruptedEmbedder(embedder))
     assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
     assert current_generation(settings.index) == generation and Store.load(settings.index).count == PHOTOS
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_bf16_gives_the_same_near_duplicate_answers(tmp_path, photos, indexed, make_embedder):
+    """Ingest and query on OpenVINO bf16: every copy still finds its original first, as with fp32."""
+    bf16 = OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0, precision="bf16")
+    settings = Settings(index=tmp_path / "index", weights="none", batch_size=5)
+    ingest(photos, settings, embedder=bf16)
+    for seed in range(PHOTOS):
+        for kind, copy in near_duplicates(photo(seed)).items():
+            path = tmp_path / f"{seed}-{kind}.png"
+            copy.convert("RGB").save(path)
+            on_bf16 = query(path, settings, k=1, make_embedder=lambda _: bf16)
+            on_fp32 = query(path, indexed, k=1, make_embedder=make_embedder)
+            assert on_bf16.hits[0].path == on_fp32.hits[0].path == f"photo-{seed:04d}.jpg"
