@@ -1,7 +1,7 @@
 """The `retrieval` command: parse arguments, call one library function, print its result.
 
 Library errors become exit codes here and nowhere else (see errors.py): 0 ok, 1 error, 2 usage,
-3 index missing/corrupt/mismatched, 4 nothing to index or no results, 130 interrupted.
+3 index missing/corrupt/mismatched, 4 nothing to index or no results, 5 index busy, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from rich.text import Text
 from . import collage as collage_
 from . import search, store
 from .config import ENGINES, METRICS, MODELS, PRECISIONS, Settings, load_settings
-from .errors import RetrievalError
+from .errors import EXIT_INDEX, RetrievalError
 from .files import printable
 from .ingest import ERROR_REPORT, ProgressCallback
 from .ingest import ingest as run_ingest
+from .verify import verify as run_verify
 
 app = typer.Typer(
     help="Content-based image search: index a folder of images, then find the ones most like a query image.",
@@ -39,6 +40,7 @@ ConfigOption = Annotated[
 ]
 IndexOption = Annotated[Optional[Path], typer.Option("--index", help="Index folder (config: index).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for another ingest into the index to finish.")]
 EngineOption = Annotated[Optional[str], typer.Option(help=f"{' | '.join(ENGINES)} (config: engine).")]
 PrecisionOption = Annotated[Optional[str], typer.Option(help=f"{' | '.join(PRECISIONS)} (config: precision).")]
 
@@ -52,7 +54,7 @@ def _reported() -> Iterator[None]:
         err.print(Text("error: ", style="bold red") + Text(printable(str(e))))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        err.print("interrupted; the index on disk is unchanged")
+        err.print("interrupted; the index on disk is unchanged (an interrupted ingest resumes when run again)")
         raise typer.Exit(130) from None
 
 
@@ -77,10 +79,18 @@ def ingest(
     decode_threads: Annotated[
         Optional[int], typer.Option(min=1, help="Threads decoding images (config: decode_threads).")
     ] = None,
+    checkpoint_every: Annotated[
+        Optional[int], typer.Option(min=1, help="Save progress every N embedded images (config: checkpoint_every).")
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Embed everything again, e.g. to change the model.")] = False,
+    wait: WaitOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Embed every image under FOLDER and save the index (replacing the previous one only on success)."""
+    """Bring the index up to date with FOLDER: embed new and changed images, drop deleted ones.
+
+    The previous index stays in use until the new one is completely saved; an interrupted run resumes.
+    """
     settings = _settings(
         config,
         index=index,
@@ -92,13 +102,15 @@ def ingest(
         engine=engine,
         precision=precision,
         decode_threads=decode_threads,
+        checkpoint_every=checkpoint_every,
     )
     with _reported(), _progress(quiet) as progress:
-        report = run_ingest(folder, settings, progress=progress)
-    typer.echo(
-        f"Indexed {report.indexed} images in {report.seconds:.1f} s ({report.rate:.1f} img/s) "
-        f"into {printable(report.index)}"
-    )
+        report = run_ingest(folder, settings, progress=progress, full=full, wait=wait)
+    loading = f" (loading the model: {report.model_seconds:.1f} s)" if report.model_seconds else ""
+    typer.echo(f"Indexed {report.indexed} images into {printable(report.index)} in {report.seconds:.1f} s{loading}")
+    typer.echo(f"embedded {report.embedded} images" + (f" at {report.rate:.1f} img/s" if report.embedded else ""))
+    counts = ("added", "updated", "removed", "moved", "unchanged", "resumed")
+    typer.echo(", ".join(f"{getattr(report, name)} {name}" for name in counts))
     if report.skipped:
         reasons = ", ".join(f"{n} {reason}" for reason, n in report.skipped_by_reason().items())
         typer.echo(f"Skipped {len(report.skipped)}: {reasons}. Details: {printable(report.index / ERROR_REPORT)}")
@@ -161,6 +173,34 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
     facts["bytes_on_disk"] = f"{size / 2**20:.1f} MiB"
     for key, value in facts.items():
         typer.echo(f"{key:<15} {printable(str(value))}")
+
+
+@app.command()
+def verify(
+    index: IndexOption = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Drop the rows whose files are gone.")] = False,
+    wait: WaitOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Check the index: files, counts, hashes, metadata, and that every indexed file still exists.
+
+    Exit 0 when healthy (or repaired), 3 when damaged or pointing at files that are gone.
+    """
+    settings = _settings(config, index=index)
+    with _reported():
+        health = run_verify(settings.index, repair=repair, wait=wait)
+    typer.echo(f"{printable(settings.index)}: {health.count} vectors; files, counts, hashes and metadata consistent")
+    if health.repaired:
+        typer.echo(f"repaired: dropped {health.repaired} rows whose files are gone")
+    elif health.missing:
+        typer.echo(f"missing: {len(health.missing)} indexed files no longer exist (`--repair` drops them)")
+        for path in health.missing[:10]:
+            typer.echo(f"  {printable(path)}")
+    if health.changed:
+        typer.echo(f"changed: {len(health.changed)} files changed since indexed (`retrieval ingest` updates them)")
+    typer.echo("healthy" if health.healthy or health.repaired else "damaged")
+    if not (health.healthy or health.repaired):
+        raise typer.Exit(EXIT_INDEX)
 
 
 def _echo_json(value: Any) -> None:

@@ -40,12 +40,13 @@ class Settings:
     engine: str = "openvino"
     precision: str = "auto"
     decode_threads: int = field(default_factory=lambda: default_decode_threads())
+    checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
         for name, allowed in (("model", MODELS), ("metric", METRICS), ("engine", ENGINES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("batch_size", "top_k", "max_pixels", "decode_threads"):
+        for name in ("batch_size", "top_k", "max_pixels", "decode_threads", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
 

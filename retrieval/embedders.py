@@ -77,6 +77,17 @@ def create_embedder(settings: Settings) -> Embedder:
     return KerasEmbedder(spec, settings.weights, settings.seed, settings.precision)
 
 
+def identity_for(settings: Settings) -> dict[str, Any]:
+    """The identity of the embedder `settings` ask for, without building it when the weights are at hand
+    (ImageNet weights not yet in Keras' cache are downloaded first, or WeightsUnavailable says why not)."""
+    spec = spec_for(settings.model)
+    if settings.weights == "imagenet" and not keras_cache_file(spec).is_file():
+        build_keras_model(spec, "imagenet", settings.seed)
+    elif settings.weights not in ("imagenet", "none") and not Path(settings.weights).is_file():
+        build_keras_model(spec, settings.weights, settings.seed)  # raises WeightsUnavailable, saying what to do
+    return identity(spec, weights_identity(spec, settings.weights, settings.seed))
+
+
 def spec_for(model: str) -> ModelSpec:
     try:
         return SPECS[model]

@@ -12,6 +12,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INDEX = 3
 EXIT_NOTHING = 4
+EXIT_BUSY = 5
 
 
 class RetrievalError(Exception):
@@ -59,6 +60,12 @@ class IndexCorrupt(StoreError):
 
 class IndexMismatch(StoreError):
     """The index was built with another model, weights, preprocessing, dimension or format version."""
+
+
+class IndexBusy(StoreError):
+    """Another ingest holds the index's write lock."""
+
+    exit_code = EXIT_BUSY
 
 
 class NothingToIndex(RetrievalError):

@@ -1,7 +1,10 @@
-"""The ingest job: list a folder's images, decode them, embed them in batches, and save the index.
+"""The ingest job: bring an index up to date with a folder, embedding only what it does not hold yet.
 
-A new index replaces the old one only once it is completely written, so a failed or interrupted run,
-or a folder with nothing usable in it, never costs the index already on disk.
+A run lists the folder, takes every vector it can from the current index (unchanged files, and moved
+ones recognised by content hash) and from checkpoints of an interrupted run, decodes and embeds the rest
+in batches, and saves a new generation of the index. Newly embedded vectors are checkpointed every
+`checkpoint_every` images, so a killed run loses at most that much work. The old index stays live
+until the new one is completely written, and one lock admits one writer at a time.
 """
 
 from __future__ import annotations
@@ -9,43 +12,54 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from itertools import islice
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
+from .checkpoints import Checkpoints
 from .config import Settings
-from .embedders import Embedder, create_embedder, package_version
-from .errors import ImageError, NothingToIndex, StoreError
-from .files import Skipped, list_images
+from .embedders import Embedder, ModelSpec, create_embedder, identity_for, package_version, spec_for
+from .errors import ImageError, IndexMismatch, IndexMissing, NothingToIndex, StoreError
+from .files import Skipped, list_images, sha256_file
 from .images import PREPROCESSING, load_image
-from .store import Entry, Store
+from .lock import IndexLock
+from .store import Entry, Store, normalize
 
 ERROR_REPORT = "errors.jsonl"
-ProgressCallback = Callable[[int, int], None]  # (files done, files in total)
+ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed)
 Decoder = Callable[[Path, tuple[int, int], int], np.ndarray]  # (path, (width, height), max_pixels) -> pixels
 T = TypeVar("T")
 
 
 @dataclass
 class IngestReport:
-    """What a run did: written to the terminal as a summary and to ERROR_REPORT file by file."""
+    """What a run did: printed as a summary, and written to ERROR_REPORT file by file for the skipped."""
 
     index: Path
-    indexed: int
-    seconds: float
+    indexed: int = 0  # rows in the saved index
+    seconds: float = 0.0
+    embedded: int = 0  # images run through the model this time
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    resumed: int = 0  # taken from the checkpoints of an interrupted run
+    model_seconds: float = 0.0  # spent loading (or, once, converting) the model
     skipped: list[Skipped] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
-        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+        """Embedded images per second, model loading left out."""
+        working = self.seconds - self.model_seconds
+        return self.embedded / working if working > 0 else 0.0
 
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.skipped).most_common())
@@ -63,65 +77,242 @@ def ingest(
     embedder: Embedder | None = None,
     progress: ProgressCallback | None = None,
     decode: Decoder = load_image,
+    full: bool = False,
+    wait: bool = False,
 ) -> IngestReport:
-    """Index every image under `folder` into `settings.index`, skipping (and reporting) unusable files.
+    """Bring the index at `settings.index` up to date with the images under `folder`.
 
-    Decoding runs in `settings.decode_threads` threads, a few batches ahead of inference, so the
-    model never waits for Pillow (both release the GIL). Vectors go into the store batch by batch;
-    the pixels of at most those few batches are in memory at once.
+    `full` embeds everything again (needed to change model, weights, metric or folder); `wait` waits
+    for another ingest into the same index instead of failing with IndexBusy.
     """
     started = time.perf_counter()
-    listing = list_images(folder)
-    if not listing.paths:
-        raise NothingToIndex(f"no image files found in {folder}; nothing was written")
-    embedder = embedder or create_embedder(settings)
-    store = Store.create(
-        dim=embedder.spec.dim,
-        metric=settings.metric,
-        embedding=embedding_identity(embedder),
-        root=folder,
-        runtime={**embedder.runtime(), **_versions()},
-    )
-    skipped = list(listing.errors)
-    width, height = embedder.spec.input_size
-    batch = np.empty((settings.batch_size, height, width, 3), np.uint8)  # reused for every batch
-    pending: list[Entry] = []
-
-    def flush(done: int) -> None:
-        if pending:
-            store.add(embedder.embed(batch[: len(pending)]), pending)
-            pending.clear()
-        if progress:
-            progress(done, len(listing.paths))
-
-    read = partial(_read, folder, decode=decode, size=(width, height), max_pixels=settings.max_pixels)
-    ahead = 2 * settings.batch_size + settings.decode_threads
-    with closing(_in_threads(read, listing.paths, settings.decode_threads, ahead)) as results:
-        for done, (rel, result) in enumerate(zip(listing.paths, results), 1):
-            try:
-                entry, pixels = result.result()
-            except ImageError as e:
-                skipped.append(Skipped(rel, e.reason, e.detail))
-                continue
-            except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
-                skipped.append(Skipped(rel, "decoder failed", f"{type(e).__name__}: {e}"))
-                continue
-            batch[len(pending)] = pixels
-            pending.append(entry)
-            if len(pending) == settings.batch_size:
-                flush(done)
-    flush(len(listing.paths))
-    report = IngestReport(settings.index, store.count, time.perf_counter() - started, skipped)
-    write_error_report(settings.index, skipped)
-    if store.count == 0:
-        raise NothingToIndex(
-            f"none of the {len(listing.paths)} image files in {folder} could be read "
-            f"({_reasons(report)}); the existing index, if any, is unchanged. "
-            f"See {settings.index / ERROR_REPORT}"
-        )
-    store.save(settings.index)
+    with IndexLock(settings.index, wait=wait):
+        listing = list_images(folder)
+        if not listing.paths:
+            raise NothingToIndex(f"no image files found in {folder}; nothing was written")
+        model = _Model(settings, embedder)
+        checkpoints = Checkpoints(settings.index, model.identity)
+        if full:
+            checkpoints.clear()
+        previous = None if full else _previous(settings, model.identity, folder)
+        run = _Run(folder, settings, model, checkpoints, previous, progress, decode)
+        report = run.execute(listing.paths)
+        report.skipped = listing.errors + report.skipped
+        write_error_report(settings.index, report.skipped)
+        if not run.entries:
+            raise NothingToIndex(
+                f"none of the {len(listing.paths)} image files in {folder} could be read "
+                f"({_reasons(report)}); the existing index, if any, is unchanged. "
+                f"See {settings.index / ERROR_REPORT}"
+            )
+        if previous is not None and run.entries == previous.entries():
+            store = previous  # nothing changed: no new generation
+        else:
+            store = Store.create(
+                dim=model.spec.dim,
+                metric=settings.metric,
+                embedding=model.identity,
+                root=folder,
+                runtime=model.runtime(previous),
+            )
+            store.add(run.vectors(), run.entries)
+            store.save(settings.index)
+        checkpoints.clear()
+    report.indexed = store.count
+    report.model_seconds = model.load_seconds
     report.seconds = time.perf_counter() - started
     return report
+
+
+class _Model:
+    """The embedder, built only when something needs embedding: an up-to-date index costs no model load."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None) -> None:
+        self._settings = settings
+        self._embedder = embedder
+        self.load_seconds = 0.0
+        self.spec: ModelSpec = embedder.spec if embedder else spec_for(settings.model)
+        base = embedder.identity() if embedder else identity_for(settings)
+        self.identity = {**base, "preprocessing": PREPROCESSING}
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        if self._embedder is None:
+            started = time.perf_counter()
+            self._embedder = create_embedder(self._settings)
+            self.load_seconds = time.perf_counter() - started
+        return self._embedder.embed(images)
+
+    def runtime(self, previous: Store | None) -> dict[str, str]:
+        """Engine and versions of this run's embedder, or of the run that made the vectors if none ran."""
+        if self._embedder is None and previous is not None:
+            return previous.meta.get("runtime", {})
+        versions = {n: v for n in ("retrieval", "pillow", "numpy", "faiss-cpu") if (v := package_version(n))}
+        return {**(self._embedder.runtime() if self._embedder else {}), **versions}
+
+
+def _previous(settings: Settings, identity: dict[str, Any], folder: Path) -> Store | None:
+    """The live index if this run can update it; IndexMismatch if it was built otherwise."""
+    try:
+        store = Store.load(settings.index)
+    except IndexMissing:
+        return None
+    store.check_embedding(identity, remedy="pass --full to rebuild the index with the new settings")
+    if store.metric != settings.metric:
+        raise IndexMismatch(
+            f"the index in {settings.index} uses metric {store.metric}, not {settings.metric}; "
+            "pass --full to rebuild it"
+        )
+    if store.root != folder.resolve():
+        raise IndexMismatch(
+            f"the index in {settings.index} holds the images of {store.root}, not {folder.resolve()}; "
+            "use another --index, or pass --full to replace it"
+        )
+    return store
+
+
+class _Run:
+    """One ingest's work: decide each file's vector source, embed what is new, assemble in listing order."""
+
+    def __init__(
+        self,
+        folder: Path,
+        settings: Settings,
+        model: _Model,
+        checkpoints: Checkpoints,
+        previous: Store | None,
+        progress: ProgressCallback | None,
+        decode: Decoder,
+    ) -> None:
+        self._folder = folder
+        self._settings = settings
+        self._model = model
+        self._checkpoints = checkpoints
+        self._previous = previous
+        self._progress = progress
+        self._decode = decode
+        self.entries: list[Entry] = []
+        self._rows: list[np.ndarray] = []  # one vector per entry, normalized
+
+    def vectors(self) -> np.ndarray:
+        return np.stack(self._rows) if self._rows else np.empty((0, self._model.spec.dim), np.float32)
+
+    def execute(self, paths: list[str]) -> IngestReport:
+        report = IngestReport(self._settings.index)
+        known, vanished = self._known_vectors(paths)
+        resumed = {(e.path, e.size, e.mtime_ns): (e, v) for e, v in self._checkpoints.load()}
+        slots: list[Entry | None] = []
+        vectors: dict[int, np.ndarray] = {}
+        to_embed: list[int] = []
+        for rel in paths:
+            try:
+                st = (self._folder / rel).stat()
+            except OSError as e:
+                report.skipped.append(Skipped(rel, "file not found" if isinstance(e, FileNotFoundError) else "unreadable", str(e)))
+                continue
+            key = (rel, st.st_size, st.st_mtime_ns)
+            slot = len(slots)
+            slots.append(Entry(rel, st.st_size, st.st_mtime_ns))
+            if key in known:
+                slots[slot], vectors[slot] = known[key]
+                report.unchanged += 1
+            elif key in resumed:
+                slots[slot], vectors[slot] = resumed[key]
+                report.resumed += 1
+            elif (moved := self._moved(slots[slot], vanished)) is not None:
+                slots[slot], vectors[slot] = moved
+                report.moved += 1
+            else:
+                to_embed.append(slot)
+        report.removed = len(vanished)
+        self._embed(slots, vectors, to_embed, report)
+        for slot, entry in enumerate(slots):
+            if slot in vectors and entry is not None:
+                self.entries.append(entry)
+                self._rows.append(vectors[slot])
+        return report
+
+    def _known_vectors(self, paths: list[str]) -> tuple[dict[tuple[str, int, int], tuple[Entry, np.ndarray]], dict[str, tuple[Entry, np.ndarray]]]:
+        """The previous index's vectors: by (path, size, mtime) for files still listed, and by content
+        hash for those no longer listed (candidates for a move)."""
+        if self._previous is None:
+            return {}, {}
+        listed = set(paths)
+        stored = self._previous.vectors()  # (count, dim)
+        known, vanished = {}, {}
+        for row, entry in enumerate(self._previous.entries()):
+            if entry.path in listed:
+                known[(entry.path, entry.size, entry.mtime_ns)] = (entry, stored[row])
+            else:
+                vanished[entry.sha256 or f"row-{row}"] = (entry, stored[row])
+        return known, vanished
+
+    def _moved(self, entry: Entry, vanished: dict[str, tuple[Entry, np.ndarray]]) -> tuple[Entry, np.ndarray] | None:
+        """A new path whose bytes equal a vanished entry's is that file, moved: re-key its vector.
+        Hashing only when a vanished file has the same size keeps this cheap."""
+        if not any(old.size == entry.size for old, _ in vanished.values()):
+            return None
+        digest = sha256_file(self._folder / entry.path)
+        if digest not in vanished:
+            return None
+        _, vector = vanished.pop(digest)
+        return replace(entry, sha256=digest), vector
+
+    def _embed(self, slots: list[Entry | None], vectors: dict[int, np.ndarray], to_embed: list[int], report: IngestReport) -> None:
+        """Decode in threads ahead of the model, embed in batches, checkpoint as we go."""
+        settings = self._settings
+        width, height = self._model.spec.input_size
+        batch = np.empty((settings.batch_size, height, width, 3), np.uint8)  # reused for every batch
+        in_batch: list[int] = []
+        unsaved: list[int] = []
+        previous_paths = set(e.path for e in self._previous.entries()) if self._previous else set()
+
+        def flush(done: int) -> None:
+            if in_batch:
+                embedded = normalize(self._model.embed(batch[: len(in_batch)]))
+                for slot, vector in zip(in_batch, embedded):
+                    vectors[slot] = vector
+                    if slots[slot].path in previous_paths:
+                        report.updated += 1
+                    else:
+                        report.added += 1
+                report.embedded += len(in_batch)
+                unsaved.extend(in_batch)
+                in_batch.clear()
+            if len(unsaved) >= settings.checkpoint_every:
+                checkpoint()
+            if self._progress:
+                self._progress(done, len(to_embed))
+
+        def checkpoint() -> None:
+            if unsaved:
+                self._checkpoints.save([slots[s] for s in unsaved], np.stack([vectors[s] for s in unsaved]))
+                unsaved.clear()
+
+        read = partial(_read, self._folder, decode=self._decode, size=(width, height), max_pixels=settings.max_pixels)
+        ahead = 2 * settings.batch_size + settings.decode_threads
+        paths = [slots[s].path for s in to_embed]
+        try:
+            with closing(_in_threads(read, paths, settings.decode_threads, ahead)) as results:
+                for done, (slot, result) in enumerate(zip(to_embed, results), 1):
+                    try:
+                        pixels, digest = result.result()
+                    except ImageError as e:
+                        report.skipped.append(Skipped(slots[slot].path, e.reason, e.detail))
+                        slots[slot] = None
+                        continue
+                    except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
+                        report.skipped.append(Skipped(slots[slot].path, "decoder failed", f"{type(e).__name__}: {e}"))
+                        slots[slot] = None
+                        continue
+                    slots[slot] = replace(slots[slot], sha256=digest)
+                    batch[len(in_batch)] = pixels
+                    in_batch.append(slot)
+                    if len(in_batch) == settings.batch_size:
+                        flush(done)
+            flush(len(to_embed))
+        except BaseException:
+            checkpoint()  # Ctrl-C or a fatal error: what was embedded is kept for the next run
+            raise
 
 
 def _in_threads(work: Callable[[str], T], items: list[str], threads: int, ahead: int) -> Iterator[Future[T]]:
@@ -145,19 +336,14 @@ def _in_threads(work: Callable[[str], T], items: list[str], threads: int, ahead:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read(
-    folder: Path, rel: str, *, decode: Decoder, size: tuple[int, int], max_pixels: int
-) -> tuple[Entry, np.ndarray]:
-    """Stat then decode one file. Stat first: if the file changes while we read it, the next run sees a
-    newer mtime than the manifest's and embeds it again."""
+def _read(folder: Path, rel: str, *, decode: Decoder, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, str]:
+    """Decode one file and hash its bytes (the second read comes from the page cache)."""
     path = folder / rel
+    pixels = decode(path, size, max_pixels)
     try:
-        st = path.stat()
-    except FileNotFoundError as e:
-        raise ImageError("file not found", "deleted, or a broken link") from e
+        return pixels, sha256_file(path)
     except OSError as e:
         raise ImageError("unreadable", e.strerror or str(e)) from e
-    return Entry(rel, st.st_size, st.st_mtime_ns), decode(path, size, max_pixels)
 
 
 def write_error_report(index: Path, skipped: list[Skipped]) -> None:
@@ -175,9 +361,3 @@ def write_error_report(index: Path, skipped: list[Skipped]) -> None:
 
 def _reasons(report: IngestReport) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in report.skipped_by_reason().items())
-
-
-def _versions() -> dict[str, str]:
-    """Installed versions of what shapes the vectors and the index, read without importing them."""
-    names = ("retrieval", "pillow", "numpy", "faiss-cpu")
-    return {name: version for name in names if (version := package_version(name))}

@@ -5,7 +5,7 @@ Layout of an index folder::
     CURRENT            name of the live generation, replaced atomically
     gen-000007/
         vectors.faiss  row i is the vector of manifest line i
-        manifest.jsonl one {"path", "size", "mtime_ns"} per line, paths relative to the ingested root
+        manifest.jsonl one {"path", "size", "mtime_ns", "sha256"} per line, paths relative to the ingested root
         meta.json      format version, embedding identity, metric, count, file sizes and hashes, versions
 
 A save writes a whole new generation into a temporary folder, fsyncs it, renames it into place and only
@@ -31,7 +31,7 @@ from .errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, Store
 from .files import sha256_file
 
 FORMAT = "retrieval-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 POINTER = "CURRENT"
 VECTORS = "vectors.faiss"
 MANIFEST = "manifest.jsonl"
@@ -49,6 +49,7 @@ class Entry:
     path: str  # relative to the ingested root, POSIX separators
     size: int
     mtime_ns: int
+    sha256: str = ""  # of the file's bytes: recognises a moved file without embedding it again
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -121,6 +122,13 @@ class Store:
     def entry(self, row: int) -> Entry:
         return self._entries[row]
 
+    def entries(self) -> list[Entry]:
+        return list(self._entries)
+
+    def vectors(self) -> np.ndarray:
+        """Every stored (normalized) vector in row order, (count, dim)."""
+        return self._index.reconstruct_n(0, self.count) if self.count else np.empty((0, self.dim), np.float32)
+
     def find(self, path: str) -> int | None:
         """Row of a manifest path (relative, POSIX), or None."""
         if self._rows is None:
@@ -131,17 +139,23 @@ class Store:
         """The stored (normalized) vector of `row`: a query by an indexed image needs no model."""
         return self._index.reconstruct(row)  # (dim,)
 
-    def check_embedding(self, identity: dict[str, Any]) -> None:
-        """Refuse vectors made differently from the stored ones, naming what differs."""
+    def select(self, rows: list[int]) -> Store:
+        """A new store holding only `rows`, in that order, with the same metadata."""
+        index = faiss.index_factory(self.dim, "Flat", self._index.metric_type)
+        if rows:
+            index.add(self._index.reconstruct_batch(np.asarray(rows, dtype=np.int64)))
+        return Store(index, [self._entries[r] for r in rows], dict(self._meta))
+
+    def check_embedding(
+        self, identity: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
+    ) -> None:
+        """Refuse vectors made differently from the stored ones, naming what differs and `remedy`."""
         stored = self._meta["embedding"]
         if identity == stored:
             return
         keys = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
         diffs = "; ".join(f"{k}: index has {stored.get(k)!r}, now {identity.get(k)!r}" for k in keys)
-        raise IndexMismatch(
-            f"the index was built with another model or preprocessing ({diffs}). "
-            "Rebuild it with `retrieval ingest`, or use the settings it was built with."
-        )
+        raise IndexMismatch(f"the index was built with another model or preprocessing ({diffs}); {remedy}")
 
     # --- vectors ---------------------------------------------------------------------------------
 

@@ -54,3 +54,25 @@ def indexed(tmp_path_factory, photos, embedder) -> Settings:
     settings = Settings(index=tmp_path_factory.mktemp("index"), weights="none", batch_size=5)
     ingest(photos, settings, embedder=embedder)
     return settings
+
+
+class Counting:
+    """The real embedder, counting the images it is asked to embed, and optionally 'pressing Ctrl-C'
+    on one call."""
+
+    def __init__(self, embedder, interrupt_on_call: int | None = None):
+        self._embedder, self.spec = embedder, embedder.spec
+        self.images, self.calls, self._interrupt = 0, 0, interrupt_on_call
+
+    def identity(self):
+        return self._embedder.identity()
+
+    def runtime(self):
+        return self._embedder.runtime()
+
+    def embed(self, images):
+        self.calls += 1
+        if self.calls == self._interrupt:
+            raise KeyboardInterrupt
+        self.images += len(images)
+        return self._embedder.embed(images)

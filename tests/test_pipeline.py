@@ -24,7 +24,7 @@ from retrieval.search import query
 from retrieval.store import META, Store, current_generation
 from retrieval.synthetic import near_duplicates, photo
 
-from .conftest import PHOTOS
+from .conftest import PHOTOS, Counting
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_a_folder_without_usable_images_writes_nothing_over_a_good_index(tmp_pat
     (broken / "a.jpg").write_bytes(b"")
     for folder in (empty, broken):
         with pytest.raises(NothingToIndex):
-            ingest(folder, settings, embedder=embedder)
+            ingest(folder, settings, embedder=embedder, full=True)
     assert current_generation(settings.index) == generation
     assert Store.load(settings.index).count == PHOTOS
 
@@ -175,31 +175,12 @@ def test_a_decoder_failure_on_one_file_skips_that_file_only(tmp_path, photos, em
     assert [(s.path, s.reason) for s in report.skipped] == [("photo-0004.jpg", "decoder failed")]
 
 
-class InterruptedEmbedder:
-    """The real embedder, until a user presses Ctrl-C during the second batch."""
-
-    def __init__(self, embedder):
-        self._embedder, self.spec, self.calls = embedder, embedder.spec, 0
-
-    def identity(self):
-        return self._embedder.identity()
-
-    def runtime(self):
-        return self._embedder.runtime()
-
-    def embed(self, images):
-        self.calls += 1
-        if self.calls == 2:
-            raise KeyboardInterrupt
-        return self._embedder.embed(images)
-
-
 def test_ctrl_c_stops_the_decoding_threads_and_keeps_the_index(tmp_path, photos, embedder):
     settings = Settings(index=tmp_path / "index", weights="none", batch_size=3, decode_threads=2)
     ingest(photos, settings, embedder=embedder)
     generation = current_generation(settings.index)
     with pytest.raises(KeyboardInterrupt):
-        ingest(photos, settings, embedder=InterruptedEmbedder(embedder))
+        ingest(photos, settings, embedder=Counting(embedder, interrupt_on_call=2), full=True)
     assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
     assert current_generation(settings.index) == generation and Store.load(settings.index).count == PHOTOS
 

@@ -1,0 +1,55 @@
+"""`retrieval verify`: is the index whole, and do the files it points at still exist?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .lock import IndexLock
+from .store import Store
+
+
+@dataclass
+class Health:
+    """What verify found. Damage (a corrupt index) is raised as IndexCorrupt instead."""
+
+    count: int
+    missing: list[str] = field(default_factory=list)  # manifest paths whose files are gone
+    changed: list[str] = field(default_factory=list)  # files changed since embedded: `ingest` updates them
+    repaired: int = 0  # rows dropped by --repair
+
+    @property
+    def healthy(self) -> bool:
+        return not self.missing
+
+
+def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
+    """Load and validate the index (counts, hashes, metadata), then check every manifest path.
+
+    `repair` drops the rows whose files are gone and saves the result as a new generation, under the
+    index's write lock.
+    """
+    if repair:
+        with IndexLock(index, wait=wait):
+            return _check(index, repair=True)
+    return _check(index, repair=False)
+
+
+def _check(index: Path, *, repair: bool) -> Health:
+    store = Store.load(index)
+    health = Health(store.count)
+    keep = []
+    for row, entry in enumerate(store.entries()):
+        try:
+            st = (store.root / entry.path).stat()
+        except FileNotFoundError:
+            health.missing.append(entry.path)
+            continue
+        keep.append(row)
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            health.changed.append(entry.path)
+    if repair and health.missing:
+        store.select(keep).save(index)
+        health.repaired = len(health.missing)
+        health.count = len(keep)
+    return health

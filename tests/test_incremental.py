@@ -1,0 +1,228 @@
+"""Incremental and resumable ingest, the write lock, verify (../shared/BAD_INPUTS.md items 27, 29, 33, 36,
+37, 45, 46), with the real random-weight ResNet50 counting its own calls."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from retrieval.cli import app
+from retrieval.config import Settings
+from retrieval.errors import IndexBusy, IndexMismatch
+from retrieval.images import load_image
+from retrieval.ingest import ingest
+from retrieval.lock import IndexLock
+from retrieval.store import Store, current_generation
+from retrieval.synthetic import photo, write_photos
+
+from .conftest import Counting
+
+runner = CliRunner()
+
+
+def snapshot(index: Path) -> tuple[list, np.ndarray]:
+    store = Store.load(index)
+    return store.entries(), store.vectors()
+
+
+def assert_same_index(a: Path, b: Path) -> None:
+    (entries_a, vectors_a), (entries_b, vectors_b) = snapshot(a), snapshot(b)
+    assert [e.path for e in entries_a] == [e.path for e in entries_b]
+    assert [e.sha256 for e in entries_a] == [e.sha256 for e in entries_b]
+    np.testing.assert_allclose(vectors_a, vectors_b, atol=1e-5)
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    write_photos(folder, 8, seed=100)
+    return folder
+
+
+def settings_for(tmp_path: Path, name: str = "index", **kw) -> Settings:
+    return Settings(index=tmp_path / name, weights="none", batch_size=3, **kw)
+
+
+def test_add_change_delete_move_embeds_exactly_what_changed(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    write_photos(tmp_path / "new", 3, seed=200)
+    for p in (tmp_path / "new").iterdir():
+        shutil.move(p, folder / f"new-{p.name}")  # 3 added
+    photo(300).save(folder / "photo-0001.jpg", quality=90)  # 2 changed
+    photo(301).save(folder / "photo-0002.jpg", quality=90)
+    (folder / "photo-0003.jpg").unlink()  # 1 deleted
+    (folder / "sub").mkdir()
+    (folder / "photo-0004.jpg").rename(folder / "sub" / "moved.jpg")  # 1 moved
+    counting = Counting(embedder)
+    report = ingest(folder, settings, embedder=counting)
+    assert counting.images == 5 == report.embedded
+    assert (report.added, report.updated, report.removed, report.moved, report.unchanged) == (3, 2, 1, 1, 4)
+    assert report.indexed == 10
+    ingest(folder, settings_for(tmp_path, "fresh"), embedder=embedder, full=True)
+    assert_same_index(settings.index, tmp_path / "fresh")
+
+
+def test_an_unchanged_folder_embeds_nothing_and_loads_no_model(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    generation = current_generation(settings.index)
+    report = ingest(folder, settings)  # no embedder given: one would be built only if needed
+    assert report.embedded == 0 and report.unchanged == 8 and report.indexed == 8
+    assert current_generation(settings.index) == generation
+
+
+def test_full_embeds_everything_again(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    counting = Counting(embedder)
+    assert ingest(folder, settings, embedder=counting, full=True).embedded == 8 == counting.images
+
+
+def test_another_model_or_folder_needs_full(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    with pytest.raises(IndexMismatch, match="--full"):
+        ingest(folder, settings_for(tmp_path, seed=1))
+    other = tmp_path / "other"
+    write_photos(other, 2, seed=400)
+    with pytest.raises(IndexMismatch, match="--full"):
+        ingest(other, settings, embedder=embedder)
+
+
+def test_ctrl_c_keeps_the_work_done_and_the_next_run_resumes(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path, checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(folder, settings, embedder=Counting(embedder, interrupt_on_call=3))  # batches 1, 2 done
+    counting = Counting(embedder)
+    report = ingest(folder, settings, embedder=counting)
+    assert report.resumed == 6 and counting.images == 2 == report.embedded
+    ingest(folder, settings_for(tmp_path, "reference"), embedder=embedder)
+    assert_same_index(settings.index, tmp_path / "reference")
+    assert not (settings.index / "pending").exists(), "checkpoints are dropped once in the index"
+
+
+def test_leftover_temporary_files_are_ignored_and_cleaned(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    litter = [settings.index / ".tmp-gen-000099-1", settings.index / "pending" / ".tmp-piece-1-1.npz"]
+    litter[0].mkdir()
+    litter[1].parent.mkdir()
+    litter[1].write_bytes(b"half a piece")
+    assert Store.load(settings.index).count == 8
+    photo(500).save(folder / "extra.jpg")
+    ingest(folder, settings, embedder=embedder)
+    assert not any(p.exists() for p in litter)
+
+
+def test_a_second_ingest_is_refused_while_one_runs_or_waits(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    with IndexLock(settings.index):
+        with pytest.raises(IndexBusy, match="index busy"):
+            ingest(folder, settings, embedder=embedder)
+        result = runner.invoke(app, ["ingest", str(folder), "--index", str(settings.index), "--weights", "none"])
+        assert result.exit_code == 5 and "index busy" in result.output
+
+    lock = IndexLock(settings.index).__enter__()
+    threading.Timer(0.5, lock.__exit__, (None, None, None)).start()
+    started = time.monotonic()
+    assert ingest(folder, settings, embedder=embedder, wait=True).indexed == 8
+    assert time.monotonic() - started >= 0.4
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from pathlib import Path; from retrieval.lock import IndexLock\n"
+         f"IndexLock(Path({str(settings.index)!r})).__enter__(); print('locked', flush=True)\n"
+         "import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(IndexBusy):
+        ingest(folder, settings, embedder=embedder)
+    holder.kill()
+    holder.wait()
+    assert ingest(folder, settings, embedder=embedder).indexed == 8
+
+
+def test_files_deleted_or_changed_during_ingest(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+
+    def meddling(path, size, max_pixels):
+        if path.name == "photo-0001.jpg":
+            (folder / "photo-0006.jpg").unlink()  # deleted before its turn
+            photo(600).save(folder / "photo-0005.jpg", quality=90)  # changed after it was listed
+        return load_image(path, size, max_pixels)
+
+    report = ingest(folder, settings, embedder=embedder, decode=meddling)
+    assert [(s.path, s.reason) for s in report.skipped] == [("photo-0006.jpg", "file not found")]
+    counting = Counting(embedder)
+    again = ingest(folder, settings, embedder=counting)
+    assert again.updated == 1 and counting.images == 1, "the file changed mid-run is picked up next run"
+
+
+def test_queries_during_ingests_see_one_whole_generation(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    extra = folder / "extra.jpg"
+    errors, seen = [], set()
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            try:
+                store = Store.load(settings.index)
+                hits = store.search(store.vector(0), 20)[0]
+                assert len(hits) == store.count
+                assert {store.entry(r).path for r, _ in hits} == {e.path for e in store.entries()}
+                seen.add(store.count)
+            except Exception as e:  # noqa: BLE001 - any failure is the test's finding
+                errors.append(e)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(6):
+            if i % 2 == 0:
+                photo(700 + i).save(extra)
+            else:
+                extra.unlink()
+            ingest(folder, settings, embedder=embedder)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, errors[:3]
+    assert seen <= {8, 9} and len(seen) == 2
+
+
+def test_verify_reports_and_repairs(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    index = str(settings.index)
+    healthy = runner.invoke(app, ["verify", "--index", index])
+    assert healthy.exit_code == 0 and healthy.output.strip().endswith("healthy")
+    (folder / "photo-0002.jpg").unlink()
+    photo(800).save(folder / "photo-0003.jpg", quality=90)
+    damaged = runner.invoke(app, ["verify", "--index", index])
+    assert damaged.exit_code == 3 and "photo-0002.jpg" in damaged.output and "changed: 1" in damaged.output
+    repaired = runner.invoke(app, ["verify", "--index", index, "--repair"])
+    assert repaired.exit_code == 0 and "dropped 1" in repaired.output
+    assert Store.load(settings.index).count == 7
+    assert runner.invoke(app, ["verify", "--index", index]).exit_code == 0
+
+
+def test_verify_of_a_corrupt_index_exits_3(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    (current_generation(settings.index) / "manifest.jsonl").write_text("garbage\n")
+    result = runner.invoke(app, ["verify", "--index", str(settings.index)])
+    assert result.exit_code == 3 and "corrupt" in result.output
