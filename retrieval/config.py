@@ -21,6 +21,7 @@ MODELS = ("resnet50", "vgg16")
 METRICS = ("cosine", "l2")
 ENGINES = ("openvino", "tensorflow")
 PRECISIONS = ("auto", "fp32", "bf16")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 # Pillow's own default: a 10000 x 10000 image is over it and so treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -41,12 +42,29 @@ class Settings:
     precision: str = "auto"
     decode_threads: int = field(default_factory=lambda: default_decode_threads())
     checkpoint_every: int = 1000
+    index_type: str = "auto"
+    recall_target: float = 0.95
+    pca_dim: int = 0
+    hnsw_m: int = 32
+    ef_search: int = 64
+    ivf_lists: int = 0
+    nprobe: int = 16
+    pq_bytes: int = 0
+    rerank: int = 4
 
     def __post_init__(self) -> None:
-        for name, allowed in (("model", MODELS), ("metric", METRICS), ("engine", ENGINES), ("precision", PRECISIONS)):
+        choices = (
+            ("model", MODELS), ("metric", METRICS), ("engine", ENGINES), ("precision", PRECISIONS), ("index_type", INDEX_TYPES)
+        )
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("batch_size", "top_k", "max_pixels", "decode_threads", "checkpoint_every"):
+        if not 0 < self.recall_target <= 1:
+            raise ConfigError(f"recall_target must be in (0, 1], not {self.recall_target}")
+        for name in ("pca_dim", "ivf_lists", "pq_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        for name in ("batch_size", "top_k", "max_pixels", "decode_threads", "checkpoint_every", "hnsw_m", "ef_search", "nprobe", "rerank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
 
@@ -109,6 +127,10 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{key} must be a path, not {value!r}")
         return Path(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, not {value!r}")
+        return float(value)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be a whole number, not {value!r}")

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
+from .ann import IndexChoice
 from .checkpoints import Checkpoints
 from .config import Settings
 from .embedders import Embedder, ModelSpec, create_embedder, identity_for, package_version, spec_for
@@ -105,7 +106,9 @@ def ingest(
                 f"({_reasons(report)}); the existing index, if any, is unchanged. "
                 f"See {settings.index / ERROR_REPORT}"
             )
-        if previous is not None and run.entries == previous.entries():
+        kind = index_choice(settings)
+        requested = {**asdict(kind), "recall_target": settings.recall_target}
+        if previous is not None and run.entries == previous.entries() and previous.requested_kind == requested:
             store = previous  # nothing changed: no new generation
         else:
             store = Store.create(
@@ -114,6 +117,8 @@ def ingest(
                 embedding=model.identity,
                 root=folder,
                 runtime=model.runtime(previous),
+                kind=kind,
+                recall_target=settings.recall_target,
             )
             store.add(run.vectors(), run.entries)
             store.save(settings.index)
@@ -122,6 +127,20 @@ def ingest(
     report.model_seconds = model.load_seconds
     report.seconds = time.perf_counter() - started
     return report
+
+
+def index_choice(settings: Settings) -> IndexChoice:
+    """The index kind and parameters `settings` ask for."""
+    return IndexChoice(
+        kind=settings.index_type,
+        pca=settings.pca_dim,
+        hnsw_m=settings.hnsw_m,
+        ef_search=settings.ef_search,
+        ivf_lists=settings.ivf_lists,
+        nprobe=settings.nprobe,
+        pq_bytes=settings.pq_bytes,
+        rerank=settings.rerank,
+    )
 
 
 class _Model:

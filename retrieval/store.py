@@ -27,11 +27,13 @@ from typing import Any, Callable, Iterable, TypeVar
 import faiss
 import numpy as np
 
+from . import ann
+from .ann import IndexChoice
 from .errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
 from .files import sha256_file
 
 FORMAT = "retrieval-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 POINTER = "CURRENT"
 VECTORS = "vectors.faiss"
 MANIFEST = "manifest.jsonl"
@@ -79,13 +81,21 @@ class Store:
 
     @classmethod
     def create(
-        cls, *, dim: int, metric: str, embedding: dict[str, Any], root: Path, runtime: dict[str, str]
+        cls,
+        *,
+        dim: int,
+        metric: str,
+        embedding: dict[str, Any],
+        root: Path,
+        runtime: dict[str, str],
+        kind: IndexChoice = IndexChoice(),
+        recall_target: float = 0.95,
     ) -> Store:
         """An empty store. `embedding` says how vectors are made; a later query must embed the same way.
-        `runtime` (engine, precision, versions) is recorded for the record, never compared."""
+        `runtime` (engine, precision, versions) is recorded for the record, never compared. `kind` is
+        the index kind asked for; it is built, and for `auto` chosen and tuned, at the first `add`."""
         if metric not in _FAISS_METRICS:
             raise UsageError(f"metric must be one of {', '.join(_FAISS_METRICS)}, not {metric!r}")
-        index = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -94,8 +104,9 @@ class Store:
             "root": str(root.resolve()),
             "embedding": embedding,
             "runtime": runtime,
+            "index": {"requested": {**asdict(kind), "recall_target": recall_target}, "kind": "flat", "factory": "Flat"},
         }
-        return cls(index, [], meta)
+        return cls(faiss.index_factory(dim, "Flat", _FAISS_METRICS[metric]), [], meta)
 
     # --- facts -----------------------------------------------------------------------------------
 
@@ -140,11 +151,22 @@ class Store:
         return self._index.reconstruct(row)  # (dim,)
 
     def select(self, rows: list[int]) -> Store:
-        """A new store holding only `rows`, in that order, with the same metadata."""
-        index = faiss.index_factory(self.dim, "Flat", self._index.metric_type)
+        """A new store holding only `rows`, in that order, with the same metadata and kind of index."""
+        requested = dict(self._meta["index"]["requested"])
+        target = requested.pop("recall_target")
+        meta = self._meta
+        store = Store.create(
+            dim=self.dim, metric=self.metric, embedding=meta["embedding"], root=self.root,
+            runtime=meta["runtime"], kind=ann.choice_from(requested), recall_target=target,
+        )
         if rows:
-            index.add(self._index.reconstruct_batch(np.asarray(rows, dtype=np.int64)))
-        return Store(index, [self._entries[r] for r in rows], dict(self._meta))
+            store.add(self._index.reconstruct_batch(np.asarray(rows, dtype=np.int64)), [self._entries[r] for r in rows])
+        return store
+
+    @property
+    def requested_kind(self) -> dict[str, Any]:
+        """The index kind and parameters asked for (before `auto` decided), to tell whether a setting changed."""
+        return dict(self._meta["index"]["requested"])
 
     def check_embedding(
         self, identity: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
@@ -164,9 +186,24 @@ class Store:
         x = normalize(vectors)
         if x.shape != (len(entries), self.dim):
             raise UsageError(f"got {x.shape[0]} vectors of dim {x.shape[1]} for {len(entries)} entries, dim {self.dim}")
-        self._index.add(x)
+        if self.count == 0 and self._meta["index"]["requested"]["kind"] != "flat":
+            self._build(x)
+        else:
+            self._index.add(x)
         self._entries.extend(entries)
         self._rows = None
+
+    def _build(self, x: np.ndarray) -> None:
+        """The first vectors decide the index: built (trained, for PCA and IVF) and, for auto, tuned on them."""
+        requested = dict(self._meta["index"]["requested"])
+        target = requested.pop("recall_target")
+        choice = ann.choice_from(requested)
+        metric = _FAISS_METRICS[self.metric]
+        if choice.kind == "auto":
+            self._index, description = ann.auto(x, metric, choice, target)
+        else:
+            self._index, description = ann.build(choice, self.dim, metric, x), ann.describe(choice, self.dim, len(x))
+        self._meta["index"] = {"requested": self._meta["index"]["requested"], **description}
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
@@ -252,6 +289,7 @@ class Store:
             raise _corrupt(folder, f"row counts disagree: {counts}")
         if index.d != meta["dim"] or index.metric_type != _FAISS_METRICS.get(meta["metric"]):
             raise _corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
+        ann.apply_search_parameters(index, ann.choice_from(meta["index"]))
         return cls(index, entries, meta)
 
 
@@ -297,7 +335,7 @@ def read_meta(generation: Path) -> dict[str, Any]:
             f"the index in {folder} has format version {meta.get('format_version')!r}; this retrieval reads "
             f"version {FORMAT_VERSION}. Rebuild it with `retrieval ingest`."
         )
-    required = ("dim", "metric", "count", "root", "embedding", "files")
+    required = ("dim", "metric", "count", "root", "embedding", "files", "index")
     missing = [k for k in required if k not in meta]
     if missing:
         raise _corrupt(folder, f"{META} lacks {', '.join(missing)}")

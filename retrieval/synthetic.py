@@ -56,3 +56,37 @@ def near_duplicates(original: Image.Image) -> dict[str, Image.Image]:
         "mirrored": ImageOps.mirror(original),
         "reencoded": Image.open(encoded),
     }
+
+
+def feature_vectors(
+    family: str, count: int, *, dim: int = 2048, queries: int = 0, seed: int = 0, chunk: int = 50_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stand-ins for pooled CNN features, for index tests and the search benchmark.
+
+    - "clustered": like a photo collection: count/100 Gaussian clusters (spread drawn from 0.3-0.8) in a
+      32-d latent space, mapped to `dim` by a fixed random matrix and a ReLU;
+    - "hard": one Gaussian in a 96-d latent space, same mapping, no clusters.
+    Each vector then gets 5 % uniform noise (a uniform random unit vector scaled by 0.05 added to the
+    normalized vector) and is L2-normalized. `queries` more are fresh draws from the same distribution.
+    Returns (vectors (count, dim), queries (queries, dim)), float32.
+    """
+    rng = np.random.default_rng(seed)
+    latent = {"clustered": 32, "hard": 96}[family]
+    clusters = max(1, count // 100) if family == "clustered" else 1
+    centers = rng.normal(size=(clusters, latent)) * (1.0 if family == "clustered" else 0.0)
+    spreads = rng.uniform(0.3, 0.8, clusters) if family == "clustered" else np.ones(1)
+    mapping = (rng.normal(size=(latent, dim)) / np.sqrt(latent)).astype(np.float32)
+
+    def draw(n: int) -> np.ndarray:
+        which = rng.integers(clusters, size=n)
+        z = (centers[which] + rng.normal(size=(n, latent)) * spreads[which, None]).astype(np.float32)
+        x = np.maximum(z @ mapping, 0)
+        x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+        noise = rng.uniform(size=(n, dim)).astype(np.float32)
+        x += 0.05 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    vectors = np.empty((count, dim), np.float32)
+    for start in range(0, count, chunk):
+        vectors[start : start + chunk] = draw(min(chunk, count - start))
+    return vectors, draw(queries) if queries else np.empty((0, dim), np.float32)
