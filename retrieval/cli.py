@@ -20,8 +20,8 @@ from rich.text import Text
 from . import collage as collage_
 from . import search, store
 from .config import ENGINES, METRICS, MODELS, PRECISIONS, Settings, load_settings
-from .errors import EXIT_INDEX, RetrievalError
-from .files import printable
+from .errors import EXIT_INDEX, RetrievalError, UsageError
+from .files import list_images, printable
 from .ingest import ERROR_REPORT, ProgressCallback
 from .ingest import ingest as run_ingest
 from .verify import verify as run_verify
@@ -118,7 +118,9 @@ def ingest(
 
 @app.command()
 def query(
-    image: Annotated[Path, typer.Argument(help="The query image.", exists=True, dir_okay=False)],
+    images: Annotated[
+        list[Path], typer.Argument(help="Query image(s), or folders of them: searched together in one batch.", exists=True)
+    ],
     k: Annotated[Optional[int], typer.Option("-k", "--top-k", min=1, help="How many results (config: top_k).")] = None,
     index: IndexOption = None,
     collage: Annotated[
@@ -129,21 +131,44 @@ def query(
     precision: PrecisionOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Print the indexed images most similar to IMAGE, best first."""
+    """Print the indexed images most similar to each query image, best first.
+
+    With one IMAGE, --json prints one object; with several (or a folder), a list of them.
+    """
     settings = _settings(config, index=index, engine=engine, precision=precision)
     with _reported():
-        result = search.query(image, settings, k=k)
+        paths = _expand(images)
+        if collage is not None and len(paths) != 1:
+            raise UsageError("--collage draws one query: give a single image")
+        results = search.query_many(paths, settings, k=k)
         if collage is not None:
-            collage_.render(result, collage, settings.max_pixels)
+            collage_.render(results[0], collage, settings.max_pixels)
     if as_json:
-        _echo_json(_result_json(result, collage))
+        bodies = [_result_json(result, collage) for result in results]
+        _echo_json(bodies[0] if len(images) == 1 and images[0].is_file() else bodies)
         return
-    label = "similarity" if result.metric == "cosine" else "distance"
-    typer.echo(f"rank  {label:>10}  path")
-    for h in result.hits:
-        typer.echo(f"{h.rank:>4}  {h.score:>10.4f}  {printable(result.absolute(h))}")
+    for result in results:
+        if len(results) > 1:
+            typer.echo(f"query: {printable(result.query)}")
+        label = "similarity" if result.metric == "cosine" else "distance"
+        typer.echo(f"rank  {label:>10}  path")
+        for h in result.hits:
+            typer.echo(f"{h.rank:>4}  {h.score:>10.4f}  {printable(result.absolute(h))}")
     if collage is not None:
         typer.echo(f"collage: {printable(collage)}")
+
+
+def _expand(images: list[Path]) -> list[Path]:
+    """Query paths: files as given, folders replaced by the images under them (sorted)."""
+    paths: list[Path] = []
+    for image in images:
+        if image.is_dir():
+            paths += [image / rel for rel in list_images(image).paths]
+        else:
+            paths.append(image)
+    if not paths:
+        raise UsageError("no query images: the folders given hold none")
+    return paths
 
 
 @app.command()
@@ -161,6 +186,8 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
         "weights": embedding.get("weights"),
         "dim": meta["dim"],
         "metric": meta["metric"],
+        "index_type": meta["index"]["factory"],
+        "recall_at_10": meta["index"].get("recall_at_10"),
         "bytes_on_disk": size,
         "created": meta.get("created"),
         "root": meta["root"],

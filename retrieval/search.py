@@ -52,19 +52,44 @@ def query(
     so no model (and no TensorFlow) is loaded. Any other image is embedded with the model, weights and
     preprocessing the index records, on the engine and precision `settings` ask for.
     """
+    return query_many([image], settings, k=k, make_embedder=make_embedder)[0]
+
+
+def query_many(
+    images: list[Path],
+    settings: Settings,
+    *,
+    k: int | None = None,
+    make_embedder: EmbedderFactory = create_embedder,
+) -> list[QueryResult]:
+    """`query` for several images at once: the index is loaded once, the images that need it are
+    embedded in batches, and all vectors are searched in one call."""
     store = Store.load(settings.index)
     if store.count == 0:
         raise EmptyIndex(f"the index in {settings.index} is empty: no results")  # before loading any model
-    row = indexed_row(store, image)
-    if row is not None:
-        vector = store.vector(row)
-    else:
+    rows = [indexed_row(store, image) for image in images]
+    vectors = np.empty((len(images), store.dim), np.float32)
+    to_embed = [i for i, row in enumerate(rows) if row is None]
+    for i, row in enumerate(rows):
+        if row is not None:
+            vectors[i] = store.vector(row)
+    if to_embed:
         embedder = embedder_for(store, settings, make_embedder)
-        pixels = load_image(image, embedder.spec.input_size, settings.max_pixels)
-        vector = embedder.embed(pixels[np.newaxis])[0]
-    pairs = store.search(vector, k or settings.top_k)[0]
-    hits = [Hit(rank, score, store.entry(r).path, r) for rank, (r, score) in enumerate(pairs, 1)]
-    return QueryResult(image, store.root, store.metric, hits, embedded=row is None)
+        for start in range(0, len(to_embed), settings.batch_size):
+            chunk = to_embed[start : start + settings.batch_size]
+            pixels = np.stack([load_image(images[i], embedder.spec.input_size, settings.max_pixels) for i in chunk])
+            vectors[chunk] = embedder.embed(pixels)
+    found = store.search(vectors, k or settings.top_k)
+    return [
+        QueryResult(
+            image,
+            store.root,
+            store.metric,
+            [Hit(rank, score, store.entry(r).path, r) for rank, (r, score) in enumerate(pairs, 1)],
+            embedded=row is None,
+        )
+        for image, row, pairs in zip(images, rows, found)
+    ]
 
 
 def indexed_row(store: Store, image: Path) -> int | None:

@@ -333,7 +333,7 @@ def read_meta(generation: Path) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise IndexMismatch(
             f"the index in {folder} has format version {meta.get('format_version')!r}; this retrieval reads "
-            f"version {FORMAT_VERSION}. Rebuild it with `retrieval ingest`."
+            f"version {FORMAT_VERSION}. Rebuild it with `retrieval ingest --full`."
         )
     required = ("dim", "metric", "count", "root", "embedding", "files", "index")
     missing = [k for k in required if k not in meta]
@@ -350,7 +350,7 @@ def disk_size(folder: Path) -> int:
 
 
 def _corrupt(folder: Path, why: str) -> IndexCorrupt:
-    return IndexCorrupt(f"the index in {folder} is corrupt ({why}); rebuild it with `retrieval ingest`")
+    return IndexCorrupt(f"the index in {folder} is corrupt ({why}); rebuild it with `retrieval ingest --full`")
 
 
 def _read_manifest(path: Path, folder: Path) -> list[Entry]:

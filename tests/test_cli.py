@@ -149,3 +149,18 @@ def test_a_real_subprocess_with_a_name_that_is_not_utf8(tmp_path):
     # the copy and its original tie at the top; surrogate escapes round-trip to the original bytes
     assert {os.fsencode(r["path"]) for r in results[:2]} == {odd, os.fsencode(folder / "p1.jpg")}
     assert results[1]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_several_queries_and_a_folder_in_one_batch(cli_index, photos, tmp_path):
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for seed in (2, 5):
+        near_duplicates(photo(seed))["resized"].save(queries / f"copy-{seed}.png")
+    result = run("query", photos / "photo-0001.jpg", queries, "--index", cli_index, "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    bodies = json.loads(result.output)
+    assert [b["results"][0]["relative_path"] for b in bodies] == ["photo-0001.jpg", "photo-0002.jpg", "photo-0005.jpg"]
+    assert [b["embedded"] for b in bodies] == [False, True, True]
+    table = run("query", queries, "--index", cli_index, "-k", "1")
+    assert table.output.count("query: ") == 2
+    assert run("query", queries, "--index", cli_index, "--collage", tmp_path / "c.png").exit_code == 2
