@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import faiss
 import numpy as np
@@ -61,14 +61,28 @@ class IndexChoice:
         return self.kind == "ivf" or 0 < self.pca < dim
 
 
-def build(choice: IndexChoice, dim: int, metric: int, vectors: np.ndarray) -> faiss.Index:
-    """A trained index of `choice` holding `vectors` (n, dim), normalized, float32."""
+def build(
+    choice: IndexChoice,
+    dim: int,
+    metric: int,
+    vectors: np.ndarray,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 20_000,
+) -> faiss.Index:
+    """A trained index of `choice` holding `vectors` (n, dim), normalized, float32.
+
+    Vectors are added `chunk` at a time (the same index as one call) so that `progress(added, total)`
+    can report on builds that take minutes.
+    """
     index = faiss.index_factory(dim, choice.factory(dim, len(vectors)), metric)
     if not index.is_trained:
         rng = np.random.default_rng(0)  # a fixed sample: the same vectors give the same index
         sample = vectors if len(vectors) <= TRAIN_SAMPLE else vectors[np.sort(rng.choice(len(vectors), TRAIN_SAMPLE, replace=False))]
         index.train(sample)
-    index.add(vectors)
+    for start in range(0, len(vectors), chunk):
+        index.add(vectors[start : start + chunk])
+        if progress:
+            progress(min(start + chunk, len(vectors)), len(vectors))
     apply_search_parameters(index, choice)
     return index
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from . import collage as collage_
-from . import search, store
+from . import bench, search, store
 from .config import ENGINES, METRICS, MODELS, PRECISIONS, Settings, load_settings
 from .errors import EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
@@ -228,6 +228,49 @@ def verify(
     typer.echo("healthy" if health.healthy or health.repaired else "damaged")
     if not (health.healthy or health.repaired):
         raise typer.Exit(EXIT_INDEX)
+
+
+bench_app = typer.Typer(help="Measure speed: see benchmarks/ for the recorded runs.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("search")
+def bench_search(
+    sizes: Annotated[str, typer.Option(help="Comma-separated numbers of vectors.")] = "10000,100000",
+    families: Annotated[str, typer.Option(help="clustered and/or hard (see synthetic.feature_vectors).")] = "clustered,hard",
+    kinds: Annotated[Optional[str], typer.Option(help="Only these kinds, comma-separated (default: all).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for search.json, search.md and search.png.", file_okay=False)] = Path(
+        "benchmarks/results"
+    ),
+) -> None:
+    """Latency, throughput, recall and build cost of every index kind on seeded synthetic features."""
+    with _reported():
+        try:
+            counts = [int(n) for n in sizes.split(",")]
+        except ValueError:
+            raise UsageError(f"--sizes takes comma-separated whole numbers, not {sizes!r}") from None
+        known = {s.label for s in bench.SWEEPS}
+        wanted = kinds.split(",") if kinds else None
+        if wanted and not set(wanted) <= known:
+            raise UsageError(f"--kinds: choose from {', '.join(sorted(known))}")
+        if min(counts) < 100 or not set(families.split(",")) <= {"clustered", "hard"}:
+            raise UsageError("--sizes must be at least 100 and --families clustered and/or hard")
+        with _build_bars() as progress:
+            bench.run(counts, families.split(","), wanted, out, log=lambda line: err.print(Text(line)), progress=progress)
+    typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'} and {out / 'search.png'}")
+
+
+@contextmanager
+def _build_bars() -> Iterator[Any]:
+    """One progress bar per index build, on stderr."""
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
+
+    def start(label: str) -> ProgressCallback:
+        task = bars.add_task(label, total=None)
+        return lambda done, total: bars.update(task, completed=done, total=total)
+
+    with bars:
+        yield start
 
 
 def _echo_json(value: Any) -> None:
