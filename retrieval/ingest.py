@@ -210,17 +210,27 @@ class _Run:
         self._progress = progress
         self._decode = decode
         self.entries: list[Entry] = []
-        self._rows: list[np.ndarray] = []  # one vector per entry, normalized
+        # One row per listed file, filled in place from whichever source has its vector, then compacted
+        # over the files that failed: the only full-size copy of the vectors this run makes.
+        self._vectors = np.empty((0, model.spec.dim), np.float32)
+        self._filled = np.zeros(0, bool)
 
     def vectors(self) -> np.ndarray:
-        return np.stack(self._rows) if self._rows else np.empty((0, self._model.spec.dim), np.float32)
+        """(len(entries), dim), normalized, row i for entries[i]."""
+        return self._vectors[: len(self.entries)]
+
+    def _put(self, slot: int, vector: np.ndarray) -> None:
+        self._vectors[slot] = vector
+        self._filled[slot] = True
 
     def execute(self, paths: list[str]) -> IngestReport:
         report = IngestReport(self._settings.index)
         known, vanished = self._known_vectors(paths)
         resumed = {(e.path, e.size, e.mtime_ns): (e, v) for e, v in self._checkpoints.load()}
+        vanished_sizes = {entry.size for entry, _ in vanished.values()}
         slots: list[Entry | None] = []
-        vectors: dict[int, np.ndarray] = {}
+        self._vectors = np.empty((len(paths), self._model.spec.dim), np.float32)
+        self._filled = np.zeros(len(paths), bool)
         to_embed: list[int] = []
         for rel in paths:
             try:
@@ -231,23 +241,25 @@ class _Run:
             key = (rel, st.st_size, st.st_mtime_ns)
             slot = len(slots)
             slots.append(Entry(rel, st.st_size, st.st_mtime_ns))
+            source = known.get(key) or resumed.get(key) or self._moved(slots[slot], vanished, vanished_sizes)
+            if source is None:
+                to_embed.append(slot)
+                continue
+            slots[slot] = source[0]
+            self._put(slot, source[1])
             if key in known:
-                slots[slot], vectors[slot] = known[key]
                 report.unchanged += 1
             elif key in resumed:
-                slots[slot], vectors[slot] = resumed[key]
                 report.resumed += 1
-            elif (moved := self._moved(slots[slot], vanished)) is not None:
-                slots[slot], vectors[slot] = moved
-                report.moved += 1
             else:
-                to_embed.append(slot)
+                report.moved += 1
         report.removed = len(vanished)
-        self._embed(slots, vectors, to_embed, report)
+        self._embed(slots, to_embed, report)
         for slot, entry in enumerate(slots):
-            if slot in vectors and entry is not None:
+            if entry is not None and self._filled[slot]:
+                if slot != len(self.entries):
+                    self._vectors[len(self.entries)] = self._vectors[slot]  # compact in place
                 self.entries.append(entry)
-                self._rows.append(vectors[slot])
         return report
 
     def _known_vectors(self, paths: list[str]) -> tuple[dict[tuple[str, int, int], tuple[Entry, np.ndarray]], dict[str, tuple[Entry, np.ndarray]]]:
@@ -265,10 +277,12 @@ class _Run:
                 vanished[entry.sha256 or f"row-{row}"] = (entry, stored[row])
         return known, vanished
 
-    def _moved(self, entry: Entry, vanished: dict[str, tuple[Entry, np.ndarray]]) -> tuple[Entry, np.ndarray] | None:
+    def _moved(
+        self, entry: Entry, vanished: dict[str, tuple[Entry, np.ndarray]], sizes: set[int]
+    ) -> tuple[Entry, np.ndarray] | None:
         """A new path whose bytes equal a vanished entry's is that file, moved: re-key its vector.
-        Hashing only when a vanished file has the same size keeps this cheap."""
-        if not any(old.size == entry.size for old, _ in vanished.values()):
+        Hashing only when a vanished file had the same size keeps this cheap."""
+        if entry.size not in sizes:
             return None
         digest = sha256_file(self._folder / entry.path)
         if digest not in vanished:
@@ -276,7 +290,7 @@ class _Run:
         _, vector = vanished.pop(digest)
         return replace(entry, sha256=digest), vector
 
-    def _embed(self, slots: list[Entry | None], vectors: dict[int, np.ndarray], to_embed: list[int], report: IngestReport) -> None:
+    def _embed(self, slots: list[Entry | None], to_embed: list[int], report: IngestReport) -> None:
         """Decode in threads ahead of the model, embed in batches, checkpoint as we go."""
         settings = self._settings
         width, height = self._model.spec.input_size
@@ -289,7 +303,7 @@ class _Run:
             if in_batch:
                 embedded = normalize(self._model.embed(batch[: len(in_batch)]))
                 for slot, vector in zip(in_batch, embedded):
-                    vectors[slot] = vector
+                    self._put(slot, vector)
                     if slots[slot].path in previous_paths:
                         report.updated += 1
                     else:
@@ -304,7 +318,7 @@ class _Run:
 
         def checkpoint() -> None:
             if unsaved:
-                self._checkpoints.save([slots[s] for s in unsaved], np.stack([vectors[s] for s in unsaved]))
+                self._checkpoints.save([slots[s] for s in unsaved], self._vectors[unsaved])
                 unsaved.clear()
 
         read = partial(_read, self._folder, decode=self._decode, size=(width, height), max_pixels=settings.max_pixels)

@@ -67,6 +67,8 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if (norms == 0).any():
         raise UsageError("a vector is all zeros and has no direction")
+    if np.allclose(norms, 1.0, rtol=0, atol=1e-6):
+        return np.ascontiguousarray(x)  # already unit length: no copy of a possibly huge array
     return np.ascontiguousarray(x / norms)
 
 
