@@ -241,16 +241,19 @@ class _Run:
             key = (rel, st.st_size, st.st_mtime_ns)
             slot = len(slots)
             slots.append(Entry(rel, st.st_size, st.st_mtime_ns))
-            source = known.get(key) or resumed.get(key) or self._moved(slots[slot], vanished, vanished_sizes)
+            if key in resumed:
+                slots[slot], vector = resumed[key]
+                self._put(slot, vector)
+                report.resumed += 1
+                continue
+            source = known.get(key) or self._moved(slots[slot], vanished, vanished_sizes)
             if source is None:
                 to_embed.append(slot)
                 continue
             slots[slot] = source[0]
-            self._put(slot, source[1])
+            self._put(slot, self._previous.vector(source[1]))
             if key in known:
                 report.unchanged += 1
-            elif key in resumed:
-                report.resumed += 1
             else:
                 report.moved += 1
         report.removed = len(vanished)
@@ -262,24 +265,22 @@ class _Run:
                 self.entries.append(entry)
         return report
 
-    def _known_vectors(self, paths: list[str]) -> tuple[dict[tuple[str, int, int], tuple[Entry, np.ndarray]], dict[str, tuple[Entry, np.ndarray]]]:
-        """The previous index's vectors: by (path, size, mtime) for files still listed, and by content
-        hash for those no longer listed (candidates for a move)."""
+    def _known_vectors(self, paths: list[str]) -> tuple[dict[tuple[str, int, int], tuple[Entry, int]], dict[str, tuple[Entry, int]]]:
+        """The previous index's rows: by (path, size, mtime) for files still listed, and by content hash
+        for those no longer listed (candidates for a move). Rows, not vectors: each vector is read from
+        the index only when it is used, so no second copy of the index is made."""
         if self._previous is None:
             return {}, {}
         listed = set(paths)
-        stored = self._previous.vectors()  # (count, dim)
         known, vanished = {}, {}
         for row, entry in enumerate(self._previous.entries()):
             if entry.path in listed:
-                known[(entry.path, entry.size, entry.mtime_ns)] = (entry, stored[row])
+                known[(entry.path, entry.size, entry.mtime_ns)] = (entry, row)
             else:
-                vanished[entry.sha256 or f"row-{row}"] = (entry, stored[row])
+                vanished[entry.sha256 or f"row-{row}"] = (entry, row)
         return known, vanished
 
-    def _moved(
-        self, entry: Entry, vanished: dict[str, tuple[Entry, np.ndarray]], sizes: set[int]
-    ) -> tuple[Entry, np.ndarray] | None:
+    def _moved(self, entry: Entry, vanished: dict[str, tuple[Entry, int]], sizes: set[int]) -> tuple[Entry, int] | None:
         """A new path whose bytes equal a vanished entry's is that file, moved: re-key its vector.
         Hashing only when a vanished file had the same size keeps this cheap."""
         if entry.size not in sizes:
@@ -287,8 +288,8 @@ class _Run:
         digest = sha256_file(self._folder / entry.path)
         if digest not in vanished:
             return None
-        _, vector = vanished.pop(digest)
-        return replace(entry, sha256=digest), vector
+        _, row = vanished.pop(digest)
+        return replace(entry, sha256=digest), row
 
     def _embed(self, slots: list[Entry | None], to_embed: list[int], report: IngestReport) -> None:
         """Decode in threads ahead of the model, embed in batches, checkpoint as we go."""
