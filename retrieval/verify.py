@@ -24,7 +24,8 @@ class Health:
 
 
 def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
-    """Load and validate the index (counts, hashes, metadata), then check every manifest path.
+    """Load and validate the index (sizes and SHA-256 of its files, counts, metadata), then check
+    every manifest path.
 
     `repair` drops the rows whose files are gone and saves the result as a new generation, under the
     index's write lock.
@@ -36,7 +37,7 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
 
 
 def _check(index: Path, *, repair: bool) -> Health:
-    store = Store.load(index)
+    store = Store.load(index, check_hashes=True)
     health = Health(store.count)
     keep = []
     for row, entry in enumerate(store.entries()):

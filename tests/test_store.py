@@ -252,3 +252,13 @@ def test_a_pointer_outside_the_index_is_refused(saved):
     (saved / "CURRENT").write_text("../../etc\n")
     with pytest.raises(IndexCorrupt):
         Store.load(saved)
+
+
+def test_damage_that_keeps_the_size_is_found_by_the_hash_check(saved):
+    path = live(saved, VECTORS)
+    data = bytearray(path.read_bytes())
+    data[-64:] = bytes(64)  # the last vector zeroed: same size, valid header
+    path.write_bytes(bytes(data))
+    Store.load(saved)  # a query's load checks sizes only: it reads nothing it does not search
+    with pytest.raises(IndexCorrupt, match="SHA-256"):
+        Store.load(saved, check_hashes=True)  # what `retrieval verify` does
