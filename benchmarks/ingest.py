@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -172,31 +171,6 @@ def run_in_subprocess(job: dict[str, Any]) -> dict[str, Any]:
 # --- the whole benchmark --------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", "x86_64"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-    except OSError:
-        pass
-    from retrieval.embedders import package_version
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "bf16": [f for f in ("amx_bf16", "avx512_bf16") if f in flags.split()],
-        "python": platform.python_version(),
-        "versions": {
-            n: package_version(n) for n in ("tensorflow-cpu", "tensorflow", "keras", "openvino", "pillow", "faiss-cpu")
-            if package_version(n)
-        },
-    }
-
-
 def plan(quick: bool) -> list[dict[str, Any]]:
     small = str(photo_set((1024, 768), 128 if quick else 512))
     baseline = str(photo_set((1024, 768), 48 if quick else 96))
@@ -269,8 +243,9 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.job))))
         return
     os.environ.setdefault("RETRIEVAL_CACHE", str(DATA / "model-cache"))
+    from retrieval.bench import machine
+
     host = machine()
-    host["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     host["command"] = "benchmarks/ingest.py" + (" --quick" if args.quick else "")
     print(f"{host['cpu']}, {host['cores']} cores; generating images under {DATA} ...")
     results = summarize([run_in_subprocess(job) for job in plan(args.quick)])

@@ -6,8 +6,9 @@ The CLI in `cli.py` is a thin layer over these functions; use them directly from
 from .config import Settings, load_settings
 from .embedders import Embedder, KerasEmbedder
 from .ingest import IngestReport, ingest
-from .search import Hit, QueryResult, query
+from .search import Hit, QueryResult, query, query_many
 from .store import Store
+from .verify import verify
 
 __all__ = [
     "Embedder",
@@ -20,4 +21,6 @@ __all__ = [
     "ingest",
     "load_settings",
     "query",
+    "query_many",
+    "verify",
 ]

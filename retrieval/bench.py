@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from .ann import IndexChoice, apply_search_parameters, build
+from .embedders import package_version
 from .synthetic import feature_vectors
 
 QUERIES = 1000  # fresh draws from each family; the first LATENCY_QUERIES are timed one by one
@@ -156,20 +157,23 @@ def _rss() -> int:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
+    """The machine a benchmark ran on, as its results record it: CPU, cores, native bf16, versions, date."""
+    cpu, flags = platform.processor() or "unknown", []
     try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line.split()
+    except OSError:
         pass
+    names = ("faiss-cpu", "numpy", "openvino", "tensorflow-cpu", "tensorflow", "keras", "pillow")
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
+        "bf16": [f for f in ("amx_bf16", "avx512_bf16") if f in flags],
+        "python": platform.python_version(),
+        "versions": {name: version for name in names if (version := package_version(name))},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -179,7 +183,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Search benchmark",
         "",
-        f"Machine: {host['cpu']}, {host['cores']} cores; faiss {host['faiss']}; run {host['date']}. "
+        f"Machine: {host['cpu']}, {host['cores']} cores; faiss {host['versions'].get('faiss-cpu')}; run {host['date']}. "
         f"Single-thread read bandwidth {result['bandwidth_gb_s']:.1f} GB/s (numpy sum).",
         f"d = 2048, top-10, {QUERIES} fresh queries per family; latency: one query at a time on one thread "
         f"({LATENCY_QUERIES} queries); q/s: all queries in one batch on every thread; recall@10 against exact search.",
