@@ -20,7 +20,6 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-KINDS = ("flat", "hnsw", "ivf", "auto")
 # below this many vectors `auto` keeps exact search: it is then as fast as a graph and never misses
 AUTO_FLAT_BELOW = 5_000
 TRAIN_SAMPLE = 50_000  # vectors used to train PCA and k-means: more buys little

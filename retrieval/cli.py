@@ -19,7 +19,7 @@ from rich.text import Text
 
 from . import collage as collage_
 from . import bench, search, store
-from .config import ENGINES, METRICS, MODELS, PRECISIONS, Settings, load_settings
+from .config import ENGINES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings, load_settings
 from .errors import EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
 from .ingest import ERROR_REPORT, ProgressCallback
@@ -79,6 +79,9 @@ def ingest(
     decode_threads: Annotated[
         Optional[int], typer.Option(min=1, help="Threads decoding images (config: decode_threads).")
     ] = None,
+    index_type: Annotated[
+        Optional[str], typer.Option(help=f"{' | '.join(INDEX_TYPES)} (config: index_type).")
+    ] = None,
     checkpoint_every: Annotated[
         Optional[int], typer.Option(min=1, help="Save progress every N embedded images (config: checkpoint_every).")
     ] = None,
@@ -103,6 +106,7 @@ def ingest(
         precision=precision,
         decode_threads=decode_threads,
         checkpoint_every=checkpoint_every,
+        index_type=index_type,
     )
     with _reported(), _progress(quiet) as progress:
         report = run_ingest(folder, settings, progress=progress, full=full, wait=wait)
@@ -112,8 +116,7 @@ def ingest(
     counts = ("added", "updated", "removed", "moved", "unchanged", "resumed")
     typer.echo(", ".join(f"{getattr(report, name)} {name}" for name in counts))
     if report.skipped:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in report.skipped_by_reason().items())
-        typer.echo(f"Skipped {len(report.skipped)}: {reasons}. Details: {printable(report.index / ERROR_REPORT)}")
+        typer.echo(f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.index / ERROR_REPORT)}")
 
 
 @app.command()

@@ -7,7 +7,6 @@ code, so every command reports the same fault with the same code.
 from __future__ import annotations
 
 # Exit codes, documented in the README. 2 is also what typer uses for a malformed command line.
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INDEX = 3

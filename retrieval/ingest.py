@@ -65,6 +65,10 @@ class IngestReport:
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.skipped).most_common())
 
+    def reasons(self) -> str:
+        """The skipped files counted by reason, most common first: "2 not an image, 1 truncated"."""
+        return ", ".join(f"{n} {reason}" for reason, n in self.skipped_by_reason().items())
+
 
 def embedding_identity(embedder: Embedder) -> dict[str, Any]:
     """How a picture becomes a vector, decoding included: what ingest and query must agree on."""
@@ -103,7 +107,7 @@ def ingest(
         if not run.entries:
             raise NothingToIndex(
                 f"none of the {len(listing.paths)} image files in {folder} could be read "
-                f"({_reasons(report)}); the existing index, if any, is unchanged. "
+                f"({report.reasons()}); the existing index, if any, is unchanged. "
                 f"See {settings.index / ERROR_REPORT}"
             )
         kind = index_choice(settings)
@@ -391,7 +395,3 @@ def write_error_report(index: Path, skipped: list[Skipped]) -> None:
         os.replace(staging, index / ERROR_REPORT)
     except OSError as e:
         raise StoreError(f"cannot write to the index folder {index}: {e.strerror or e}") from e
-
-
-def _reasons(report: IngestReport) -> str:
-    return ", ".join(f"{n} {reason}" for reason, n in report.skipped_by_reason().items())

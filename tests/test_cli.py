@@ -164,3 +164,12 @@ def test_several_queries_and_a_folder_in_one_batch(cli_index, photos, tmp_path):
     table = run("query", queries, "--index", cli_index, "-k", "1")
     assert table.output.count("query: ") == 2
     assert run("query", queries, "--index", cli_index, "--collage", tmp_path / "c.png").exit_code == 2
+
+
+def test_the_index_type_can_be_chosen_on_the_command_line(photos, tmp_path):
+    index = tmp_path / "index"
+    result = run("ingest", photos, "--index", index, "--weights", "none", "--index-type", "hnsw", "-q")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(run("info", "--index", index, "--json").output)
+    assert facts["index_type"] == "HNSW32"
+    assert run("ingest", photos, "--index", index, "--index-type", "annoy").exit_code == 2
