@@ -123,28 +123,51 @@ def recall_at(
     return hits / (k * len(queries))
 
 
+def resident_bytes(choice: IndexChoice, dim: int, count: int) -> int:
+    """Memory a search of `choice` keeps busy: flat scans every exact vector; compressed kinds touch only
+    their codes (and graph or lists), while the exact vectors for re-ranking stay memory-mapped on disk."""
+    width = choice.pca if 0 < choice.pca < dim else dim
+    if choice.kind == "flat":
+        return count * dim * 4
+    if choice.kind == "hnsw":
+        return count * (width * 4 + 2 * choice.hnsw_m * 4)  # vectors searched + level-0 neighbour lists
+    code = choice.pq_bytes or width  # PQ bytes, or SQ8's byte per dimension
+    return count * (code + 8)  # codes + ids in the inverted lists
+
+
 def auto(
-    vectors: np.ndarray, metric: int, base: IndexChoice, target_recall: float, sample: int = 200
+    vectors: np.ndarray,
+    metric: int,
+    base: IndexChoice,
+    target_recall: float,
+    memory_budget: float = 0.0,
+    sample: int = 200,
 ) -> tuple[faiss.Index, dict[str, Any]]:
     """Pick a kind for these vectors and tune its search parameter to `target_recall`, measured.
 
     Flat below AUTO_FLAT_BELOW vectors (exact, and fast at that size); otherwise HNSW (after PCA-256
-    when the vectors are wider than 512), with efSearch raised until recall@10 on `sample` stored
-    vectors used as queries reaches the target. The measured recall is returned with the choice, and
-    never a higher one than was measured.
+    when the vectors are wider than 512), or, when that would keep more than `memory_budget` bytes busy
+    (0: no budget), IVF with 64-byte PQ codes. Its efSearch or nprobe is raised until recall@10 on
+    `sample` stored vectors used as queries (each one's own row left out) reaches the target. The
+    measured recall is returned with the choice, and never a higher one than was measured.
     """
     count, dim = vectors.shape
     if count < AUTO_FLAT_BELOW:
         choice = replace(base, kind="flat")
         return build(choice, dim, metric, vectors), {**describe(choice, dim, count), "recall_at_10": 1.0}
     choice = replace(base, kind="hnsw", pca=base.pca or (256 if dim > 512 else 0))
+    parameter, values = "ef_search", (16, 32, 64, 128, 256, 512)
+    if memory_budget and resident_bytes(choice, dim, count) > memory_budget:
+        choice = replace(base, kind="ivf", pq_bytes=base.pq_bytes or 64, rerank=max(base.rerank, 8))
+        parameter, values = "nprobe", (4, 8, 16, 32, 64, 128, 256)
     index = build(choice, dim, metric, vectors)
     rows = np.random.default_rng(1).choice(count, min(sample, count), replace=False)
     recall = 0.0
-    for ef in (16, 32, 64, 128, 256, 512):
-        choice = replace(choice, ef_search=ef)
+    for value in values:
+        choice = replace(choice, **{parameter: value})
         apply_search_parameters(index, choice)
         recall = recall_at(index, vectors, vectors[rows], own_rows=rows)
         if recall >= target_recall:
             break
-    return index, {**describe(choice, dim, count), "recall_at_10": recall, "recall_queries": len(rows)}
+    facts = describe(choice, dim, count)
+    return index, {**facts, "recall_at_10": recall, "recall_queries": len(rows), "resident_bytes": resident_bytes(choice, dim, count)}

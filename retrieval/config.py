@@ -44,6 +44,7 @@ class Settings:
     checkpoint_every: int = 1000
     index_type: str = "auto"
     recall_target: float = 0.95
+    memory_budget_gb: float = 0.0
     pca_dim: int = 0
     hnsw_m: int = 32
     ef_search: int = 64
@@ -61,6 +62,8 @@ class Settings:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not 0 < self.recall_target <= 1:
             raise ConfigError(f"recall_target must be in (0, 1], not {self.recall_target}")
+        if self.memory_budget_gb < 0:
+            raise ConfigError(f"memory_budget_gb must be 0 (no budget) or more, not {self.memory_budget_gb}")
         for name in ("pca_dim", "ivf_lists", "pq_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")

@@ -111,7 +111,9 @@ def ingest(
                 f"See {settings.index / ERROR_REPORT}"
             )
         kind = index_choice(settings)
-        requested = {**asdict(kind), "recall_target": settings.recall_target}
+        requested = {
+            **asdict(kind), "recall_target": settings.recall_target, "memory_budget_gb": settings.memory_budget_gb
+        }
         if previous is not None and run.entries == previous.entries() and previous.requested_kind == requested:
             store = previous  # nothing changed: no new generation
         else:
@@ -123,6 +125,7 @@ def ingest(
                 runtime=model.runtime(previous),
                 kind=kind,
                 recall_target=settings.recall_target,
+                memory_budget_gb=settings.memory_budget_gb,
             )
             store.add(run.vectors(), run.entries)
             store.save(settings.index)

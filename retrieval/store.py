@@ -93,6 +93,7 @@ class Store:
         runtime: dict[str, str],
         kind: IndexChoice = IndexChoice(),
         recall_target: float = 0.95,
+        memory_budget_gb: float = 0.0,
     ) -> Store:
         """An empty store. `embedding` says how vectors are made; a later query must embed the same way.
         `runtime` (engine, precision, versions) is recorded for the record, never compared. `kind` is
@@ -107,7 +108,11 @@ class Store:
             "root": str(root.resolve()),
             "embedding": embedding,
             "runtime": runtime,
-            "index": {"requested": {**asdict(kind), "recall_target": recall_target}, "kind": "flat", "factory": "Flat"},
+            "index": {
+                "requested": {**asdict(kind), "recall_target": recall_target, "memory_budget_gb": memory_budget_gb},
+                "kind": "flat",
+                "factory": "Flat",
+            },
         }
         return cls(faiss.index_factory(dim, "Flat", _FAISS_METRICS[metric]), [], meta)
 
@@ -155,12 +160,17 @@ class Store:
 
     def select(self, rows: list[int]) -> Store:
         """A new store holding only `rows`, in that order, with the same metadata and kind of index."""
-        requested = dict(self._meta["index"]["requested"])
-        target = requested.pop("recall_target")
+        requested = self._meta["index"]["requested"]
         meta = self._meta
         store = Store.create(
-            dim=self.dim, metric=self.metric, embedding=meta["embedding"], root=self.root,
-            runtime=meta["runtime"], kind=ann.choice_from(requested), recall_target=target,
+            dim=self.dim,
+            metric=self.metric,
+            embedding=meta["embedding"],
+            root=self.root,
+            runtime=meta["runtime"],
+            kind=ann.choice_from(requested),
+            recall_target=requested["recall_target"],
+            memory_budget_gb=requested["memory_budget_gb"],
         )
         if rows:
             store.add(self._index.reconstruct_batch(np.asarray(rows, dtype=np.int64)), [self._entries[r] for r in rows])
@@ -198,12 +208,12 @@ class Store:
 
     def _build(self, x: np.ndarray) -> None:
         """The first vectors decide the index: built (trained, for PCA and IVF) and, for auto, tuned on them."""
-        requested = dict(self._meta["index"]["requested"])
-        target = requested.pop("recall_target")
+        requested = self._meta["index"]["requested"]
         choice = ann.choice_from(requested)
         metric = _FAISS_METRICS[self.metric]
         if choice.kind == "auto":
-            self._index, description = ann.auto(x, metric, choice, target)
+            budget = requested["memory_budget_gb"] * 2**30
+            self._index, description = ann.auto(x, metric, choice, requested["recall_target"], budget)
         else:
             self._index, description = ann.build(choice, self.dim, metric, x), ann.describe(choice, self.dim, len(x))
         self._meta["index"] = {"requested": self._meta["index"]["requested"], **description}

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval.ann import IndexChoice, recall_at
+from retrieval.ann import IndexChoice, recall_at, resident_bytes
 from retrieval.store import Entry, Store
 from retrieval.synthetic import feature_vectors
 
@@ -89,3 +89,19 @@ def test_auto_measures_and_records_its_recall(data):
     # the recorded recall is one auto measured: measuring again the same way gives the same number
     rows = np.random.default_rng(1).choice(N, facts["recall_queries"], replace=False)
     assert recall_at(large._index, data[0], data[0][rows], own_rows=rows) == pytest.approx(facts["recall_at_10"])
+
+
+def test_auto_keeps_within_a_memory_budget(data):
+    """Over the budget a graph would need, auto takes IVF with PQ codes, and still measures its recall."""
+    vectors = data[0]
+    graph = IndexChoice("hnsw", pca=256)
+    assert resident_bytes(graph, DIM, N) > resident_bytes(IndexChoice("ivf", pq_bytes=64), DIM, N)
+    store = Store.create(
+        dim=DIM, metric="cosine", embedding={}, root=Path("/"), runtime={}, kind=IndexChoice("auto"),
+        recall_target=0.95, memory_budget_gb=resident_bytes(graph, DIM, N) / 2**30 / 2,
+    )
+    store.add(vectors, [Entry(f"{i}.jpg", i, i) for i in range(N)])
+    facts = store.meta["index"]
+    assert facts["kind"] == "ivf" and facts["pq_bytes"] == 64
+    assert facts["resident_bytes"] <= facts["requested"]["memory_budget_gb"] * 2**30
+    assert facts["recall_at_10"] >= 0.95
