@@ -75,16 +75,10 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         result = _decode(Path(job["folder"]), job["jpeg_draft"])
     else:
         result = _pipeline(Path(job["folder"]), job["engine"], job["precision"], job.get("jpeg_draft", True))
-    result["peak_rss_mb"] = _peak_rss_mb()
+    from retrieval.bench import memory_bytes
+
+    result["peak_rss_mb"] = memory_bytes("VmHWM") / 2**20
     return result
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. Not getrusage: on Linux its ru_maxrss carries the parent's peak over fork+exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _decode(folder: Path, jpeg_draft: bool) -> dict[str, Any]:

@@ -83,12 +83,12 @@ def measure_size(
     bound_ms = vectors.nbytes / bandwidth * 1000
     rows = []
     for sweep in sweeps:
-        rss_before = _rss()
+        rss_before = memory_bytes()
         started = time.perf_counter()
         report = progress(f"building {sweep.label}") if progress else None
         index = build(sweep.choice, vectors.shape[1], metric, vectors, progress=report)
         build_s = time.perf_counter() - started
-        memory_mb = max(_rss() - rss_before, 0) / 2**20
+        memory_mb = max(memory_bytes() - rss_before, 0) / 2**20
         for value in sweep.values or (0,):
             choice = replace(sweep.choice, **{sweep.parameter: value}) if sweep.parameter else sweep.choice
             apply_search_parameters(index, choice)
@@ -149,9 +149,11 @@ def read_bandwidth(megabytes: int = 1024) -> float:
     return data.nbytes / best
 
 
-def _rss() -> int:
+def memory_bytes(field: str = "VmRSS") -> int:
+    """A memory figure of this process from /proc/self/status: VmRSS now, VmHWM its peak. (Not getrusage:
+    on Linux its ru_maxrss carries the parent's peak across fork and exec.)"""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 

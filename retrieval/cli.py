@@ -10,7 +10,7 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -258,22 +258,9 @@ def bench_search(
             raise UsageError(f"--kinds: choose from {', '.join(sorted(known))}")
         if min(counts) < 100 or not set(families.split(",")) <= {"clustered", "hard"}:
             raise UsageError("--sizes must be at least 100 and --families clustered and/or hard")
-        with _build_bars() as progress:
+        with _bars("vectors") as progress:
             bench.run(counts, families.split(","), wanted, out, log=lambda line: err.print(Text(line)), progress=progress)
     typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'} and {out / 'search.png'}")
-
-
-@contextmanager
-def _build_bars() -> Iterator[Any]:
-    """One progress bar per index build, on stderr."""
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
-
-    def start(label: str) -> ProgressCallback:
-        task = bars.add_task(label, total=None)
-        return lambda done, total: bars.update(task, completed=done, total=total)
-
-    with bars:
-        yield start
 
 
 def _echo_json(value: Any) -> None:
@@ -301,8 +288,8 @@ def _progress(quiet: bool) -> Iterator[ProgressCallback | None]:
     if quiet:
         yield None
     elif err.is_terminal:
-        with _bar() as update:
-            yield update
+        with _bars("img") as start:
+            yield start("embedding")
     else:
         yield _log_lines()
 
@@ -328,20 +315,26 @@ def _log_lines() -> ProgressCallback:
 
 
 @contextmanager
-def _bar() -> Iterator[ProgressCallback]:
-    bar = Progress(
-        TextColumn("embedding"),
+def _bars(unit: str) -> Iterator[Callable[[str], ProgressCallback]]:
+    """Progress bars on stderr: `start(label)` adds one (done/total, `unit`s per second, time left)
+    and returns the callback that moves it."""
+    bars = Progress(
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
         console=err,
     )
-    task = bar.add_task("ingest", total=None, rate="")
 
-    def update(done: int, total: int) -> None:
-        speed = bar.tasks[0].speed
-        bar.update(task, completed=done, total=total, rate=f"{speed:.1f} img/s" if speed else "")
+    def start(label: str) -> ProgressCallback:
+        task = bars.add_task(label, total=None, rate="")
 
-    with bar:
-        yield update
+        def update(done: int, total: int) -> None:
+            speed = next(t.speed for t in bars.tasks if t.id == task)
+            bars.update(task, completed=done, total=total, rate=f"{speed:.1f} {unit}/s" if speed else "")
+
+        return update
+
+    with bars:
+        yield start

@@ -77,6 +77,7 @@ def test_an_unchanged_folder_embeds_nothing_and_loads_no_model(tmp_path, folder,
     generation = current_generation(settings.index)
     report = ingest(folder, settings)  # no embedder given: one would be built only if needed
     assert report.embedded == 0 and report.unchanged == 8 and report.indexed == 8
+    assert report.model_seconds == 0, "no model was built"
     assert current_generation(settings.index) == generation
 
 
