@@ -9,6 +9,12 @@ the store, the tests and the benchmark treat them alike (add, search, reconstruc
 Whenever the searched representation is compressed (PCA, SQ8, PQ), the index is wrapped in a refine
 stage (`RFlat`) that keeps the exact vectors and re-ranks `rerank` × k candidates exactly: results carry
 exact scores, and the store can always give back a row's exact vector.
+
+Approximate kinds always search by L2 distance, whatever the metric asked for. A CNN's pooled features
+lie in a narrow cone (all positive; mean cosine to their centroid about 0.99), and PCA, IVF centroids and
+quantizers all centre the data: after centring, inner product no longer ranks like cosine (recall@10
+fell to 0.02 on real features), while L2 distance is unchanged by a shift and, between unit vectors,
+ranks exactly like cosine (|a - b|² = 2 - 2 cos). `scores` turns the distances back into cosines.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 # below this many vectors `auto` keeps exact search: it is then as fast as a graph and never misses
 AUTO_FLAT_BELOW = 5_000
 TRAIN_SAMPLE = 50_000  # vectors used to train PCA and k-means: more buys little
+HEADROOM_STEPS = 1  # auto raises a search parameter this many values past the first that meets the target
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,22 @@ class IndexChoice:
         return self.kind == "ivf" or 0 < self.pca < dim
 
 
+def searched_metric(choice: IndexChoice, metric: int) -> int:
+    """The FAISS metric a kind searches by: the asked-for one when exact, L2 when approximate (see above)."""
+    return metric if choice.kind == "flat" else faiss.METRIC_L2
+
+
+def scores(distances: np.ndarray, searched: int, metric: int) -> np.ndarray:
+    """What an index of `searched` metric returned, as scores of `metric`: cosine similarities for inner
+    product, Euclidean distances for L2. Vectors are unit length, so a squared L2 distance d² is the
+    cosine 1 - d²/2."""
+    if searched == faiss.METRIC_INNER_PRODUCT:
+        return distances
+    if metric == faiss.METRIC_INNER_PRODUCT:
+        return 1.0 - distances / 2.0
+    return np.sqrt(np.maximum(distances, 0))  # faiss reports squared distances
+
+
 def build(
     choice: IndexChoice,
     dim: int,
@@ -68,12 +91,12 @@ def build(
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 20_000,
 ) -> faiss.Index:
-    """A trained index of `choice` holding `vectors` (n, dim), normalized, float32.
+    """A trained index of `choice` holding `vectors` (n, dim), normalized, float32, for scores of `metric`.
 
     Vectors are added `chunk` at a time (the same index as one call) so that `progress(added, total)`
     can report on builds that take minutes.
     """
-    index = faiss.index_factory(dim, choice.factory(dim, len(vectors)), metric)
+    index = faiss.index_factory(dim, choice.factory(dim, len(vectors)), searched_metric(choice, metric))
     if not index.is_trained:
         rng = np.random.default_rng(0)  # a fixed sample: the same vectors give the same index
         sample = vectors if len(vectors) <= TRAIN_SAMPLE else vectors[np.sort(rng.choice(len(vectors), TRAIN_SAMPLE, replace=False))]
@@ -114,7 +137,8 @@ def recall_at(
     a vector itself says nothing about the index).
     """
     extra = 0 if own_rows is None else 1
-    truth = faiss.knn(queries, vectors, k + extra, metric=index.metric_type)[1]
+    # the truth is cosine (inner product of unit vectors), whatever the index searches by
+    truth = faiss.knn(queries, vectors, k + extra, metric=faiss.METRIC_INNER_PRODUCT)[1]
     found = index.search(queries, k + extra)[1]
     hits = 0
     for i, (t, f) in enumerate(zip(truth, found)):
@@ -135,39 +159,111 @@ def resident_bytes(choice: IndexChoice, dim: int, count: int) -> int:
     return count * (code + 8)  # codes + ids in the inverted lists
 
 
-def auto(
+@dataclass(frozen=True)
+class Candidate:
+    """A kind `auto` may take, and the search parameter it may raise to reach the recall target."""
+
+    choice: IndexChoice
+    parameter: str  # "ef_search" or "nprobe"
+    values: tuple[int, ...]
+
+
+def candidates(base: IndexChoice, dim: int, count: int, memory_budget: float) -> list[Candidate]:
+    """The approximate kinds `auto` tries, fastest first (benchmarks/results/search.md): PCA-256 + HNSW32,
+    HNSW32 on the full vectors, then IVF with 64-byte PQ codes. With a memory budget (bytes; 0: none),
+    only those whose searched data fits in it."""
+    graph = (16, 32, 64, 128, 256, 512)
+    found = [
+        Candidate(replace(base, kind="hnsw", pca=base.pca or (256 if dim > 512 else 0)), "ef_search", graph),
+        Candidate(replace(base, kind="hnsw", pca=0), "ef_search", graph),
+        Candidate(replace(base, kind="ivf", pq_bytes=base.pq_bytes or 64, rerank=max(base.rerank, 8)), "nprobe", (4, 8, 16, 32, 64, 128, 256)),
+    ]
+    unique = list({c.choice.factory(dim, count): c for c in found}.values())  # PCA off: the first two agree
+    return [c for c in unique if not memory_budget or resident_bytes(c.choice, dim, count) <= memory_budget]
+
+
+def held_out_rows(count: int, sample: int = 200) -> np.ndarray:
+    """The stored rows whose vectors serve as queries when recall is measured (seeded: reproducible)."""
+    return np.random.default_rng(1).choice(count, min(sample, count), replace=False)
+
+
+def measure(
+    choice: IndexChoice,
     vectors: np.ndarray,
     metric: int,
-    base: IndexChoice,
+    target_recall: float,
+    candidate: Candidate | None = None,
+) -> tuple[faiss.Index, IndexChoice, float]:
+    """Build `choice` and measure its recall@10 on held-out stored vectors. With a `candidate`, raise its
+    search parameter until the recall reaches `target_recall`, then one value further (HEADROOM_STEPS):
+    200 sampled queries estimate recall only to about ±0.01, and new images (a mirrored copy, say) are
+    found a little less well than stored vectors; on 5,000 real embeddings the first value reaching 0.95
+    still missed a mirrored copy's original that the next one found. Returns the index, the parameters
+    it was left with and the recall measured with them."""
+    index = build(choice, vectors.shape[1], metric, vectors)
+    rows = held_out_rows(len(vectors))
+    recall, reached = 0.0, 0
+    for value in candidate.values if candidate else (None,):
+        if candidate:
+            choice = replace(choice, **{candidate.parameter: value})
+            apply_search_parameters(index, choice)
+        recall = recall_at(index, vectors, vectors[rows], own_rows=rows)
+        reached += recall >= target_recall
+        if reached > HEADROOM_STEPS:
+            break
+    return index, choice, recall
+
+
+def build_measured(
+    choice: IndexChoice,
+    vectors: np.ndarray,
+    metric: int,
     target_recall: float,
     memory_budget: float = 0.0,
-    sample: int = 200,
 ) -> tuple[faiss.Index, dict[str, Any]]:
-    """Pick a kind for these vectors and tune its search parameter to `target_recall`, measured.
+    """The index of `choice` over `vectors`, with the facts the store records: factory, parameters and
+    recall@10 measured against exact search on held-out stored vectors (each one's own row left out).
 
-    Flat below AUTO_FLAT_BELOW vectors (exact, and fast at that size); otherwise HNSW (after PCA-256
-    when the vectors are wider than 512), or, when that would keep more than `memory_budget` bytes busy
-    (0: no budget), IVF with 64-byte PQ codes. Its efSearch or nprobe is raised until recall@10 on
-    `sample` stored vectors used as queries (each one's own row left out) reaches the target. The
-    measured recall is returned with the choice, and never a higher one than was measured.
+    `auto` is flat below AUTO_FLAT_BELOW vectors (exact, and fast at that size); above, it tries each of
+    `candidates` fastest first, raising its search parameter until the measured recall reaches
+    `target_recall`, and keeps the first that does. When none does it falls back to flat and says so in
+    `fallback`. An explicitly chosen approximate kind is measured as configured. Never is a recall
+    recorded that was not measured.
     """
     count, dim = vectors.shape
-    if count < AUTO_FLAT_BELOW:
-        choice = replace(base, kind="flat")
-        return build(choice, dim, metric, vectors), {**describe(choice, dim, count), "recall_at_10": 1.0}
-    choice = replace(base, kind="hnsw", pca=base.pca or (256 if dim > 512 else 0))
-    parameter, values = "ef_search", (16, 32, 64, 128, 256, 512)
-    if memory_budget and resident_bytes(choice, dim, count) > memory_budget:
-        choice = replace(base, kind="ivf", pq_bytes=base.pq_bytes or 64, rerank=max(base.rerank, 8))
-        parameter, values = "nprobe", (4, 8, 16, 32, 64, 128, 256)
-    index = build(choice, dim, metric, vectors)
-    rows = np.random.default_rng(1).choice(count, min(sample, count), replace=False)
-    recall = 0.0
-    for value in values:
-        choice = replace(choice, **{parameter: value})
-        apply_search_parameters(index, choice)
-        recall = recall_at(index, vectors, vectors[rows], own_rows=rows)
+    if choice.kind == "flat" or (choice.kind == "auto" and count < AUTO_FLAT_BELOW):
+        flat = replace(choice, kind="flat")
+        return build(flat, dim, metric, vectors), {**describe(flat, dim, count), "recall_at_10": 1.0}
+    facts: dict[str, Any] = {"recall_target": target_recall, "recall_queries": len(held_out_rows(count))}
+    if choice.kind != "auto":
+        index, choice, recall = measure(choice, vectors, metric, target_recall)
+        return index, {**describe(choice, dim, count), **facts, "recall_at_10": recall, "resident_bytes": resident_bytes(choice, dim, count)}
+    tried = []
+    for candidate in candidates(choice, dim, count, memory_budget):
+        index, tuned, recall = measure(candidate.choice, vectors, metric, target_recall, candidate)
         if recall >= target_recall:
-            break
-    facts = describe(choice, dim, count)
-    return index, {**facts, "recall_at_10": recall, "recall_queries": len(rows), "resident_bytes": resident_bytes(choice, dim, count)}
+            return index, {**describe(tuned, dim, count), **facts, "recall_at_10": recall, "resident_bytes": resident_bytes(tuned, dim, count)}
+        tried.append(f"{tuned.factory(dim, count)} {recall:.3f} at {candidate.parameter}={getattr(tuned, candidate.parameter)}")
+        del index
+    flat = replace(choice, kind="flat")
+    fallback = f"no approximate kind reached recall@10 {target_recall} ({'; '.join(tried) or 'none fits the memory budget'})"
+    return build(flat, dim, metric, vectors), {**describe(flat, dim, count), **facts, "recall_at_10": 1.0, "fallback": fallback}
+
+
+def recall_warning(facts: dict[str, Any]) -> str | None:
+    """The warning an index's recorded facts call for, naming the kind, the recall and the remedy; None
+    when the measured recall meets the target."""
+    if facts.get("fallback"):
+        return (
+            f"auto chose exact search (flat): {facts['fallback']}. Queries are exact, but take time "
+            "in proportion to the collection; lower recall_target to accept an approximate kind."
+        )
+    recall, target = facts.get("recall_at_10"), facts.get("recall_target")
+    if recall is None or target is None or recall >= target:
+        return None
+    parameter = "ef_search" if facts["kind"] == "hnsw" else "nprobe"
+    return (
+        f"index {facts['factory']} ({parameter}={facts.get(parameter)}) measured recall@10 {recall:.3f}, below "
+        f"recall_target {target}: queries miss some true neighbours. Raise {parameter}, or use "
+        "index_type auto (tunes it, falls back to flat) or flat."
+    )

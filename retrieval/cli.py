@@ -23,6 +23,7 @@ from .config import ENGINES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings,
 from .errors import EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
 from .ingest import ERROR_REPORT, ProgressCallback
+from .synthetic import FAMILIES
 from .ingest import ingest as run_ingest
 from .verify import verify as run_verify
 
@@ -117,6 +118,12 @@ def ingest(
     typer.echo(", ".join(f"{getattr(report, name)} {name}" for name in counts))
     if report.skipped:
         typer.echo(f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.index / ERROR_REPORT)}")
+    _warn(report.warning)
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        err.print(Text("warning: ", style="bold yellow") + Text(warning))
 
 
 @app.command()
@@ -191,6 +198,8 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
         "metric": meta["metric"],
         "index_type": meta["index"]["factory"],
         "recall_at_10": meta["index"].get("recall_at_10"),
+        "recall_target": meta["index"].get("recall_target"),
+        "warning": store.warning(meta),
         "bytes_on_disk": size,
         "created": meta.get("created"),
         "root": meta["root"],
@@ -202,7 +211,9 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
     facts["weights"] = " ".join(f"{k}={v}" for k, v in embedding.get("weights", {}).items())
     facts["bytes_on_disk"] = f"{size / 2**20:.1f} MiB"
     for key, value in facts.items():
-        typer.echo(f"{key:<15} {printable(str(value))}")
+        if value is not None and key != "warning":
+            typer.echo(f"{key:<15} {printable(str(value))}")
+    _warn(facts["warning"])
 
 
 @app.command()
@@ -228,6 +239,7 @@ def verify(
             typer.echo(f"  {printable(path)}")
     if health.changed:
         typer.echo(f"changed: {len(health.changed)} files changed since indexed (`retrieval ingest` updates them)")
+    _warn(health.warning)
     typer.echo("healthy" if health.healthy or health.repaired else "damaged")
     if not (health.healthy or health.repaired):
         raise typer.Exit(EXIT_INDEX)
@@ -240,26 +252,39 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("search")
 def bench_search(
     sizes: Annotated[str, typer.Option(help="Comma-separated numbers of vectors.")] = "10000,100000",
-    families: Annotated[str, typer.Option(help="clustered and/or hard (see synthetic.feature_vectors).")] = "clustered,hard",
+    families: Annotated[
+        str, typer.Option(help=f"Synthetic families, comma-separated: {', '.join(FAMILIES)} (see synthetic.feature_vectors).")
+    ] = "clustered,hard,cone",
+    from_index: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--from-index", help="Measure on the vectors of this index instead (held-out rows as queries).", file_okay=False
+        ),
+    ] = None,
     kinds: Annotated[Optional[str], typer.Option(help="Only these kinds, comma-separated (default: all).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for search.json, search.md and search.png.", file_okay=False)] = Path(
         "benchmarks/results"
     ),
 ) -> None:
-    """Latency, throughput, recall and build cost of every index kind on seeded synthetic features."""
+    """Latency, throughput, recall and build cost of every index kind, on seeded synthetic features or on
+    the vectors of an existing index."""
     with _reported():
-        try:
-            counts = [int(n) for n in sizes.split(",")]
-        except ValueError:
-            raise UsageError(f"--sizes takes comma-separated whole numbers, not {sizes!r}") from None
         known = {s.label for s in bench.SWEEPS}
         wanted = kinds.split(",") if kinds else None
         if wanted and not set(wanted) <= known:
             raise UsageError(f"--kinds: choose from {', '.join(sorted(known))}")
-        if min(counts) < 100 or not set(families.split(",")) <= {"clustered", "hard"}:
-            raise UsageError("--sizes must be at least 100 and --families clustered and/or hard")
+        if from_index is not None:
+            sets = [bench.index_set(from_index)]
+        else:
+            try:
+                counts = [int(n) for n in sizes.split(",")]
+            except ValueError:
+                raise UsageError(f"--sizes takes comma-separated whole numbers, not {sizes!r}") from None
+            if min(counts) < 100 or not set(families.split(",")) <= set(FAMILIES):
+                raise UsageError(f"--sizes must be at least 100 and --families among {', '.join(FAMILIES)}")
+            sets = bench.synthetic_sets(families.split(","), counts)
         with _bars("vectors") as progress:
-            bench.run(counts, families.split(","), wanted, out, log=lambda line: err.print(Text(line)), progress=progress)
+            bench.run(sets, wanted, out, log=lambda line: err.print(Text(line)), progress=progress)
     typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'} and {out / 'search.png'}")
 
 

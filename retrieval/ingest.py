@@ -31,7 +31,7 @@ from .errors import ImageError, IndexMismatch, IndexMissing, NothingToIndex, Sto
 from .files import Skipped, list_images, sha256_file
 from .images import PREPROCESSING, load_image
 from .lock import IndexLock
-from .store import Entry, Store, normalize
+from .store import Entry, Store, normalize, warning
 
 ERROR_REPORT = "errors.jsonl"
 ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed)
@@ -55,6 +55,7 @@ class IngestReport:
     resumed: int = 0  # taken from the checkpoints of an interrupted run
     model_seconds: float = 0.0  # spent loading (or, once, converting) the model
     skipped: list[Skipped] = field(default_factory=list)
+    warning: str | None = None  # about the saved index's search (store.warning), e.g. recall below target
 
     @property
     def rate(self) -> float:
@@ -114,7 +115,8 @@ def ingest(
         requested = {
             **asdict(kind), "recall_target": settings.recall_target, "memory_budget_gb": settings.memory_budget_gb
         }
-        if previous is not None and run.entries == previous.entries() and previous.requested_kind == requested:
+        unchanged = previous is not None and run.entries == previous.entries() and previous.requested_kind == requested
+        if unchanged and not previous.stale:
             store = previous  # nothing changed: no new generation
         else:
             store = Store.create(
@@ -131,6 +133,7 @@ def ingest(
             store.save(settings.index)
         checkpoints.clear()
     report.indexed = store.count
+    report.warning = warning(store.meta)
     report.model_seconds = model.load_seconds
     report.seconds = time.perf_counter() - started
     return report

@@ -34,7 +34,10 @@ from .errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, Store
 from .files import sha256_file
 
 FORMAT = "retrieval-index"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+# Version 3 searched approximate kinds by inner product, which misranks real features (see ann.py); its
+# flat indexes are unchanged and load as they are, its approximate ones are rebuilt by the next ingest.
+LEGACY_VERSION = 3
 POINTER = "CURRENT"
 VECTORS = "vectors.faiss"
 MANIFEST = "manifest.jsonl"
@@ -82,6 +85,11 @@ class Store:
         self._meta = meta
         self._rows: dict[str, int] | None = None
 
+    @property
+    def stale(self) -> bool:
+        """Whether the search structure was built by a definition that has since changed (an approximate
+        kind of format version 3): its vectors are sound, its search is not, and ingest rebuilds it."""
+        return self._meta["format_version"] != FORMAT_VERSION
     @classmethod
     def create(
         cls,
@@ -199,7 +207,7 @@ class Store:
         x = normalize(vectors)
         if x.shape != (len(entries), self.dim):
             raise UsageError(f"got {x.shape[0]} vectors of dim {x.shape[1]} for {len(entries)} entries, dim {self.dim}")
-        if self.count == 0 and self._meta["index"]["requested"]["kind"] != "flat":
+        if self.count == 0:
             self._build(x)
         else:
             self._index.add(x)
@@ -209,14 +217,14 @@ class Store:
     def _build(self, x: np.ndarray) -> None:
         """The first vectors decide the index: built (trained, for PCA and IVF) and, for auto, tuned on them."""
         requested = self._meta["index"]["requested"]
-        choice = ann.choice_from(requested)
-        metric = _FAISS_METRICS[self.metric]
-        if choice.kind == "auto":
-            budget = requested["memory_budget_gb"] * 2**30
-            self._index, description = ann.auto(x, metric, choice, requested["recall_target"], budget)
-        else:
-            self._index, description = ann.build(choice, self.dim, metric, x), ann.describe(choice, self.dim, len(x))
-        self._meta["index"] = {"requested": self._meta["index"]["requested"], **description}
+        self._index, description = ann.build_measured(
+            ann.choice_from(requested),
+            x,
+            _FAISS_METRICS[self.metric],
+            requested["recall_target"],
+            requested["memory_budget_gb"] * 2**30,
+        )
+        self._meta["index"] = {"requested": requested, **description}
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
@@ -230,9 +238,10 @@ class Store:
             raise UsageError(f"query vector has dimension {q.shape[1]}, the index has {self.dim}")
         if self.count == 0:
             raise EmptyIndex("the index is empty: no results")
-        scores, rows = self._index.search(q, min(k, self.count))
-        if self.metric == "l2":
-            scores = np.sqrt(np.maximum(scores, 0))  # faiss reports squared distances
+        if self.stale:
+            raise IndexMismatch(f"{warning(self._meta)} (nothing is embedded again); queries are refused until then")
+        distances, rows = self._index.search(q, min(k, self.count))
+        scores = ann.scores(distances, self._index.metric_type, _FAISS_METRICS[self.metric])
         return [
             [(int(r), float(s)) for r, s in zip(row_ids, row_scores) if r >= 0]
             for row_ids, row_scores in zip(rows, scores)
@@ -308,10 +317,24 @@ class Store:
         counts = {"index": index.ntotal, "manifest": len(entries), "meta": meta["count"]}
         if len(set(counts.values())) != 1:
             raise _corrupt(folder, f"row counts disagree: {counts}")
-        if index.d != meta["dim"] or index.metric_type != _FAISS_METRICS.get(meta["metric"]):
+        searched = _FAISS_METRICS.get(meta["metric"])
+        if meta["format_version"] == FORMAT_VERSION:
+            searched = ann.searched_metric(ann.choice_from(meta["index"]), searched)
+        if index.d != meta["dim"] or index.metric_type != searched:
             raise _corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
         ann.apply_search_parameters(index, ann.choice_from(meta["index"]))
         return cls(index, entries, meta)
+
+
+def warning(meta: dict[str, Any]) -> str | None:
+    """What a user of this index should know about its search: a structure to rebuild, or a measured
+    recall below the target. Printed by ingest, info and verify."""
+    if meta["format_version"] != FORMAT_VERSION:
+        return (
+            f"this index's {meta['index'].get('factory')} search structure was built by an older retrieval and "
+            "misranks results; run `retrieval ingest` on its folder to rebuild it from the stored vectors"
+        )
+    return ann.recall_warning(meta["index"])
 
 
 def live_meta(folder: Path) -> dict[str, Any]:
@@ -351,7 +374,11 @@ def read_meta(generation: Path) -> dict[str, Any]:
         raise _corrupt(folder, f"{META} is not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _corrupt(folder, f"{META} is not a retrieval index description")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    legacy_flat = version == LEGACY_VERSION and isinstance(meta.get("index"), dict) and meta["index"].get("kind") == "flat"
+    if legacy_flat:
+        meta["format_version"] = FORMAT_VERSION  # a flat index is the same in both versions
+    elif version not in (FORMAT_VERSION, LEGACY_VERSION):
         raise IndexMismatch(
             f"the index in {folder} has format version {meta.get('format_version')!r}; this retrieval reads "
             f"version {FORMAT_VERSION}. Rebuild it with `retrieval ingest --full`."

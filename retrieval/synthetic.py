@@ -14,6 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 
+FAMILIES = ("clustered", "hard", "cone")
+CONE_SPREAD = 0.17  # gives a mean cosine to the centroid of about 0.99, as random-weight ResNet50 features have
+
+
 def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     """A deterministic RGB picture of `size` (width, height) for `seed`."""
     rng = np.random.default_rng(seed)
@@ -65,17 +69,30 @@ def feature_vectors(
 
     - "clustered": like a photo collection: count/100 Gaussian clusters (spread drawn from 0.3-0.8) in a
       32-d latent space, mapped to `dim` by a fixed random matrix and a ReLU;
-    - "hard": one Gaussian in a 96-d latent space, same mapping, no clusters.
-    Each vector then gets 5 % uniform noise (a uniform random unit vector scaled by 0.05 added to the
-    normalized vector) and is L2-normalized. `queries` more are fresh draws from the same distribution.
-    Returns (vectors (count, dim), queries (queries, dim)), float32.
+    - "hard": one Gaussian in a 96-d latent space, same mapping, no clusters;
+    - "cone": the clustered family squeezed into a narrow cone, as a CNN's ReLU-pooled features are (all
+      positive, mean cosine to their centroid about 0.99): each clustered vector, less the family's mean
+      direction, is scaled by CONE_SPREAD and added to a fixed all-positive unit vector. Inner product
+      after centring (PCA) no longer ranks these like cosine, which is what hid a bad default index.
+    Each clustered or hard vector gets 5 % noise before its final normalization: a random direction
+    with uniform [0, 1) components (all positive, like the features), normalized and scaled by 0.05.
+    `queries` more are fresh draws from the same distribution.
+    Returns (vectors (count, dim), queries (queries, dim)), float32, L2-normalized.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     rng = np.random.default_rng(seed)
-    latent = {"clustered": 32, "hard": 96}[family]
-    clusters = max(1, count // 100) if family == "clustered" else 1
-    centers = rng.normal(size=(clusters, latent)) * (1.0 if family == "clustered" else 0.0)
-    spreads = rng.uniform(0.3, 0.8, clusters) if family == "clustered" else np.ones(1)
+    latent = {"clustered": 32, "hard": 96, "cone": 32}[family]
+    clustered = family != "hard"
+    clusters = max(1, count // 100) if clustered else 1
+    centers = rng.normal(size=(clusters, latent)) * (1.0 if clustered else 0.0)
+    spreads = rng.uniform(0.3, 0.8, clusters) if clustered else np.ones(1)
     mapping = (rng.normal(size=(latent, dim)) / np.sqrt(latent)).astype(np.float32)
+    # the axis of the cone, and the mean direction of the clustered vectors that it replaces
+    axis = rng.uniform(0.5, 1.0, dim).astype(np.float32)
+    axis /= np.linalg.norm(axis)
+    mean = np.maximum(rng.normal(size=(4096, latent)).astype(np.float32) @ mapping, 0).mean(axis=0)
+    mean /= np.linalg.norm(mean)
 
     def draw(n: int) -> np.ndarray:
         which = rng.integers(clusters, size=n)
@@ -84,7 +101,11 @@ def feature_vectors(
         x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
         noise = rng.uniform(size=(n, dim)).astype(np.float32)
         x += 0.05 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        if family == "cone":
+            x = axis + CONE_SPREAD * (x - np.outer(x @ mean, mean))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
 
     vectors = np.empty((count, dim), np.float32)
     for start in range(0, count, chunk):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lock import IndexLock
-from .store import Store
+from .store import Store, warning
 
 
 @dataclass
@@ -17,6 +17,7 @@ class Health:
     missing: list[str] = field(default_factory=list)  # manifest paths whose files are gone
     changed: list[str] = field(default_factory=list)  # files changed since embedded: `ingest` updates them
     repaired: int = 0  # rows dropped by --repair
+    warning: str | None = None  # about the index's search (store.warning): reported, not damage
 
     @property
     def healthy(self) -> bool:
@@ -38,7 +39,7 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
 
 def _check(index: Path, *, repair: bool) -> Health:
     store = Store.load(index, check_hashes=True)
-    health = Health(store.count)
+    health = Health(store.count, warning=warning(store.meta))
     keep = []
     for row, entry in enumerate(store.entries()):
         try:
@@ -50,7 +51,9 @@ def _check(index: Path, *, repair: bool) -> Health:
         if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
             health.changed.append(entry.path)
     if repair and health.missing:
-        store.select(keep).save(index)
+        kept = store.select(keep)
+        kept.save(index)
         health.repaired = len(health.missing)
         health.count = len(keep)
+        health.warning = warning(kept.meta)
     return health

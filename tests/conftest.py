@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.config import Settings
-from retrieval.embedders import KerasEmbedder, create_embedder, spec_for
+from retrieval.embedders import Embedder, KerasEmbedder, create_embedder, spec_for
 from retrieval.ingest import ingest
 from retrieval.synthetic import write_photos
 
@@ -76,3 +76,19 @@ class Counting:
             raise KeyboardInterrupt
         self.images += len(images)
         return self._embedder.embed(images)
+
+
+REAL_COUNT = 5000  # at least auto's flat threshold, so that the default index is an approximate one
+
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory) -> tuple[Settings, Embedder]:
+    """REAL_COUNT small generated photos through the real default pipeline (OpenVINO, random weights) into
+    an index built with default settings: the model's own vectors, in the narrow cone real features form,
+    for the tests that synthetic vectors cannot stand in for. About a minute."""
+    folder = tmp_path_factory.mktemp("many-photos")
+    write_photos(folder, REAL_COUNT, size=(96, 72))
+    settings = Settings(index=tmp_path_factory.mktemp("real") / "index", weights="none")
+    embedder = create_embedder(settings)
+    ingest(folder, settings, embedder=embedder)
+    return settings, embedder

@@ -1,16 +1,22 @@
 """One battery for every index kind: round trip, exact vectors back, top-k equal to flat where the kind is
-exact and recall where it is not, on seeded synthetic features (retrieval.synthetic.feature_vectors)."""
+exact and recall where it is not, on seeded synthetic features (retrieval.synthetic.feature_vectors) and on
+the real model's own vectors (conftest's real_index); then auto's fallback, the recall warning, and indexes
+of the previous format."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import faiss
 import numpy as np
 import pytest
 
-from retrieval.ann import IndexChoice, recall_at, resident_bytes
-from retrieval.store import Entry, Store
+from retrieval import ann
+from retrieval.ann import Candidate, IndexChoice, held_out_rows, recall_at, resident_bytes
+from retrieval.errors import IndexMismatch
+from retrieval.store import META, VECTORS, Entry, Store, current_generation, file_facts, warning
 from retrieval.synthetic import feature_vectors
 
 DIM = 256
@@ -27,13 +33,24 @@ KINDS = {
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray]:
+def synthetic() -> tuple[np.ndarray, np.ndarray]:
     return feature_vectors("clustered", N, dim=DIM, queries=100, seed=3)
 
 
-def build(kind: IndexChoice, vectors: np.ndarray) -> Store:
+@pytest.fixture(scope="module", params=["synthetic", "real"])
+def data(request, synthetic) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, queries): seeded synthetic features, or the real model's vectors of 5,000 generated photos
+    (100 of them held out as queries)."""
+    if request.param == "synthetic":
+        return synthetic
+    real = Store.load(request.getfixturevalue("real_index")[0].index).vectors()
+    return real[100:], real[:100]
+
+
+def build(kind: IndexChoice, vectors: np.ndarray, recall_target: float = 0.95) -> Store:
     store = Store.create(
-        dim=DIM, metric="cosine", embedding={}, root=Path("/"), runtime={}, kind=kind, recall_target=0.95
+        dim=vectors.shape[1], metric="cosine", embedding={}, root=Path("/"), runtime={}, kind=kind,
+        recall_target=recall_target,
     )
     store.add(vectors, [Entry(f"{i}.jpg", i, i) for i in range(len(vectors))])
     return store
@@ -55,7 +72,7 @@ def test_round_trip_searches_the_same(tmp_path, kind_and_store, data):
 
 def test_every_kind_gives_back_the_exact_vectors(kind_and_store, data):
     _, store = kind_and_store
-    assert store.count == N
+    assert store.count == len(data[0])
     np.testing.assert_allclose(store.vectors(), data[0], atol=1e-6)
 
 
@@ -79,7 +96,8 @@ def test_scores_are_exact_cosines_even_after_compression(kind_and_store, data):
             assert score == pytest.approx(float(vectors[row] @ query), abs=1e-4)
 
 
-def test_auto_measures_and_records_its_recall(data):
+def test_auto_measures_and_records_its_recall(synthetic):
+    data = synthetic
     small = build(IndexChoice("auto"), data[0][:1000])
     assert small.meta["index"]["kind"] == "flat" and small.meta["index"]["recall_at_10"] == 1.0
     large = build(IndexChoice("auto"), data[0])
@@ -87,13 +105,14 @@ def test_auto_measures_and_records_its_recall(data):
     assert facts["kind"] == "hnsw" and facts["recall_at_10"] >= 0.95
     assert facts["requested"]["kind"] == "auto"
     # the recorded recall is one auto measured: measuring again the same way gives the same number
-    rows = np.random.default_rng(1).choice(N, facts["recall_queries"], replace=False)
+    rows = held_out_rows(N)
+    assert len(rows) == facts["recall_queries"]
     assert recall_at(large._index, data[0], data[0][rows], own_rows=rows) == pytest.approx(facts["recall_at_10"])
 
 
-def test_auto_keeps_within_a_memory_budget(data):
+def test_auto_keeps_within_a_memory_budget(synthetic):
     """Over the budget a graph would need, auto takes IVF with PQ codes, and still measures its recall."""
-    vectors = data[0]
+    vectors = synthetic[0]
     graph = IndexChoice("hnsw", pca=256)
     assert resident_bytes(graph, DIM, N) > resident_bytes(IndexChoice("ivf", pq_bytes=64), DIM, N)
     store = Store.create(
@@ -105,3 +124,63 @@ def test_auto_keeps_within_a_memory_budget(data):
     assert facts["kind"] == "ivf" and facts["pq_bytes"] == 64
     assert facts["resident_bytes"] <= facts["requested"]["memory_budget_gb"] * 2**30
     assert facts["recall_at_10"] >= 0.95
+
+
+# IVF with 2-byte PQ codes, one cell in ~40 searched and no re-rank to speak of: far below any useful recall
+WEAK = IndexChoice("ivf", ivf_lists=150, pq_bytes=2, nprobe=1, rerank=1)
+
+
+def test_auto_falls_back_to_flat_when_no_kind_reaches_the_target(synthetic, monkeypatch):
+    monkeypatch.setattr(ann, "candidates", lambda *_: [Candidate(WEAK, "nprobe", (1, 2))])
+    store = build(IndexChoice("auto"), synthetic[0])
+    facts = store.meta["index"]
+    assert facts["kind"] == "flat" and facts["recall_at_10"] == 1.0
+    assert "IVF150,PQ4x4fs,RFlat" in facts["fallback"] and "nprobe=2" in facts["fallback"]
+    assert "auto chose exact search (flat)" in warning(store.meta)
+    found = [[r for r, _ in hits] for hits in store.search(synthetic[1], 10)]
+    assert found == faiss.knn(synthetic[1], synthetic[0], 10, metric=faiss.METRIC_INNER_PRODUCT)[1].tolist()
+
+
+def test_an_explicit_kind_below_the_target_records_its_recall_and_warns(synthetic):
+    store = build(WEAK, synthetic[0])
+    facts = store.meta["index"]
+    assert facts["kind"] == "ivf" and facts["recall_at_10"] < 0.5
+    message = warning(store.meta)
+    assert f"measured recall@10 {facts['recall_at_10']:.3f}" in message and "Raise nprobe" in message
+    assert warning(build(IndexChoice("hnsw"), synthetic[0]).meta) is None
+
+
+def as_written_by_format_3(index: Path, store: Store) -> None:
+    """Rewrite a saved index the way retrieval's format 3 stored it: approximate kinds searched by
+    inner product."""
+    generation = current_generation(index)
+    meta = json.loads((generation / META).read_text())
+    if meta["index"]["kind"] != "flat":
+        old = faiss.index_factory(store.dim, meta["index"]["factory"], faiss.METRIC_INNER_PRODUCT)
+        vectors = store.vectors()
+        old.train(vectors)
+        old.add(vectors)
+        faiss.write_index(old, str(generation / VECTORS))
+    meta["format_version"] = 3
+    meta["files"][VECTORS] = file_facts(generation / VECTORS)
+    (generation / META).write_text(json.dumps(meta))
+
+
+def test_a_format_3_approximate_index_is_refused_until_rebuilt(tmp_path, synthetic):
+    store = build(IndexChoice("hnsw"), synthetic[0][:500])
+    store.save(tmp_path / "index")
+    as_written_by_format_3(tmp_path / "index", store)
+    old = Store.load(tmp_path / "index")
+    assert old.stale and "older retrieval" in warning(old.meta)
+    with pytest.raises(IndexMismatch, match="run `retrieval ingest`"):
+        old.search(synthetic[1], 5)
+    np.testing.assert_allclose(old.vectors(), store.vectors(), atol=1e-6)  # what a rebuild starts from
+
+
+def test_a_format_3_flat_index_loads_and_searches_as_before(tmp_path, synthetic):
+    store = build(IndexChoice("flat"), synthetic[0][:500])
+    store.save(tmp_path / "index")
+    as_written_by_format_3(tmp_path / "index", store)
+    old = Store.load(tmp_path / "index")
+    assert not old.stale and warning(old.meta) is None
+    assert old.search(synthetic[1], 5) == store.search(synthetic[1], 5)

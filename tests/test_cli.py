@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from retrieval.cli import app
 from retrieval.ingest import embedding_identity
 from retrieval.store import VECTORS, Store, current_generation
-from retrieval.synthetic import near_duplicates, photo
+from retrieval.synthetic import near_duplicates, photo, write_photos
 
 from .test_images import png_header_only
 
@@ -173,3 +173,23 @@ def test_the_index_type_can_be_chosen_on_the_command_line(photos, tmp_path):
     facts = json.loads(run("info", "--index", index, "--json").output)
     assert facts["index_type"] == "HNSW32"
     assert run("ingest", photos, "--index", index, "--index-type", "annoy").exit_code == 2
+
+
+def test_a_recall_below_target_is_warned_by_ingest_info_and_verify(tmp_path, monkeypatch):
+    """60 photos with auto's threshold lowered to 50 and its only candidate a kind far below the target:
+    auto falls back to flat, and every command that reports on the index says so."""
+    from retrieval import ann
+    from retrieval.ann import Candidate, IndexChoice
+
+    monkeypatch.setattr(ann, "AUTO_FLAT_BELOW", 50)
+    weak = IndexChoice("ivf", ivf_lists=30, pq_bytes=2, rerank=1)
+    monkeypatch.setattr(ann, "candidates", lambda *_: [Candidate(weak, "nprobe", (1,))])
+    write_photos(tmp_path / "photos", 60)
+    index = tmp_path / "index"
+    ingested = run("ingest", tmp_path / "photos", "--index", index, "--weights", "none", "-q")
+    assert ingested.exit_code == 0, ingested.output
+    for result in (ingested, run("info", "--index", index), run("verify", "--index", index)):
+        assert "warning: auto chose exact search (flat): no approximate kind reached recall@10 0.95" in result.output
+        assert "IVF30,PQ4x4fs,RFlat" in result.output
+    facts = json.loads(run("info", "--index", index, "--json").output)
+    assert facts["index_type"] == "Flat" and facts["recall_at_10"] == 1.0 and "auto chose" in facts["warning"]

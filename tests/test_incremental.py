@@ -24,6 +24,7 @@ from retrieval.store import Store, current_generation
 from retrieval.synthetic import photo, write_photos
 
 from .conftest import Counting
+from .test_ann import as_written_by_format_3
 
 runner = CliRunner()
 
@@ -227,3 +228,19 @@ def test_verify_of_a_corrupt_index_exits_3(tmp_path, folder, embedder):
     (current_generation(settings.index) / "manifest.jsonl").write_text("garbage\n")
     result = runner.invoke(app, ["verify", "--index", str(settings.index)])
     assert result.exit_code == 3 and "corrupt" in result.output
+
+
+def test_a_format_3_approximate_index_is_rebuilt_by_the_next_ingest_without_embedding(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path, index_type="hnsw")
+    ingest(folder, settings, embedder=embedder)
+    before = Store.load(settings.index)
+    as_written_by_format_3(settings.index, before)
+    with pytest.raises(IndexMismatch, match="older retrieval"):
+        Store.load(settings.index).search(before.vector(0), 3)
+    counting = Counting(embedder)
+    report = ingest(folder, settings, embedder=counting)
+    assert counting.images == 0 and report.embedded == 0 and report.unchanged == 8
+    rebuilt = Store.load(settings.index)
+    assert not rebuilt.stale and rebuilt.meta["index"]["factory"] == "HNSW32"
+    np.testing.assert_allclose(rebuilt.vectors(), before.vectors(), atol=1e-6)
+    assert rebuilt.search(before.vector(0), 3) == before.search(before.vector(0), 3)

@@ -1,0 +1,117 @@
+"""The default index on the model's own vectors: 5,000 generated photos through the real pipeline with
+default settings (index_type auto). Synthetic vectors once hid a default whose recall on real features
+was 0.09; these tests hold the default to its promise on what users actually feed it."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval.ann import IndexChoice
+from retrieval.images import load_image
+from retrieval.search import query_many
+from retrieval.store import Entry, Store, normalize
+from retrieval.synthetic import photo
+
+from .conftest import REAL_COUNT
+
+ORIGINALS = 20  # photos whose mirrored and half-size copies are queried: 40 near-duplicate queries
+
+
+@pytest.fixture(scope="module")
+def store(real_index) -> Store:
+    return Store.load(real_index[0].index)
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory) -> list[tuple[str, Image.Image]]:
+    """(original's file name, copy) for a mirrored and a half-size copy of each of ORIGINALS photos,
+    drawn exactly as conftest's collection was."""
+    found = []
+    for seed in range(ORIGINALS):
+        original = photo(seed, (96, 72))
+        name = f"photo-{seed:04d}.jpg"
+        found.append((name, original.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+        found.append((name, original.resize((48, 36), Image.Resampling.LANCZOS)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def copy_vectors(tmp_path_factory, real_index, copies) -> np.ndarray:
+    """The copies embedded as a query embeds them (decoded from files, normalized), (40, 2048)."""
+    folder = tmp_path_factory.mktemp("copies")
+    embedder = real_index[1]
+    pixels = []
+    for i, (_, image) in enumerate(copies):
+        path = folder / f"copy-{i:02d}.png"
+        image.save(path)
+        pixels.append(load_image(path, embedder.spec.input_size, 10**8))
+    return normalize(embedder.embed(np.stack(pixels)))
+
+
+def flat_copy(store: Store) -> Store:
+    flat = Store.create(dim=store.dim, metric="cosine", embedding={}, root=store.root, runtime={}, kind=IndexChoice("flat"))
+    flat.add(store.vectors(), store.entries())
+    return flat
+
+
+def test_the_default_index_is_approximate_and_records_a_recall_that_meets_the_target(store):
+    facts = store.meta["index"]
+    assert store.count == REAL_COUNT
+    assert facts["requested"]["kind"] == "auto" and facts["kind"] != "flat"
+    assert facts["recall_at_10"] >= facts["recall_target"] == 0.95
+    assert "fallback" not in facts
+
+
+def test_recall_at_10_on_new_queries_is_at_least_095(store, copy_vectors):
+    """New images (not stored rows): the default index's top 10 against exact numpy cosine."""
+    truth = np.argsort(-(store.vectors() @ copy_vectors.T), axis=0, kind="stable")[:10].T
+    found = [[row for row, _ in hits] for hits in store.search(copy_vectors, 10)]
+    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
+    assert recall >= 0.95, recall
+
+
+def test_near_duplicate_queries_rank_first_what_a_flat_index_does_all_but_at_most_one_of_40(store, copies, copy_vectors):
+    """The issue's target (± 1 of 40): the graph is built by several threads, so not bit-for-bit the same
+    from run to run; on the runs seen, all 40 agreed."""
+    default = [hits[0][0] for hits in store.search(copy_vectors, 1)]
+    exact = [hits[0][0] for hits in flat_copy(store).search(copy_vectors, 1)]
+    assert sum(d != e for d, e in zip(default, exact)) <= 1, (default, exact)
+    found = sum(store.entry(row).path == name for row, (name, _) in zip(default, copies))
+    assert found >= len(copies) - 2, f"{found} of {len(copies)} copies found their original first"
+
+
+def test_the_query_path_gives_the_same_answers(tmp_path, real_index, store, copies):
+    settings, embedder = real_index
+    paths = []
+    for i, (_, image) in enumerate(copies[:6]):
+        paths.append(tmp_path / f"q{i}.png")
+        image.save(paths[-1])
+    results = query_many(paths, settings, k=5, make_embedder=lambda _: embedder)
+    for result, (name, _) in zip(results, copies):
+        assert result.embedded and result.hits[0].path == name
+
+
+def test_scores_are_exact_cosines(store, copy_vectors):
+    vectors = store.vectors()
+    for query, hits in zip(copy_vectors[:5], store.search(copy_vectors[:5], 10)):
+        for row, score in hits:
+            assert score == pytest.approx(float(vectors[row] @ query), abs=1e-5)
+
+
+def test_inner_product_after_pca_misranks_these_vectors(store):
+    """Why approximate kinds search by L2: the definition this project used to have, measured here."""
+    vectors = store.vectors()
+    rows = np.arange(0, REAL_COUNT, 25)
+    truth = faiss.knn(vectors[rows], vectors, 11, metric=faiss.METRIC_INNER_PRODUCT)[1][:, 1:]
+    recalls = {}
+    for name, metric in (("ip", faiss.METRIC_INNER_PRODUCT), ("l2", faiss.METRIC_L2)):
+        index = faiss.index_factory(store.dim, "PCA256,HNSW32", metric)
+        index.train(vectors)
+        index.add(vectors)
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", 128)
+        found = index.search(vectors[rows], 11)[1][:, 1:]
+        recalls[name] = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
+    assert recalls["l2"] >= 0.9 and recalls["ip"] < 0.5, recalls
