@@ -28,8 +28,7 @@ RUNS = 5
 
 def build_indexes(count: int) -> tuple[Path, dict[str, Path]]:
     from retrieval.config import Settings
-    from retrieval.embedders import identity_for
-    from retrieval.images import PREPROCESSING
+    from retrieval.embedders import embedding_for
     from retrieval.ingest import index_choice
     from retrieval.store import Entry, Store
     from retrieval.synthetic import feature_vectors, photo
@@ -50,14 +49,14 @@ def build_indexes(count: int) -> tuple[Path, dict[str, Path]]:
     entries = [Entry(f"{i // 1000:03d}/{i:06d}.jpg", st.st_size, st.st_mtime_ns) for i in range(count)]
     vectors, _ = feature_vectors("clustered", count, seed=7)
     settings = Settings(weights="none")
-    identity = {**identity_for(settings), "preprocessing": PREPROCESSING}
+    embedding = embedding_for(settings)
     indexes = {}
     for kind in ("flat", "auto"):
         index = folder / f"index-{kind}"
         if not (index / "CURRENT").exists():
             choice = index_choice(Settings(weights="none", index_type=kind))
             store = Store.create(
-                dim=2048, metric="cosine", embedding=identity, root=photos, runtime={}, kind=choice, recall_target=0.95
+                dim=2048, metric="cosine", embedding=embedding, root=photos, runtime={}, kind=choice, recall_target=0.95
             )
             store.add(vectors, entries)
             store.save(index)
@@ -81,12 +80,17 @@ def main() -> None:
     os.environ.setdefault("RETRIEVAL_CACHE", str(DATA / "model-cache"))
     folder, indexes = build_indexes(count)
     rows = []
-    for kind, index in indexes.items():
+    for index in indexes.values():
         meta = json.loads((index / (index / "CURRENT").read_text().strip() / "meta.json").read_text())
         for query, label in ((folder / "photos/000/000000.jpg", "indexed image"), (folder / "new.jpg", "new image")):
             times = wall_times([str(query), "--index", str(index), "-k", "10", "--json"])
             rows.append(
-                {"index": meta["index"]["factory"], "query": label, "median_s": statistics.median(times), "runs_s": times}
+                {
+                    "index": meta["index"]["factory"],
+                    "query": label,
+                    "median_s": statistics.median(times),
+                    "runs_s": times,
+                }
             )
             print(f"{meta['index']['factory']:<22} {label:<14} median {statistics.median(times):.2f} s  {times}")
     RESULTS.mkdir(exist_ok=True)

@@ -75,7 +75,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         result = _decode(Path(job["folder"]), job["jpeg_draft"])
     else:
         result = _pipeline(Path(job["folder"]), job["engine"], job["precision"], job.get("jpeg_draft", True))
-    from retrieval.bench import memory_bytes
+    from retrieval.system import memory_bytes
 
     result["peak_rss_mb"] = memory_bytes("VmHWM") / 2**20
     return result
@@ -169,30 +169,62 @@ def plan(quick: bool) -> list[dict[str, Any]]:
     small = str(photo_set((1024, 768), 128 if quick else 512))
     baseline = str(photo_set((1024, 768), 48 if quick else 96))
     camera = str(photo_set((4000, 3000), 16 if quick else 48))
-    jobs: list[dict[str, Any]] = [{"name": "prototype loop (baseline)", "kind": "prototype", "folder": baseline, "set": "1024x768"}]
+    jobs: list[dict[str, Any]] = [
+        {"name": "prototype loop (baseline)", "kind": "prototype", "folder": baseline, "set": "1024x768"}
+    ]
     for engine in ("tensorflow", "openvino"):
         for precision in ("fp32", "bf16"):
-            jobs.append({"name": f"forward only, {engine} {precision}", "kind": "forward", "engine": engine, "precision": precision})
             jobs.append(
-                {"name": f"pipeline, {engine} {precision}", "kind": "pipeline", "folder": small, "set": "1024x768",
-                 "engine": engine, "precision": precision}
+                {
+                    "name": f"forward only, {engine} {precision}",
+                    "kind": "forward",
+                    "engine": engine,
+                    "precision": precision,
+                }
+            )
+            jobs.append(
+                {
+                    "name": f"pipeline, {engine} {precision}",
+                    "kind": "pipeline",
+                    "folder": small,
+                    "set": "1024x768",
+                    "engine": engine,
+                    "precision": precision,
+                }
             )
     for folder, name in ((small, "1024x768"), (camera, "4000x3000")):
         for draft in (True, False):
             jobs.append(
-                {"name": f"decode only, 1 thread, {name}, {'with' if draft else 'without'} JPEG draft", "kind": "decode",
-                 "folder": folder, "set": name, "jpeg_draft": draft}
+                {
+                    "name": f"decode only, 1 thread, {name}, {'with' if draft else 'without'} JPEG draft",
+                    "kind": "decode",
+                    "folder": folder,
+                    "set": name,
+                    "jpeg_draft": draft,
+                }
             )
     for draft in (True, False):
         jobs.append(
-            {"name": f"pipeline, openvino bf16, 4000x3000, {'with' if draft else 'without'} JPEG draft",
-             "kind": "pipeline", "folder": camera, "set": "4000x3000", "engine": "openvino", "precision": "bf16",
-             "jpeg_draft": draft}
+            {
+                "name": f"pipeline, openvino bf16, 4000x3000, {'with' if draft else 'without'} JPEG draft",
+                "kind": "pipeline",
+                "folder": camera,
+                "set": "4000x3000",
+                "engine": "openvino",
+                "precision": "bf16",
+                "jpeg_draft": draft,
+            }
         )
-    for count in (() if quick else (2000, 20000)):
+    for count in () if quick else (2000, 20000):
         jobs.append(
-            {"name": f"pipeline, openvino bf16, {count} images (memory)", "kind": "pipeline", "set": "1024x768",
-             "folder": str(linked_set(Path(small), count)), "engine": "openvino", "precision": "bf16"}
+            {
+                "name": f"pipeline, openvino bf16, {count} images (memory)",
+                "kind": "pipeline",
+                "set": "1024x768",
+                "folder": str(linked_set(Path(small), count)),
+                "engine": "openvino",
+                "precision": "bf16",
+            }
         )
     return jobs
 
@@ -237,7 +269,7 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.job))))
         return
     os.environ.setdefault("RETRIEVAL_CACHE", str(DATA / "model-cache"))
-    from retrieval.bench import machine
+    from retrieval.system import machine
 
     host = machine()
     host["command"] = "benchmarks/ingest.py" + (" --quick" if args.quick else "")

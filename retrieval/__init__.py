@@ -4,9 +4,9 @@ The CLI in `cli.py` is a thin layer over these functions; use them directly from
 """
 
 from .config import Settings, load_settings
-from .embedders import Embedder, KerasEmbedder
+from .embedders import Embedder, create_embedder
 from .ingest import IngestReport, ingest
-from .search import Hit, QueryResult, query, query_many
+from .search import Hit, QueryResult, Searcher, query, query_many
 from .store import Store
 from .verify import verify
 
@@ -14,8 +14,9 @@ __all__ = [
     "Embedder",
     "Hit",
     "IngestReport",
-    "KerasEmbedder",
+    "create_embedder",
     "QueryResult",
+    "Searcher",
     "Settings",
     "Store",
     "ingest",

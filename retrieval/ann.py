@@ -20,8 +20,9 @@ ranks exactly like cosine (|a - b|² = 2 - 2 cos). `scores` turns the distances 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import faiss
 import numpy as np
@@ -99,7 +100,11 @@ def build(
     index = faiss.index_factory(dim, choice.factory(dim, len(vectors)), searched_metric(choice, metric))
     if not index.is_trained:
         rng = np.random.default_rng(0)  # a fixed sample: the same vectors give the same index
-        sample = vectors if len(vectors) <= TRAIN_SAMPLE else vectors[np.sort(rng.choice(len(vectors), TRAIN_SAMPLE, replace=False))]
+        sample = (
+            vectors
+            if len(vectors) <= TRAIN_SAMPLE
+            else vectors[np.sort(rng.choice(len(vectors), TRAIN_SAMPLE, replace=False))]
+        )
         index.train(sample)
     for start in range(0, len(vectors), chunk):
         index.add(vectors[start : start + chunk])
@@ -176,7 +181,11 @@ def candidates(base: IndexChoice, dim: int, count: int, memory_budget: float) ->
     found = [
         Candidate(replace(base, kind="hnsw", pca=base.pca or (256 if dim > 512 else 0)), "ef_search", graph),
         Candidate(replace(base, kind="hnsw", pca=0), "ef_search", graph),
-        Candidate(replace(base, kind="ivf", pq_bytes=base.pq_bytes or 64, rerank=max(base.rerank, 8)), "nprobe", (4, 8, 16, 32, 64, 128, 256)),
+        Candidate(
+            replace(base, kind="ivf", pq_bytes=base.pq_bytes or 64, rerank=max(base.rerank, 8)),
+            "nprobe",
+            (4, 8, 16, 32, 64, 128, 256),
+        ),
     ]
     unique = list({c.choice.factory(dim, count): c for c in found}.values())  # PCA off: the first two agree
     return [c for c in unique if not memory_budget or resident_bytes(c.choice, dim, count) <= memory_budget]
@@ -237,17 +246,36 @@ def build_measured(
     facts: dict[str, Any] = {"recall_target": target_recall, "recall_queries": len(held_out_rows(count))}
     if choice.kind != "auto":
         index, choice, recall = measure(choice, vectors, metric, target_recall)
-        return index, {**describe(choice, dim, count), **facts, "recall_at_10": recall, "resident_bytes": resident_bytes(choice, dim, count)}
+        return index, {
+            **describe(choice, dim, count),
+            **facts,
+            "recall_at_10": recall,
+            "resident_bytes": resident_bytes(choice, dim, count),
+        }
     tried = []
     for candidate in candidates(choice, dim, count, memory_budget):
         index, tuned, recall = measure(candidate.choice, vectors, metric, target_recall, candidate)
         if recall >= target_recall:
-            return index, {**describe(tuned, dim, count), **facts, "recall_at_10": recall, "resident_bytes": resident_bytes(tuned, dim, count)}
-        tried.append(f"{tuned.factory(dim, count)} {recall:.3f} at {candidate.parameter}={getattr(tuned, candidate.parameter)}")
+            return index, {
+                **describe(tuned, dim, count),
+                **facts,
+                "recall_at_10": recall,
+                "resident_bytes": resident_bytes(tuned, dim, count),
+            }
+        tried.append(
+            f"{tuned.factory(dim, count)} {recall:.3f} at {candidate.parameter}={getattr(tuned, candidate.parameter)}"
+        )
         del index
     flat = replace(choice, kind="flat")
-    fallback = f"no approximate kind reached recall@10 {target_recall} ({'; '.join(tried) or 'none fits the memory budget'})"
-    return build(flat, dim, metric, vectors), {**describe(flat, dim, count), **facts, "recall_at_10": 1.0, "fallback": fallback}
+    fallback = (
+        f"no approximate kind reached recall@10 {target_recall} ({'; '.join(tried) or 'none fits the memory budget'})"
+    )
+    return build(flat, dim, metric, vectors), {
+        **describe(flat, dim, count),
+        **facts,
+        "recall_at_10": 1.0,
+        "fallback": fallback,
+    }
 
 
 def recall_warning(facts: dict[str, Any]) -> str | None:

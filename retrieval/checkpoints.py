@@ -1,8 +1,8 @@
 """Vectors of a running ingest, saved in pieces as it goes, so that a killed run resumes where it stopped.
 
-Each piece is one self-describing .npz (the embedding identity's hash, the manifest entries, the vectors),
-written under a temporary name, fsynced and renamed: it is either whole or absent. A piece whose
-identity differs from the current run's, or that cannot be read, is ignored. Pieces are deleted once
+Each piece is one self-describing .npz (the hash of the run's embedding description, the manifest entries,
+the vectors), written under a temporary name, fsynced and renamed: it is either whole or absent. A piece
+whose embedding differs from the current run's, or that cannot be read, is ignored. Pieces are deleted once
 their vectors are in a saved index.
 """
 
@@ -19,30 +19,30 @@ from typing import Any
 
 import numpy as np
 
+from .durable import TEMPORARY, write_atomically
 from .store import Entry
 
 PENDING = "pending"
-_TEMPORARY = ".tmp-"
 
 
-def identity_key(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+def embedding_key(embedding: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(embedding, sort_keys=True).encode()).hexdigest()
 
 
 class Checkpoints:
-    """The pending pieces of ingests into one index, for one embedding identity."""
+    """The pending pieces of ingests into one index, for one embedding (backbones.describe_embedding)."""
 
-    def __init__(self, index: Path, identity: dict[str, Any]) -> None:
+    def __init__(self, index: Path, embedding: dict[str, Any]) -> None:
         self._folder = index / PENDING
-        self._key = identity_key(identity)
+        self._key = embedding_key(embedding)
 
     def load(self) -> list[tuple[Entry, np.ndarray]]:
-        """Every (entry, vector) saved by earlier runs with this identity; leftovers of crashes removed."""
+        """Every (entry, vector) saved by earlier runs with this embedding; leftovers of crashes removed."""
         if not self._folder.is_dir():
             return []
         found = []
         for path in sorted(self._folder.iterdir()):
-            if path.name.startswith(_TEMPORARY):
+            if path.name.startswith(TEMPORARY):
                 path.unlink(missing_ok=True)  # a piece a crash interrupted while being written
                 continue
             try:
@@ -60,18 +60,15 @@ class Checkpoints:
     def save(self, entries: list[Entry], vectors: np.ndarray) -> None:
         """Write one piece atomically."""
         self._folder.mkdir(parents=True, exist_ok=True)
-        name = f"piece-{time.time_ns()}-{os.getpid()}.npz"
-        staging = self._folder / f"{_TEMPORARY}{name}"
-        with open(staging, "wb") as f:
-            np.savez(
+        write_atomically(
+            self._folder / f"piece-{time.time_ns()}-{os.getpid()}.npz",
+            lambda f: np.savez(
                 f,
-                identity=np.array(self._key),
+                identity=np.array(self._key),  # the embedding's key; "identity" is the field's name on disk
                 entries=np.array(json.dumps([asdict(e) for e in entries], ensure_ascii=True)),
                 vectors=np.asarray(vectors, dtype=np.float32),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(staging, self._folder / name)
+            ),
+        )
 
     def clear(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)

@@ -8,23 +8,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from . import collage as collage_
 from . import bench, search, store
+from . import collage as collage_
 from .config import ENGINES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings, load_settings
 from .errors import EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
+from .images import quiet_pillow_bomb_warnings
 from .ingest import ERROR_REPORT, ProgressCallback
-from .synthetic import FAMILIES
 from .ingest import ingest as run_ingest
+from .synthetic import FAMILIES
 from .verify import verify as run_verify
 
 app = typer.Typer(
@@ -35,15 +37,22 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+
+@app.callback()
+def _main() -> None:
+    """Content-based image search: index a folder of images, then find the ones most like a query image."""
+    quiet_pillow_bomb_warnings()
+
+
 ConfigOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", help="Settings file (default: ./config.yaml when present).", exists=True, dir_okay=False),
 ]
-IndexOption = Annotated[Optional[Path], typer.Option("--index", help="Index folder (config: index).")]
+IndexOption = Annotated[Path | None, typer.Option("--index", help="Index folder (config: index).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for another ingest into the index to finish.")]
-EngineOption = Annotated[Optional[str], typer.Option(help=f"{' | '.join(ENGINES)} (config: engine).")]
-PrecisionOption = Annotated[Optional[str], typer.Option(help=f"{' | '.join(PRECISIONS)} (config: precision).")]
+EngineOption = Annotated[str | None, typer.Option(help=f"{' | '.join(ENGINES)} (config: engine).")]
+PrecisionOption = Annotated[str | None, typer.Option(help=f"{' | '.join(PRECISIONS)} (config: precision).")]
 
 
 @contextmanager
@@ -66,25 +75,25 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 @app.command()
 def ingest(
-    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", exists=True, file_okay=False)],
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of images, searched recursively.", exists=True, file_okay=False)
+    ],
     index: IndexOption = None,
-    model: Annotated[Optional[str], typer.Option(help=f"Backbone: {' | '.join(MODELS)} (config: model).")] = None,
+    model: Annotated[str | None, typer.Option(help=f"Backbone: {' | '.join(MODELS)} (config: model).")] = None,
     weights: Annotated[
-        Optional[str], typer.Option(help="imagenet | none (seeded random) | path to a weights file (config: weights).")
+        str | None, typer.Option(help="imagenet | none (seeded random) | path to a weights file (config: weights).")
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass (config: batch_size).")] = None,
-    metric: Annotated[Optional[str], typer.Option(help=f"{' | '.join(METRICS)} (config: metric).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for random weights (config: seed).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (config: batch_size).")] = None,
+    metric: Annotated[str | None, typer.Option(help=f"{' | '.join(METRICS)} (config: metric).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for random weights (config: seed).")] = None,
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     decode_threads: Annotated[
-        Optional[int], typer.Option(min=1, help="Threads decoding images (config: decode_threads).")
+        int | None, typer.Option(min=1, help="Threads decoding images (config: decode_threads).")
     ] = None,
-    index_type: Annotated[
-        Optional[str], typer.Option(help=f"{' | '.join(INDEX_TYPES)} (config: index_type).")
-    ] = None,
+    index_type: Annotated[str | None, typer.Option(help=f"{' | '.join(INDEX_TYPES)} (config: index_type).")] = None,
     checkpoint_every: Annotated[
-        Optional[int], typer.Option(min=1, help="Save progress every N embedded images (config: checkpoint_every).")
+        int | None, typer.Option(min=1, help="Save progress every N embedded images (config: checkpoint_every).")
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="Embed everything again, e.g. to change the model.")] = False,
     wait: WaitOption = False,
@@ -117,7 +126,9 @@ def ingest(
     counts = ("added", "updated", "removed", "moved", "unchanged", "resumed")
     typer.echo(", ".join(f"{getattr(report, name)} {name}" for name in counts))
     if report.skipped:
-        typer.echo(f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.index / ERROR_REPORT)}")
+        typer.echo(
+            f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.index / ERROR_REPORT)}"
+        )
     _warn(report.warning)
 
 
@@ -129,12 +140,13 @@ def _warn(warning: str | None) -> None:
 @app.command()
 def query(
     images: Annotated[
-        list[Path], typer.Argument(help="Query image(s), or folders of them: searched together in one batch.", exists=True)
+        list[Path],
+        typer.Argument(help="Query image(s), or folders of them: searched together in one batch.", exists=True),
     ],
-    k: Annotated[Optional[int], typer.Option("-k", "--top-k", min=1, help="How many results (config: top_k).")] = None,
+    k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="How many results (config: top_k).")] = None,
     index: IndexOption = None,
     collage: Annotated[
-        Optional[Path], typer.Option(help="Also draw the query and its hits with their scores to this .png/.jpg.")
+        Path | None, typer.Option(help="Also draw the query and its hits with their scores to this .png/.jpg.")
     ] = None,
     as_json: JsonOption = False,
     engine: EngineOption = None,
@@ -253,18 +265,23 @@ app.add_typer(bench_app, name="bench")
 def bench_search(
     sizes: Annotated[str, typer.Option(help="Comma-separated numbers of vectors.")] = "10000,100000",
     families: Annotated[
-        str, typer.Option(help=f"Synthetic families, comma-separated: {', '.join(FAMILIES)} (see synthetic.feature_vectors).")
+        str,
+        typer.Option(
+            help=f"Synthetic families, comma-separated: {', '.join(FAMILIES)} (see synthetic.feature_vectors)."
+        ),
     ] = "clustered,hard,cone",
     from_index: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
-            "--from-index", help="Measure on the vectors of this index instead (held-out rows as queries).", file_okay=False
+            "--from-index",
+            help="Measure on the vectors of this index instead (held-out rows as queries).",
+            file_okay=False,
         ),
     ] = None,
-    kinds: Annotated[Optional[str], typer.Option(help="Only these kinds, comma-separated (default: all).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for search.json, search.md and search.png.", file_okay=False)] = Path(
-        "benchmarks/results"
-    ),
+    kinds: Annotated[str | None, typer.Option(help="Only these kinds, comma-separated (default: all).")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for search.json, search.md and search.png.", file_okay=False)
+    ] = Path("benchmarks/results"),
 ) -> None:
     """Latency, throughput, recall and build cost of every index kind, on seeded synthetic features or on
     the vectors of an existing index."""

@@ -48,7 +48,9 @@ def render(result: QueryResult, out: Path, max_pixels: int) -> Path:
     return out
 
 
-def _paste_picture(sheet: Image.Image, draw: ImageDraw.ImageDraw, path: Path, at: tuple[int, int], max_pixels: int) -> None:
+def _paste_picture(
+    sheet: Image.Image, draw: ImageDraw.ImageDraw, path: Path, at: tuple[int, int], max_pixels: int
+) -> None:
     """Centre the picture in its tile; a hit whose file is gone or broken becomes a grey tile saying so."""
     x, y = at
     try:

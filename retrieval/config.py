@@ -55,7 +55,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         choices = (
-            ("model", MODELS), ("metric", METRICS), ("engine", ENGINES), ("precision", PRECISIONS), ("index_type", INDEX_TYPES)
+            ("model", MODELS),
+            ("metric", METRICS),
+            ("engine", ENGINES),
+            ("precision", PRECISIONS),
+            ("index_type", INDEX_TYPES),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -67,7 +71,17 @@ class Settings:
         for name in ("pca_dim", "ivf_lists", "pq_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
-        for name in ("batch_size", "top_k", "max_pixels", "decode_threads", "checkpoint_every", "hnsw_m", "ef_search", "nprobe", "rerank"):
+        for name in (
+            "batch_size",
+            "top_k",
+            "max_pixels",
+            "decode_threads",
+            "checkpoint_every",
+            "hnsw_m",
+            "ef_search",
+            "nprobe",
+            "rerank",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
 
@@ -141,4 +155,3 @@ def _coerce(key: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, not {value!r}")
     return value
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,24 @@ from .files import FOREIGN_EXTENSIONS
 # Transparent pixels are laid on this colour, so a logo on alpha embeds the same wherever it came from.
 BACKGROUND = (255, 255, 255)
 # Decoders we let Pillow use. Others (EPS, which runs Ghostscript; PSD; ICO …) are refused by design.
-# Image.init() registers every plugin first: Image.open fails on a listed format it has not loaded yet,
-# and a build of Pillow without one of these (AVIF, say) simply does not offer it.
-Image.init()
-FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF") if f in Image.OPEN)
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF")
 
-# Pillow only warns between its pixel limit and twice it; `max_pixels` below decides instead. Set once here,
-# not per call, because `warnings.catch_warnings` is not thread-safe and decoding runs in threads.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+@lru_cache(maxsize=1)
+def decoders() -> tuple[str, ...]:
+    """The allowed formats this Pillow offers. Image.init() registers every plugin first (at the first
+    decode, not at import): Image.open fails on a listed format it has not loaded yet, and a build of
+    Pillow without one of these (AVIF, say) simply does not offer it."""
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def quiet_pillow_bomb_warnings() -> None:
+    """Pillow only warns between its pixel limit and twice it, where `max_pixels` decides instead (and says
+    so in the skip report). For the command line, which owns the process's warning filters: a library
+    leaves them to its caller, and `warnings.catch_warnings` per call is not thread-safe."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 PREPROCESSING: dict[str, Any] = {
     "version": 1,
@@ -68,7 +79,7 @@ def open_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) 
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise ImageError("not an image", "empty file")
-            im = Image.open(f, formats=FORMATS)
+            im = Image.open(f, formats=decoders())
             if im.width * im.height > max_pixels:
                 raise ImageError(
                     "decompression bomb",
@@ -94,7 +105,7 @@ def open_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) 
     except OSError as e:
         reason = "truncated" if "truncated" in str(e) else "corrupt"
         raise ImageError(reason, str(e)) from e
-    except Exception as e:  # noqa: BLE001 - decoders raise anything (SyntaxError, ValueError, struct.error …)
+    except Exception as e:  # decoders raise anything (SyntaxError, ValueError, struct.error …)
         raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
 
 

@@ -1,37 +1,45 @@
 """The ingest job: bring an index up to date with a folder, embedding only what it does not hold yet.
 
-A run lists the folder, takes every vector it can from the current index (unchanged files, and moved
-ones recognised by content hash) and from checkpoints of an interrupted run, decodes and embeds the rest
-in batches, and saves a new generation of the index. Newly embedded vectors are checkpointed every
-`checkpoint_every` images, so a killed run loses at most that much work. The old index stays live
-until the new one is completely written, and one lock admits one writer at a time.
+Three steps, each testable alone:
+
+- `plan`: list the folder and decide, file by file, where its vector comes from: the current index
+  (unchanged files, and moved ones recognised by content hash), the checkpoints of an interrupted run, or
+  the model. No model, no decoding.
+- `embed`: an `Executor` decodes and embeds the planned files in batches and streams the vectors back
+  (`LocalExecutor`: decoding threads ahead of one engine). The driver checkpoints them every
+  `checkpoint_every` images, so a killed run loses at most that much work.
+- `commit`: assemble every vector in listing order and save a new generation, under the writer lock.
+  The old index stays live until the new one is completely written.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from .ann import IndexChoice
+from .backbones import ModelSpec, spec_for
 from .checkpoints import Checkpoints
 from .config import Settings
-from .embedders import Embedder, ModelSpec, create_embedder, identity_for, package_version, spec_for
+from .durable import write_text_atomically
+from .embedders import Embedder, create_embedder, embedding_for
 from .errors import ImageError, IndexMismatch, IndexMissing, NothingToIndex, StoreError
 from .files import Skipped, list_images, sha256_file
-from .images import PREPROCESSING, load_image
+from .images import load_image
 from .lock import IndexLock
 from .store import Entry, Store, normalize, warning
+from .system import package_version
 
 ERROR_REPORT = "errors.jsonl"
 ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed)
@@ -71,9 +79,142 @@ class IngestReport:
         return ", ".join(f"{n} {reason}" for reason, n in self.skipped_by_reason().items())
 
 
-def embedding_identity(embedder: Embedder) -> dict[str, Any]:
-    """How a picture becomes a vector, decoding included: what ingest and query must agree on."""
-    return {**embedder.identity(), "preprocessing": PREPROCESSING}
+@dataclass
+class Plan:
+    """Where each listed file's vector comes from. Slot i is entries[i]; every slot is in exactly one of
+    `kept` (a row of the previous index), `resumed` (a checkpointed vector) or `to_embed`."""
+
+    root: Path
+    entries: list[Entry]
+    kept: dict[int, int] = field(default_factory=dict)  # slot -> row of the previous index
+    resumed: dict[int, np.ndarray] = field(default_factory=dict)  # slot -> vector (dim,)
+    to_embed: list[int] = field(default_factory=list)  # slots, in listing order
+    unchanged: int = 0
+    moved: int = 0
+    removed: int = 0  # previous rows whose files are gone (and not moved)
+    previous_paths: frozenset[str] = frozenset()  # to tell an added file from an updated one
+    skipped: list[Skipped] = field(default_factory=list)  # listed, but gone or unreadable at stat time
+
+
+def plan(folder: Path, paths: list[str], previous: Store | None, checkpointed: list[tuple[Entry, np.ndarray]]) -> Plan:
+    """Decide each file's vector source from its size and mtime (and, for a possible move, its content
+    hash). Reads file metadata, and the bytes of a new file only when a vanished one had its size."""
+    result = Plan(folder, [], previous_paths=frozenset(e.path for e in previous.entries()) if previous else frozenset())
+    known, vanished = _previous_rows(paths, previous)
+    resumed = {(e.path, e.size, e.mtime_ns): (e, v) for e, v in checkpointed}
+    vanished_sizes = {entry.size for entry, _ in vanished.values()}
+    for rel in paths:
+        try:
+            st = (folder / rel).stat()
+        except OSError as e:
+            reason = "file not found" if isinstance(e, FileNotFoundError) else "unreadable"
+            result.skipped.append(Skipped(rel, reason, str(e)))
+            continue
+        key = (rel, st.st_size, st.st_mtime_ns)
+        slot = len(result.entries)
+        entry = Entry(rel, st.st_size, st.st_mtime_ns)
+        if key in resumed:
+            entry, result.resumed[slot] = resumed[key]
+        elif key in known:
+            entry, result.kept[slot] = known[key]
+            result.unchanged += 1
+        elif (source := _moved(folder, entry, vanished, vanished_sizes)) is not None:
+            entry, result.kept[slot] = source
+            result.moved += 1
+        else:
+            result.to_embed.append(slot)
+        result.entries.append(entry)
+    result.removed = len(vanished)
+    return result
+
+
+def _previous_rows(
+    paths: list[str], previous: Store | None
+) -> tuple[dict[tuple[str, int, int], tuple[Entry, int]], dict[str, tuple[Entry, int]]]:
+    """The previous index's rows: by (path, size, mtime) for files still listed, and by content hash
+    for those no longer listed (candidates for a move). Rows, not vectors: each vector is read from
+    the index only when it is used, so no second copy of the index is made."""
+    if previous is None:
+        return {}, {}
+    listed = set(paths)
+    known, vanished = {}, {}
+    for row, entry in enumerate(previous.entries()):
+        if entry.path in listed:
+            known[(entry.path, entry.size, entry.mtime_ns)] = (entry, row)
+        else:
+            vanished[entry.sha256 or f"row-{row}"] = (entry, row)
+    return known, vanished
+
+
+def _moved(
+    folder: Path, entry: Entry, vanished: dict[str, tuple[Entry, int]], sizes: set[int]
+) -> tuple[Entry, int] | None:
+    """A new path whose bytes equal a vanished entry's is that file, moved: re-key its vector.
+    Hashing only when a vanished file had the same size keeps this cheap."""
+    if entry.size not in sizes:
+        return None
+    digest = sha256_file(folder / entry.path)
+    if digest not in vanished:
+        return None
+    _, row = vanished.pop(digest)
+    return replace(entry, sha256=digest), row
+
+
+@dataclass
+class Embedded:
+    """One batch back from an executor: vectors (unnormalized) for `done` (indices into the paths it was
+    given, with their files' SHA-256), and the files of that stretch it had to skip."""
+
+    done: list[int]
+    digests: list[str]
+    vectors: np.ndarray  # (len(done), dim)
+    skipped: list[tuple[int, Skipped]]
+
+
+class Executor(Protocol):
+    """Runs the embed step: decode and embed `paths` (relative to `root`), yielding batches in order."""
+
+    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]: ...
+
+
+class LocalExecutor:
+    """This machine: `decode_threads` threads decode a bounded number of images ahead, in order, into a
+    reused batch buffer, and one embedder (built lazily by `embedder()`) embeds each full batch."""
+
+    def __init__(self, settings: Settings, embedder: Callable[[], Embedder], spec: ModelSpec, decode: Decoder) -> None:
+        self._settings = settings
+        self._embedder = embedder
+        self._spec = spec
+        self._decode = decode
+
+    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]:
+        settings = self._settings
+        width, height = self._spec.input_size
+        batch = np.empty((settings.batch_size, height, width, 3), np.uint8)  # reused for every batch
+        pending = Embedded([], [], np.empty(0), [])
+        read = partial(_read, root, decode=self._decode, size=(width, height), max_pixels=settings.max_pixels)
+        ahead = 2 * settings.batch_size + settings.decode_threads
+        with closing(_in_threads(read, paths, settings.decode_threads, ahead)) as results:
+            for i, result in enumerate(results):
+                try:
+                    pixels, digest = result.result()
+                except ImageError as e:
+                    pending.skipped.append((i, Skipped(paths[i], e.reason, e.detail)))
+                    continue
+                except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
+                    pending.skipped.append((i, Skipped(paths[i], "decoder failed", f"{type(e).__name__}: {e}")))
+                    continue
+                batch[len(pending.done)] = pixels
+                pending.done.append(i)
+                pending.digests.append(digest)
+                if len(pending.done) == settings.batch_size:
+                    pending.vectors = self._embedder().embed(batch)
+                    yield pending
+                    pending = Embedded([], [], np.empty(0), [])
+        if pending.done or pending.skipped:
+            if pending.done:
+                pending.vectors = self._embedder().embed(batch[: len(pending.done)])
+            yield pending
 
 
 def ingest(
@@ -86,7 +227,7 @@ def ingest(
     full: bool = False,
     wait: bool = False,
 ) -> IngestReport:
-    """Bring the index at `settings.index` up to date with the images under `folder`.
+    """Bring the index at `settings.index` up to date with the images under `folder`: plan, embed, commit.
 
     `full` embeds everything again (needed to change model, weights, metric or folder); `wait` waits
     for another ingest into the same index instead of failing with IndexBusy.
@@ -96,47 +237,152 @@ def ingest(
         listing = list_images(folder)
         if not listing.paths:
             raise NothingToIndex(f"no image files found in {folder}; nothing was written")
-        model = _Model(settings, embedder)
-        checkpoints = Checkpoints(settings.index, model.identity)
+        model = _LazyEmbedder(settings, embedder)
+        checkpoints = Checkpoints(settings.index, model.embedding)
         if full:
             checkpoints.clear()
-        previous = None if full else _previous(settings, model.identity, folder)
-        run = _Run(folder, settings, model, checkpoints, previous, progress, decode)
-        report = run.execute(listing.paths)
-        report.skipped = listing.errors + report.skipped
+        previous = None if full else _previous(settings, model.embedding, folder)
+        the_plan = plan(folder, listing.paths, previous, checkpoints.load())
+        report = IngestReport(
+            settings.index,
+            unchanged=the_plan.unchanged,
+            moved=the_plan.moved,
+            removed=the_plan.removed,
+            resumed=len(the_plan.resumed),
+            skipped=listing.errors + the_plan.skipped,
+        )
+        executor = LocalExecutor(settings, model.get, model.spec, decode)
+        vectors = embed(the_plan, executor, checkpoints, report, settings.checkpoint_every, progress)
         write_error_report(settings.index, report.skipped)
-        if not run.entries:
-            raise NothingToIndex(
-                f"none of the {len(listing.paths)} image files in {folder} could be read "
-                f"({report.reasons()}); the existing index, if any, is unchanged. "
-                f"See {settings.index / ERROR_REPORT}"
-            )
-        kind = index_choice(settings)
-        requested = {
-            **asdict(kind), "recall_target": settings.recall_target, "memory_budget_gb": settings.memory_budget_gb
-        }
-        unchanged = previous is not None and run.entries == previous.entries() and previous.requested_kind == requested
-        if unchanged and not previous.stale:
-            store = previous  # nothing changed: no new generation
-        else:
-            store = Store.create(
-                dim=model.spec.dim,
-                metric=settings.metric,
-                embedding=model.identity,
-                root=folder,
-                runtime=model.runtime(previous),
-                kind=kind,
-                recall_target=settings.recall_target,
-                memory_budget_gb=settings.memory_budget_gb,
-            )
-            store.add(run.vectors(), run.entries)
-            store.save(settings.index)
+        store = commit(
+            previous,
+            the_plan,
+            vectors,
+            settings,
+            embedding=model.embedding,
+            runtime=model.runtime(previous),
+            listing_count=len(listing.paths),
+            report=report,
+        )
         checkpoints.clear()
     report.indexed = store.count
     report.warning = warning(store.meta)
     report.model_seconds = model.load_seconds
     report.seconds = time.perf_counter() - started
     return report
+
+
+def embed(
+    the_plan: Plan,
+    executor: Executor,
+    checkpoints: Checkpoints,
+    report: IngestReport,
+    checkpoint_every: int,
+    progress: ProgressCallback | None = None,
+) -> dict[int, np.ndarray]:
+    """Run the plan's `to_embed` slots through `executor`, normalize, checkpoint every `checkpoint_every`
+    (and on Ctrl-C or any error), fill in each embedded entry's hash, and count into `report`.
+    Returns slot -> vector for what was embedded; skipped slots get no vector."""
+    slots = the_plan.to_embed
+    paths = [the_plan.entries[s].path for s in slots]
+    vectors: dict[int, np.ndarray] = {}
+    unsaved: list[int] = []
+
+    def checkpoint() -> None:
+        if unsaved:
+            checkpoints.save([the_plan.entries[s] for s in unsaved], np.stack([vectors[s] for s in unsaved]))
+            unsaved.clear()
+
+    done = 0
+    try:
+        # closing: on Ctrl-C here, the executor stops its decoding threads before this returns
+        with closing(executor.run(the_plan.root, paths)) as batches:
+            for batch in batches:
+                _account(batch, the_plan, vectors, unsaved, report)
+                done += len(batch.done) + len(batch.skipped)
+                if len(unsaved) >= checkpoint_every:
+                    checkpoint()
+                if progress:
+                    progress(done, len(slots))
+    except BaseException:
+        checkpoint()  # Ctrl-C or a fatal error: what was embedded is kept for the next run
+        raise
+    if progress and not slots:
+        progress(0, 0)
+    return vectors
+
+
+def _account(
+    batch: Embedded, the_plan: Plan, vectors: dict[int, np.ndarray], unsaved: list[int], report: IngestReport
+) -> None:
+    """Take one executor batch in: normalized vectors by slot, each entry's hash, the counts."""
+    slots = the_plan.to_embed
+    report.skipped += [skipped for _, skipped in batch.skipped]
+    if batch.done:
+        for i, digest, vector in zip(batch.done, batch.digests, normalize(batch.vectors)):
+            slot = slots[i]
+            entry = the_plan.entries[slot] = replace(the_plan.entries[slot], sha256=digest)
+            vectors[slot] = vector
+            unsaved.append(slot)
+            if entry.path in the_plan.previous_paths:
+                report.updated += 1
+            else:
+                report.added += 1
+    report.embedded += len(batch.done)
+
+
+def commit(
+    previous: Store | None,
+    the_plan: Plan,
+    embedded: dict[int, np.ndarray],
+    settings: Settings,
+    *,
+    embedding: dict[str, Any],
+    runtime: dict[str, str],
+    listing_count: int,
+    report: IngestReport,
+) -> Store:
+    """Assemble every planned vector in listing order and save it as a new generation of vectors made
+    by `embedding` (backbones.describe_embedding; `runtime` is recorded beside it); or, when nothing
+    changed (same files, same kind, current format), keep the previous one and write nothing.
+    NothingToIndex when no file gave a vector: the existing index, if any, stays as it is."""
+    slots = [s for s in range(len(the_plan.entries)) if s in the_plan.kept or s in the_plan.resumed or s in embedded]
+    entries = [the_plan.entries[s] for s in slots]
+    if not entries:
+        raise NothingToIndex(
+            f"none of the {listing_count} image files in {the_plan.root} could be read "
+            f"({report.reasons()}); the existing index, if any, is unchanged. "
+            f"See {settings.index / ERROR_REPORT}"
+        )
+    kind = index_choice(settings)
+    requested = {**asdict(kind), "recall_target": settings.recall_target, "memory_budget_gb": settings.memory_budget_gb}
+    if (
+        previous is not None
+        and not previous.stale
+        and entries == previous.entries()
+        and previous.requested_kind == requested
+    ):
+        return previous
+    # the one full-size copy of the vectors this run makes, (len(entries), dim)
+    vectors = np.empty((len(entries), embedding["dim"]), np.float32)
+    for i, slot in enumerate(slots):
+        if slot in the_plan.kept:
+            vectors[i] = previous.vector(the_plan.kept[slot])
+        else:
+            vectors[i] = the_plan.resumed[slot] if slot in the_plan.resumed else embedded.pop(slot)
+    store = Store.create(
+        dim=embedding["dim"],
+        metric=settings.metric,
+        embedding=embedding,
+        root=the_plan.root,
+        runtime=runtime,
+        kind=kind,
+        recall_target=settings.recall_target,
+        memory_budget_gb=settings.memory_budget_gb,
+    )
+    store.add(vectors, entries)
+    store.save(settings.index)
+    return store
 
 
 def index_choice(settings: Settings) -> IndexChoice:
@@ -153,7 +399,7 @@ def index_choice(settings: Settings) -> IndexChoice:
     )
 
 
-class _Model:
+class _LazyEmbedder:
     """The embedder, built only when something needs embedding: an up-to-date index costs no model load."""
 
     def __init__(self, settings: Settings, embedder: Embedder | None) -> None:
@@ -161,15 +407,14 @@ class _Model:
         self._embedder = embedder
         self.load_seconds = 0.0
         self.spec: ModelSpec = embedder.spec if embedder else spec_for(settings.model)
-        base = embedder.identity() if embedder else identity_for(settings)
-        self.identity = {**base, "preprocessing": PREPROCESSING}
+        self.embedding = embedder.embedding() if embedder else embedding_for(settings)
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
+    def get(self) -> Embedder:
         if self._embedder is None:
             started = time.perf_counter()
             self._embedder = create_embedder(self._settings)
             self.load_seconds = time.perf_counter() - started
-        return self._embedder.embed(images)
+        return self._embedder
 
     def runtime(self, previous: Store | None) -> dict[str, str]:
         """Engine and versions of this run's embedder, or of the run that made the vectors if none ran."""
@@ -179,13 +424,13 @@ class _Model:
         return {**(self._embedder.runtime() if self._embedder else {}), **versions}
 
 
-def _previous(settings: Settings, identity: dict[str, Any], folder: Path) -> Store | None:
+def _previous(settings: Settings, embedding: dict[str, Any], folder: Path) -> Store | None:
     """The live index if this run can update it; IndexMismatch if it was built otherwise."""
     try:
         store = Store.load(settings.index)
     except IndexMissing:
         return None
-    store.check_embedding(identity, remedy="pass --full to rebuild the index with the new settings")
+    store.check_embedding(embedding, remedy="pass --full to rebuild the index with the new settings")
     if store.metric != settings.metric:
         raise IndexMismatch(
             f"the index in {settings.index} uses metric {store.metric}, not {settings.metric}; "
@@ -197,166 +442,6 @@ def _previous(settings: Settings, identity: dict[str, Any], folder: Path) -> Sto
             "use another --index, or pass --full to replace it"
         )
     return store
-
-
-class _Run:
-    """One ingest's work: decide each file's vector source, embed what is new, assemble in listing order."""
-
-    def __init__(
-        self,
-        folder: Path,
-        settings: Settings,
-        model: _Model,
-        checkpoints: Checkpoints,
-        previous: Store | None,
-        progress: ProgressCallback | None,
-        decode: Decoder,
-    ) -> None:
-        self._folder = folder
-        self._settings = settings
-        self._model = model
-        self._checkpoints = checkpoints
-        self._previous = previous
-        self._progress = progress
-        self._decode = decode
-        self.entries: list[Entry] = []
-        # One row per listed file, filled in place from whichever source has its vector, then compacted
-        # over the files that failed: the only full-size copy of the vectors this run makes.
-        self._vectors = np.empty((0, model.spec.dim), np.float32)
-        self._filled = np.zeros(0, bool)
-
-    def vectors(self) -> np.ndarray:
-        """(len(entries), dim), normalized, row i for entries[i]."""
-        return self._vectors[: len(self.entries)]
-
-    def _put(self, slot: int, vector: np.ndarray) -> None:
-        self._vectors[slot] = vector
-        self._filled[slot] = True
-
-    def execute(self, paths: list[str]) -> IngestReport:
-        report = IngestReport(self._settings.index)
-        known, vanished = self._known_vectors(paths)
-        resumed = {(e.path, e.size, e.mtime_ns): (e, v) for e, v in self._checkpoints.load()}
-        vanished_sizes = {entry.size for entry, _ in vanished.values()}
-        slots: list[Entry | None] = []
-        self._vectors = np.empty((len(paths), self._model.spec.dim), np.float32)
-        self._filled = np.zeros(len(paths), bool)
-        to_embed: list[int] = []
-        for rel in paths:
-            try:
-                st = (self._folder / rel).stat()
-            except OSError as e:
-                report.skipped.append(Skipped(rel, "file not found" if isinstance(e, FileNotFoundError) else "unreadable", str(e)))
-                continue
-            key = (rel, st.st_size, st.st_mtime_ns)
-            slot = len(slots)
-            slots.append(Entry(rel, st.st_size, st.st_mtime_ns))
-            if key in resumed:
-                slots[slot], vector = resumed[key]
-                self._put(slot, vector)
-                report.resumed += 1
-                continue
-            source = known.get(key) or self._moved(slots[slot], vanished, vanished_sizes)
-            if source is None:
-                to_embed.append(slot)
-                continue
-            slots[slot] = source[0]
-            self._put(slot, self._previous.vector(source[1]))
-            if key in known:
-                report.unchanged += 1
-            else:
-                report.moved += 1
-        report.removed = len(vanished)
-        self._embed(slots, to_embed, report)
-        for slot, entry in enumerate(slots):
-            if entry is not None and self._filled[slot]:
-                if slot != len(self.entries):
-                    self._vectors[len(self.entries)] = self._vectors[slot]  # compact in place
-                self.entries.append(entry)
-        return report
-
-    def _known_vectors(self, paths: list[str]) -> tuple[dict[tuple[str, int, int], tuple[Entry, int]], dict[str, tuple[Entry, int]]]:
-        """The previous index's rows: by (path, size, mtime) for files still listed, and by content hash
-        for those no longer listed (candidates for a move). Rows, not vectors: each vector is read from
-        the index only when it is used, so no second copy of the index is made."""
-        if self._previous is None:
-            return {}, {}
-        listed = set(paths)
-        known, vanished = {}, {}
-        for row, entry in enumerate(self._previous.entries()):
-            if entry.path in listed:
-                known[(entry.path, entry.size, entry.mtime_ns)] = (entry, row)
-            else:
-                vanished[entry.sha256 or f"row-{row}"] = (entry, row)
-        return known, vanished
-
-    def _moved(self, entry: Entry, vanished: dict[str, tuple[Entry, int]], sizes: set[int]) -> tuple[Entry, int] | None:
-        """A new path whose bytes equal a vanished entry's is that file, moved: re-key its vector.
-        Hashing only when a vanished file had the same size keeps this cheap."""
-        if entry.size not in sizes:
-            return None
-        digest = sha256_file(self._folder / entry.path)
-        if digest not in vanished:
-            return None
-        _, row = vanished.pop(digest)
-        return replace(entry, sha256=digest), row
-
-    def _embed(self, slots: list[Entry | None], to_embed: list[int], report: IngestReport) -> None:
-        """Decode in threads ahead of the model, embed in batches, checkpoint as we go."""
-        settings = self._settings
-        width, height = self._model.spec.input_size
-        batch = np.empty((settings.batch_size, height, width, 3), np.uint8)  # reused for every batch
-        in_batch: list[int] = []
-        unsaved: list[int] = []
-        previous_paths = set(e.path for e in self._previous.entries()) if self._previous else set()
-
-        def flush(done: int) -> None:
-            if in_batch:
-                embedded = normalize(self._model.embed(batch[: len(in_batch)]))
-                for slot, vector in zip(in_batch, embedded):
-                    self._put(slot, vector)
-                    if slots[slot].path in previous_paths:
-                        report.updated += 1
-                    else:
-                        report.added += 1
-                report.embedded += len(in_batch)
-                unsaved.extend(in_batch)
-                in_batch.clear()
-            if len(unsaved) >= settings.checkpoint_every:
-                checkpoint()
-            if self._progress:
-                self._progress(done, len(to_embed))
-
-        def checkpoint() -> None:
-            if unsaved:
-                self._checkpoints.save([slots[s] for s in unsaved], self._vectors[unsaved])
-                unsaved.clear()
-
-        read = partial(_read, self._folder, decode=self._decode, size=(width, height), max_pixels=settings.max_pixels)
-        ahead = 2 * settings.batch_size + settings.decode_threads
-        paths = [slots[s].path for s in to_embed]
-        try:
-            with closing(_in_threads(read, paths, settings.decode_threads, ahead)) as results:
-                for done, (slot, result) in enumerate(zip(to_embed, results), 1):
-                    try:
-                        pixels, digest = result.result()
-                    except ImageError as e:
-                        report.skipped.append(Skipped(slots[slot].path, e.reason, e.detail))
-                        slots[slot] = None
-                        continue
-                    except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
-                        report.skipped.append(Skipped(slots[slot].path, "decoder failed", f"{type(e).__name__}: {e}"))
-                        slots[slot] = None
-                        continue
-                    slots[slot] = replace(slots[slot], sha256=digest)
-                    batch[len(in_batch)] = pixels
-                    in_batch.append(slot)
-                    if len(in_batch) == settings.batch_size:
-                        flush(done)
-            flush(len(to_embed))
-        except BaseException:
-            checkpoint()  # Ctrl-C or a fatal error: what was embedded is kept for the next run
-            raise
 
 
 def _in_threads(work: Callable[[str], T], items: list[str], threads: int, ahead: int) -> Iterator[Future[T]]:
@@ -394,10 +479,8 @@ def write_error_report(index: Path, skipped: list[Skipped]) -> None:
     """One JSON object per skipped file, beside the index, replaced atomically each run."""
     try:
         index.mkdir(parents=True, exist_ok=True)
-        staging = index / f".tmp-{ERROR_REPORT}-{os.getpid()}"
-        with open(staging, "w", encoding="utf-8") as f:
-            for s in skipped:
-                f.write(json.dumps(asdict(s), ensure_ascii=True) + "\n")
-        os.replace(staging, index / ERROR_REPORT)
+        write_text_atomically(
+            index / ERROR_REPORT, "".join(json.dumps(asdict(s), ensure_ascii=True) + "\n" for s in skipped)
+        )
     except OSError as e:
         raise StoreError(f"cannot write to the index folder {index}: {e.strerror or e}") from e

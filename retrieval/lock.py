@@ -40,8 +40,7 @@ class IndexLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise IndexBusy(
-                f"index busy: an ingest (pid {holder}) is writing {self._folder}; "
-                "wait for it to finish, or pass --wait"
+                f"index busy: an ingest (pid {holder}) is writing {self._folder}; wait for it to finish, or pass --wait"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

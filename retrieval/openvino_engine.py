@@ -11,21 +11,21 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .embedders import (
+from .backbones import (
     ModelSpec,
     build_keras_model,
     caffe_preprocess,
-    identity,
+    describe_embedding,
     keras_cache_file,
-    package_version,
-    resolve_precision,
-    weights_identity,
+    weights_fingerprint,
 )
+from .system import package_version, resolve_precision
 
 
 def cache_dir() -> Path:
@@ -39,7 +39,8 @@ class OpenVinoEmbedder:
     """Runs the backbone with OpenVINO on the CPU, in bf16 where the CPU has it natively (precision auto).
 
     Compiled for latency: one request uses every core, so a plain synchronous `embed` per batch keeps
-    the machine busy, and it releases the GIL for the decoding threads meanwhile.
+    the machine busy, and it releases the GIL for the decoding threads meanwhile. The one request is
+    used by one thread at a time (a lock): a server's threads share the embedder safely.
     """
 
     def __init__(self, spec: ModelSpec, weights: str = "imagenet", seed: int = 0, precision: str = "auto") -> None:
@@ -48,35 +49,41 @@ class OpenVinoEmbedder:
         self.spec = spec
         if weights == "imagenet" and not keras_cache_file(spec).is_file():
             build_keras_model(spec, weights, seed)  # Keras downloads into its cache, or says what to do
-        weights_id = weights_identity(spec, weights, seed)
-        self._identity = identity(spec, weights_id)
+        fingerprint = weights_fingerprint(spec, weights, seed)
+        self._embedding = describe_embedding(spec, fingerprint)
         core = ov.Core()
         native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self._precision = resolve_precision(precision, native_bf16)
-        model = core.read_model(_converted(spec, weights, seed, weights_id))
+        model = core.read_model(_converted(spec, weights, seed, fingerprint))
         width, height = spec.input_size
         model.reshape([-1, height, width, 3])  # any batch size, no recompilation
-        hints = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if self._precision == "bf16" else "f32"}
+        hints = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if self._precision == "bf16" else "f32",
+        }
         self._request = core.compile_model(model, "CPU", hints).create_infer_request()
+        self._lock = threading.Lock()
         self._version = ov.__version__
 
-    def identity(self) -> dict[str, Any]:
-        return self._identity
+    def embedding(self) -> dict[str, Any]:
+        return self._embedding
 
     def runtime(self) -> dict[str, str]:
         return {"engine": "openvino", "precision": self._precision, "openvino": self._version}
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        self._request.infer({0: caffe_preprocess(images)})
-        return self._request.get_output_tensor(0).data.copy()  # (n, dim); the request reuses its buffer
+        pixels = caffe_preprocess(images)
+        with self._lock:
+            self._request.infer({0: pixels})
+            return self._request.get_output_tensor(0).data.copy()  # (n, dim); the request reuses its buffer
 
 
-def _converted(spec: ModelSpec, weights: str, seed: int, weights_id: dict[str, Any]) -> Path:
+def _converted(spec: ModelSpec, weights: str, seed: int, fingerprint: dict[str, Any]) -> Path:
     """The cached IR for these weights, converting (and caching) it first if needed."""
     import openvino as ov
 
-    key: dict[str, Any] = {"model": spec.name, "weights": weights_id, "openvino": ov.__version__}
-    if weights_id["source"] == "random":  # random initial values depend on the release that drew them
+    key: dict[str, Any] = {"model": spec.name, "weights": fingerprint, "openvino": ov.__version__}
+    if fingerprint["source"] == "random":  # random initial values depend on the release that drew them
         key["drawn_by"] = [package_version(n) for n in ("keras", "tensorflow", "tensorflow-cpu")]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_dir() / "openvino" / f"{spec.name}-{digest}"

@@ -1,20 +1,22 @@
-"""Answering a query: find the query image's vector (stored, or embedded now) and map the nearest rows to files."""
+"""Answering queries: find each query image's vector (stored, or embedded now) and map the nearest rows to
+files, through a Searcher that holds the index (and, when needed, the model) warm."""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from .backbones import weights_setting
 from .config import Settings
+from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex
-from .embedders import Embedder, create_embedder, weights_argument
 from .images import load_image
-from .ingest import embedding_identity
-from .store import Store
+from .store import Store, current_generation
 
 EmbedderFactory = Callable[[Settings], Embedder]
 
@@ -39,6 +41,93 @@ class QueryResult:
         return self.root / hit.path
 
 
+class Searcher:
+    """A loaded index and, once a new image needs one, its embedder: one object answering many queries.
+
+    `retrieval query` makes one per command; a server keeps one warm. It knows the generation it holds
+    and `refresh` switches to a newer one that an ingest has committed. Each query takes the store it
+    starts with to its end, so a switch meanwhile never gives an answer mixed from two generations. Safe
+    to share between threads: the engines serialise their own inference calls.
+    """
+
+    def __init__(self, settings: Settings, make_embedder: EmbedderFactory = create_embedder) -> None:
+        self._settings = settings
+        self._make_embedder = make_embedder
+        self._lock = threading.Lock()  # guards the two fields below while they are replaced
+        self._store = Store.load(settings.index)
+        self._embedder: Embedder | None = None
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def generation(self) -> str | None:
+        return self._store.generation
+
+    def refresh(self) -> bool:
+        """Load the live generation if it is not the one held; True if it switched. The embedder is kept
+        when the new generation was embedded the same way, and dropped (rebuilt on demand) otherwise."""
+        if current_generation(self._settings.index).name == self.generation:
+            return False
+        store = Store.load(self._settings.index)
+        with self._lock:
+            if self._embedder is not None and store.meta["embedding"] != self._store.meta["embedding"]:
+                self._embedder = None
+            self._store = store
+        return True
+
+    def embedder(self) -> Embedder:
+        """The embedder the held index was made with, built on first use; IndexMismatch if it no longer
+        embeds the same way (other weights on disk, changed preprocessing)."""
+        with self._lock:
+            if self._embedder is None:
+                store = self._store
+                recorded = store.meta["embedding"]
+                weights, seed = weights_setting(recorded)
+                embedder = self._make_embedder(
+                    replace(self._settings, model=recorded["model"], weights=weights, seed=seed)
+                )
+                store.check_embedding(embedder.embedding())
+                self._embedder = embedder
+            return self._embedder
+
+    def query(self, images: list[Path], k: int | None = None) -> list[QueryResult]:
+        """The top-k most similar indexed images to each of `images`, searched in one batch.
+
+        An image that is in the index, unchanged since it was embedded, is looked up by its stored vector,
+        so no model (and no TensorFlow) is loaded. Any other image is embedded, in batches, with the model,
+        weights and preprocessing the index records, on the engine and precision the settings ask for.
+        """
+        store = self._store
+        if store.count == 0:
+            raise EmptyIndex(f"the index in {self._settings.index} is empty: no results")  # before any model
+        rows = [indexed_row(store, image) for image in images]
+        vectors = np.empty((len(images), store.dim), np.float32)
+        to_embed = [i for i, row in enumerate(rows) if row is None]
+        for i, row in enumerate(rows):
+            if row is not None:
+                vectors[i] = store.vector(row)
+        if to_embed:
+            embedder = self.embedder()
+            size, batch = embedder.spec.input_size, self._settings.batch_size
+            for start in range(0, len(to_embed), batch):
+                chunk = to_embed[start : start + batch]
+                pixels = np.stack([load_image(images[i], size, self._settings.max_pixels) for i in chunk])
+                vectors[chunk] = embedder.embed(pixels)
+        found = store.search(vectors, k or self._settings.top_k)
+        return [
+            QueryResult(
+                image,
+                store.root,
+                store.metric,
+                [Hit(rank, score, store.entry(r).path, r) for rank, (r, score) in enumerate(pairs, 1)],
+                embedded=row is None,
+            )
+            for image, row, pairs in zip(images, rows, found)
+        ]
+
+
 def query(
     image: Path,
     settings: Settings,
@@ -46,12 +135,7 @@ def query(
     k: int | None = None,
     make_embedder: EmbedderFactory = create_embedder,
 ) -> QueryResult:
-    """Top-k most similar indexed images to `image`.
-
-    An image that is in the index, unchanged since it was embedded, is looked up by its stored vector,
-    so no model (and no TensorFlow) is loaded. Any other image is embedded with the model, weights and
-    preprocessing the index records, on the engine and precision `settings` ask for.
-    """
+    """Top-k most similar indexed images to `image` (see Searcher.query)."""
     return query_many([image], settings, k=k, make_embedder=make_embedder)[0]
 
 
@@ -64,32 +148,7 @@ def query_many(
 ) -> list[QueryResult]:
     """`query` for several images at once: the index is loaded once, the images that need it are
     embedded in batches, and all vectors are searched in one call."""
-    store = Store.load(settings.index)
-    if store.count == 0:
-        raise EmptyIndex(f"the index in {settings.index} is empty: no results")  # before loading any model
-    rows = [indexed_row(store, image) for image in images]
-    vectors = np.empty((len(images), store.dim), np.float32)
-    to_embed = [i for i, row in enumerate(rows) if row is None]
-    for i, row in enumerate(rows):
-        if row is not None:
-            vectors[i] = store.vector(row)
-    if to_embed:
-        embedder = embedder_for(store, settings, make_embedder)
-        for start in range(0, len(to_embed), settings.batch_size):
-            chunk = to_embed[start : start + settings.batch_size]
-            pixels = np.stack([load_image(images[i], embedder.spec.input_size, settings.max_pixels) for i in chunk])
-            vectors[chunk] = embedder.embed(pixels)
-    found = store.search(vectors, k or settings.top_k)
-    return [
-        QueryResult(
-            image,
-            store.root,
-            store.metric,
-            [Hit(rank, score, store.entry(r).path, r) for rank, (r, score) in enumerate(pairs, 1)],
-            embedded=row is None,
-        )
-        for image, row, pairs in zip(images, rows, found)
-    ]
+    return Searcher(settings, make_embedder).query(images, k)
 
 
 def indexed_row(store: Store, image: Path) -> int | None:
@@ -107,13 +166,3 @@ def indexed_row(store: Store, image: Path) -> int | None:
     except OSError:
         return None
     return row if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
-
-
-def embedder_for(store: Store, settings: Settings, make_embedder: EmbedderFactory) -> Embedder:
-    """Rebuild the embedder the index was made with, and refuse if it no longer embeds the same way
-    (other weights on disk, changed preprocessing)."""
-    recorded = store.meta["embedding"]
-    weights, seed = weights_argument(recorded)
-    embedder = make_embedder(replace(settings, model=recorded["model"], weights=weights, seed=seed))
-    store.check_embedding(embedding_identity(embedder))
-    return embedder

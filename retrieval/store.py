@@ -6,45 +6,42 @@ Layout of an index folder::
     gen-000007/
         vectors.faiss  row i is the vector of manifest line i
         manifest.jsonl one {"path", "size", "mtime_ns", "sha256"} per line, paths relative to the ingested root
-        meta.json      format version, embedding identity, metric, count, file sizes and hashes, versions
+        meta.json      format version, embedding (model, weights, preprocessing), metric, count,
+                       file sizes and hashes, versions
 
-A save writes a whole new generation into a temporary folder, fsyncs it, renames it into place and only
-then switches CURRENT, so a crash at any moment leaves the previous index loadable. The previous
-generation is kept until the next save, so a reader that read CURRENT just before a switch still finds it.
+A save writes a whole new generation and switches CURRENT to it only once it is complete and on disk
+(generations.py), so a crash at any moment leaves the previous index loadable.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any
 
 import faiss
 import numpy as np
 
 from . import ann
 from .ann import IndexChoice
-from .errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
+from .durable import fsync_file
+from .errors import EmptyIndex, IndexMismatch, StoreError, UsageError
 from .files import sha256_file
+from .generations import corrupt, current_generation, on_live_generation, publish
 
 FORMAT = "retrieval-index"
 FORMAT_VERSION = 4
 # Version 3 searched approximate kinds by inner product, which misranks real features (see ann.py); its
 # flat indexes are unchanged and load as they are, its approximate ones are rebuilt by the next ingest.
 LEGACY_VERSION = 3
-POINTER = "CURRENT"
 VECTORS = "vectors.faiss"
 MANIFEST = "manifest.jsonl"
 META = "meta.json"
-_GENERATION = re.compile(r"gen-(\d{6,})")
-_TEMPORARY = ".tmp-"
-T = TypeVar("T")
+FLAT = IndexChoice("flat")
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -79,17 +76,21 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 class Store:
     """An in-memory index with its manifest and metadata; `save` and `load` move it to and from disk."""
 
-    def __init__(self, index: faiss.Index, entries: list[Entry], meta: dict[str, Any]) -> None:
+    def __init__(
+        self, index: faiss.Index, entries: list[Entry], meta: dict[str, Any], generation: str | None = None
+    ) -> None:
         self._index = index
         self._entries = entries
         self._meta = meta
         self._rows: dict[str, int] | None = None
+        self.generation = generation  # the folder name it was loaded from or last saved to; None if neither
 
     @property
     def stale(self) -> bool:
         """Whether the search structure was built by a definition that has since changed (an approximate
         kind of format version 3): its vectors are sound, its search is not, and ingest rebuilds it."""
         return self._meta["format_version"] != FORMAT_VERSION
+
     @classmethod
     def create(
         cls,
@@ -99,7 +100,7 @@ class Store:
         embedding: dict[str, Any],
         root: Path,
         runtime: dict[str, str],
-        kind: IndexChoice = IndexChoice(),
+        kind: IndexChoice = FLAT,
         recall_target: float = 0.95,
         memory_budget_gb: float = 0.0,
     ) -> Store:
@@ -190,14 +191,14 @@ class Store:
         return dict(self._meta["index"]["requested"])
 
     def check_embedding(
-        self, identity: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
+        self, embedding: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
     ) -> None:
         """Refuse vectors made differently from the stored ones, naming what differs and `remedy`."""
         stored = self._meta["embedding"]
-        if identity == stored:
+        if embedding == stored:
             return
-        keys = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
-        diffs = "; ".join(f"{k}: index has {stored.get(k)!r}, now {identity.get(k)!r}" for k in keys)
+        keys = sorted(k for k in set(stored) | set(embedding) if stored.get(k) != embedding.get(k))
+        diffs = "; ".join(f"{k}: index has {stored.get(k)!r}, now {embedding.get(k)!r}" for k in keys)
         raise IndexMismatch(f"the index was built with another model or preprocessing ({diffs}); {remedy}")
 
     # --- vectors ---------------------------------------------------------------------------------
@@ -250,25 +251,12 @@ class Store:
     # --- disk ------------------------------------------------------------------------------------
 
     def save(self, folder: Path) -> Path:
-        """Write a new generation and switch to it atomically. Returns the generation's folder."""
+        """Write a new generation and switch to it atomically (generations.publish). Returns its folder."""
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            _remove_temporaries(folder)
-            previous = _current_name(folder)
-            final = folder / f"gen-{_next_number(folder):06d}"
-            staging = folder / f"{_TEMPORARY}{final.name}-{os.getpid()}"
-            staging.mkdir()
-            try:
-                self._write_generation(staging)
-                os.rename(staging, final)
-                _fsync_dir(folder)
-                _write_pointer(folder, final.name)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            final = publish(folder, self._write_generation)
         except (OSError, RuntimeError) as e:  # faiss raises RuntimeError for a failed write
             raise StoreError(f"cannot save the index in {folder} ({e}); the previous index is untouched") from e
-        _remove_old_generations(folder, keep={final.name, previous})
+        self.generation = final.name
         return final
 
     def _write_generation(self, staging: Path) -> None:
@@ -285,8 +273,7 @@ class Store:
         )
         (staging / META).write_text(json.dumps(meta, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
         for name in (VECTORS, MANIFEST, META):
-            _fsync_file(staging / name)
-        _fsync_dir(staging)
+            fsync_file(staging / name)
         self._meta = meta
 
     @classmethod
@@ -298,7 +285,7 @@ class Store:
         dimension, metric and format are always checked; the SHA-256 of every file (a full read) only
         with `check_hashes`, as `retrieval verify` does.
         """
-        return _on_live_generation(folder, partial(cls._load_generation, check_hashes=check_hashes))
+        return on_live_generation(folder, partial(cls._load_generation, check_hashes=check_hashes))
 
     @classmethod
     def _load_generation(cls, generation: Path, *, check_hashes: bool) -> Store:
@@ -306,24 +293,24 @@ class Store:
         meta = read_meta(generation)
         for name, facts in meta["files"].items():
             if (generation / name).stat().st_size != facts.get("bytes"):
-                raise _corrupt(folder, f"{name} does not have the size recorded in {META}")
+                raise corrupt(folder, f"{name} does not have the size recorded in {META}")
             if check_hashes and sha256_file(generation / name) != facts.get("sha256"):
-                raise _corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
+                raise corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
         try:
             index = faiss.read_index(str(generation / VECTORS), faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError as e:
-            raise _corrupt(folder, f"faiss cannot read {VECTORS}: {e}") from e
+            raise corrupt(folder, f"faiss cannot read {VECTORS}: {e}") from e
         entries = _read_manifest(generation / MANIFEST, folder)
         counts = {"index": index.ntotal, "manifest": len(entries), "meta": meta["count"]}
         if len(set(counts.values())) != 1:
-            raise _corrupt(folder, f"row counts disagree: {counts}")
+            raise corrupt(folder, f"row counts disagree: {counts}")
         searched = _FAISS_METRICS.get(meta["metric"])
         if meta["format_version"] == FORMAT_VERSION:
             searched = ann.searched_metric(ann.choice_from(meta["index"]), searched)
         if index.d != meta["dim"] or index.metric_type != searched:
-            raise _corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
+            raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
         ann.apply_search_parameters(index, ann.choice_from(meta["index"]))
-        return cls(index, entries, meta)
+        return cls(index, entries, meta, generation.name)
 
 
 def warning(meta: dict[str, Any]) -> str | None:
@@ -339,30 +326,7 @@ def warning(meta: dict[str, Any]) -> str | None:
 
 def live_meta(folder: Path) -> dict[str, Any]:
     """The live generation's metadata, validated, without reading the vectors (for `info`)."""
-    return _on_live_generation(folder, read_meta)
-
-
-def _on_live_generation(folder: Path, read: Callable[[Path], T]) -> T:
-    """Run `read` on the live generation; if its files vanish because a save switched generations
-    meanwhile, read the new one instead."""
-    for _ in range(3):
-        generation = current_generation(folder)
-        try:
-            return read(generation)
-        except FileNotFoundError:
-            if current_generation(folder) == generation:  # not a concurrent switch: really missing
-                raise _corrupt(folder, f"files of {generation.name} are missing") from None
-    raise StoreError(f"the index in {folder} keeps changing while being loaded; try again")
-
-
-def current_generation(folder: Path) -> Path:
-    """The live generation's folder, or IndexMissing when `folder` holds no index."""
-    name = _current_name(folder)
-    if name is None:
-        raise IndexMissing(f"no index in {folder}: build one with `retrieval ingest FOLDER --index {folder}`")
-    if not _GENERATION.fullmatch(name):
-        raise _corrupt(folder, f"{POINTER} names {name!r}, not a generation")
-    return folder / name
+    return on_live_generation(folder, read_meta)
 
 
 def read_meta(generation: Path) -> dict[str, Any]:
@@ -371,11 +335,13 @@ def read_meta(generation: Path) -> dict[str, Any]:
     try:
         meta = json.loads((generation / META).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _corrupt(folder, f"{META} is not valid JSON ({e})") from e
+        raise corrupt(folder, f"{META} is not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise _corrupt(folder, f"{META} is not a retrieval index description")
+        raise corrupt(folder, f"{META} is not a retrieval index description")
     version = meta.get("format_version")
-    legacy_flat = version == LEGACY_VERSION and isinstance(meta.get("index"), dict) and meta["index"].get("kind") == "flat"
+    legacy_flat = (
+        version == LEGACY_VERSION and isinstance(meta.get("index"), dict) and meta["index"].get("kind") == "flat"
+    )
     if legacy_flat:
         meta["format_version"] = FORMAT_VERSION  # a flat index is the same in both versions
     elif version not in (FORMAT_VERSION, LEGACY_VERSION):
@@ -386,19 +352,15 @@ def read_meta(generation: Path) -> dict[str, Any]:
     required = ("dim", "metric", "count", "root", "embedding", "files", "index")
     missing = [k for k in required if k not in meta]
     if missing:
-        raise _corrupt(folder, f"{META} lacks {', '.join(missing)}")
+        raise corrupt(folder, f"{META} lacks {', '.join(missing)}")
     if not isinstance(meta["files"], dict) or not isinstance(meta["embedding"], dict):
-        raise _corrupt(folder, f"{META} has malformed fields")
+        raise corrupt(folder, f"{META} has malformed fields")
     return meta
 
 
 def disk_size(folder: Path) -> int:
     """Bytes used by the live generation."""
     return sum(p.stat().st_size for p in current_generation(folder).iterdir())
-
-
-def _corrupt(folder: Path, why: str) -> IndexCorrupt:
-    return IndexCorrupt(f"the index in {folder} is corrupt ({why}); rebuild it with `retrieval ingest --full`")
 
 
 def _read_manifest(path: Path, folder: Path) -> list[Entry]:
@@ -408,55 +370,9 @@ def _read_manifest(path: Path, folder: Path) -> list[Entry]:
         rows = json.loads("[" + ",".join(lines) + "]")
         return [Entry(**row) for row in rows]
     except (json.JSONDecodeError, TypeError) as e:
-        raise _corrupt(folder, f"{MANIFEST} is unreadable ({e})") from e
+        raise corrupt(folder, f"{MANIFEST} is unreadable ({e})") from e
 
 
 def file_facts(path: Path) -> dict[str, Any]:
     """Size and SHA-256 of a file, as meta.json records them and load checks them."""
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def _current_name(folder: Path) -> str | None:
-    try:
-        return (folder / POINTER).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        raise IndexMissing(f"{folder} is a file, not an index folder") from None
-
-
-def _next_number(folder: Path) -> int:
-    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _GENERATION.fullmatch(p.name))]
-    return max(numbers, default=0) + 1
-
-
-def _write_pointer(folder: Path, name: str) -> None:
-    staging = folder / f"{_TEMPORARY}{POINTER}-{os.getpid()}"
-    staging.write_text(name + "\n", encoding="utf-8")
-    _fsync_file(staging)
-    os.replace(staging, folder / POINTER)
-    _fsync_dir(folder)
-
-
-def _remove_temporaries(folder: Path) -> None:
-    """Staging files left by a crashed save are never live: delete them."""
-    for p in folder.glob(f"{_TEMPORARY}*"):
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def _remove_old_generations(folder: Path, keep: set[str | None]) -> None:
-    for p in folder.iterdir():
-        if _GENERATION.fullmatch(p.name) and p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)  # on POSIX a directory opened read-only can be fsynced like a file

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.backbones import spec_for
 from retrieval.config import Settings
-from retrieval.embedders import Embedder, KerasEmbedder, create_embedder, spec_for
+from retrieval.embedders import Embedder, create_embedder
 from retrieval.ingest import ingest
 from retrieval.synthetic import write_photos
+from retrieval.tensorflow_engine import KerasEmbedder
 
 PHOTOS = 12
 
@@ -64,8 +66,8 @@ class Counting:
         self._embedder, self.spec = embedder, embedder.spec
         self.images, self.calls, self._interrupt = 0, 0, interrupt_on_call
 
-    def identity(self):
-        return self._embedder.identity()
+    def embedding(self):
+        return self._embedder.embedding()
 
     def runtime(self):
         return self._embedder.runtime()

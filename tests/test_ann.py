@@ -5,9 +5,8 @@ of the previous format."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -16,7 +15,8 @@ import pytest
 from retrieval import ann
 from retrieval.ann import Candidate, IndexChoice, held_out_rows, recall_at, resident_bytes
 from retrieval.errors import IndexMismatch
-from retrieval.store import META, VECTORS, Entry, Store, current_generation, file_facts, warning
+from retrieval.generations import current_generation
+from retrieval.store import META, VECTORS, Entry, Store, file_facts, warning
 from retrieval.synthetic import feature_vectors
 
 DIM = 256
@@ -27,7 +27,7 @@ KINDS = {
     "hnsw": IndexChoice("hnsw", ef_search=64),
     "pca-hnsw": IndexChoice("hnsw", pca=64, ef_search=128),
     "ivf-sq8": IndexChoice("ivf", nprobe=16),
-    "ivf-pq": IndexChoice("ivf", pq_bytes=32, nprobe=16, rerank=8),
+    "ivf-pq": IndexChoice("ivf", pq_bytes=64, nprobe=16, rerank=8),
     "auto": IndexChoice("auto"),
 }
 
@@ -49,7 +49,12 @@ def data(request, synthetic) -> tuple[np.ndarray, np.ndarray]:
 
 def build(kind: IndexChoice, vectors: np.ndarray, recall_target: float = 0.95) -> Store:
     store = Store.create(
-        dim=vectors.shape[1], metric="cosine", embedding={}, root=Path("/"), runtime={}, kind=kind,
+        dim=vectors.shape[1],
+        metric="cosine",
+        embedding={},
+        root=Path("/"),
+        runtime={},
+        kind=kind,
         recall_target=recall_target,
     )
     store.add(vectors, [Entry(f"{i}.jpg", i, i) for i in range(len(vectors))])
@@ -116,8 +121,14 @@ def test_auto_keeps_within_a_memory_budget(synthetic):
     graph = IndexChoice("hnsw", pca=256)
     assert resident_bytes(graph, DIM, N) > resident_bytes(IndexChoice("ivf", pq_bytes=64), DIM, N)
     store = Store.create(
-        dim=DIM, metric="cosine", embedding={}, root=Path("/"), runtime={}, kind=IndexChoice("auto"),
-        recall_target=0.95, memory_budget_gb=resident_bytes(graph, DIM, N) / 2**30 / 2,
+        dim=DIM,
+        metric="cosine",
+        embedding={},
+        root=Path("/"),
+        runtime={},
+        kind=IndexChoice("auto"),
+        recall_target=0.95,
+        memory_budget_gb=resident_bytes(graph, DIM, N) / 2**30 / 2,
     )
     store.add(vectors, [Entry(f"{i}.jpg", i, i) for i in range(N)])
     facts = store.meta["index"]

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from retrieval.cli import app
-from retrieval.ingest import embedding_identity
-from retrieval.store import VECTORS, Store, current_generation
+from retrieval.generations import current_generation
+from retrieval.store import VECTORS, Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
 
 from .test_images import png_header_only
@@ -109,8 +109,9 @@ def test_a_missing_or_corrupt_index_exits_3(tmp_path, cli_index, photos):
 
 
 def test_an_empty_index_exits_4(tmp_path, photos, embedder):
-    identity = embedding_identity(embedder)
-    Store.create(dim=2048, metric="cosine", embedding=identity, root=photos, runtime={}).save(tmp_path / "idx")
+    Store.create(dim=2048, metric="cosine", embedding=embedder.embedding(), root=photos, runtime={}).save(
+        tmp_path / "idx"
+    )
     result = run("query", photos / "photo-0000.jpg", "--index", tmp_path / "idx")
     assert result.exit_code == 4 and "no results" in result.output
 

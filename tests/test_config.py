@@ -10,9 +10,14 @@ from retrieval.config import Settings, load_settings
 from retrieval.errors import ConfigError
 
 
-def test_defaults_without_a_config_file(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert load_settings() == Settings()
+def test_the_shipped_config_yaml_states_the_built_in_defaults():
+    """Running without a config file and running with the shipped one must behave alike: a default
+    changed in code but not in config.yaml (or the reverse) fails here."""
+    shipped = Path(__file__).parents[1] / "config.yaml"
+    from_file, defaults = load_settings(shipped), Settings()
+    for key in Settings.__dataclass_fields__:
+        expected = shipped.parent / defaults.index if key == "index" else getattr(defaults, key)
+        assert getattr(from_file, key) == expected, key
 
 
 def test_config_file_then_flags(tmp_path):

@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from retrieval.embedders import KerasEmbedder, caffe_preprocess, keras_cache_file, spec_for
+from retrieval.backbones import caffe_preprocess, keras_cache_file, spec_for
 from retrieval.errors import UsageError, WeightsUnavailable
 from retrieval.openvino_engine import OpenVinoEmbedder
 from retrieval.synthetic import photo
+from retrieval.tensorflow_engine import KerasEmbedder
 
 RESNET = spec_for("resnet50")
 
@@ -43,16 +44,16 @@ def test_random_weights_are_identical_for_a_seed_and_differ_across_seeds(embedde
     same = KerasEmbedder(RESNET, "none", seed=0)
     other = KerasEmbedder(RESNET, "none", seed=1)
     np.testing.assert_allclose(same.embed(batch), embedder.embed(batch), rtol=1e-5, atol=1e-6)
-    assert same.identity() == embedder.identity()
+    assert same.embedding() == embedder.embedding()
     assert not np.allclose(other.embed(batch), embedder.embed(batch))
-    assert other.identity()["weights"] == {"source": "random", "seed": 1}
+    assert other.embedding()["weights"] == {"source": "random", "seed": 1}
 
 
 def test_vgg16_fc1_gives_4096_d(batch):
     vgg = KerasEmbedder(spec_for("vgg16"), "none", seed=0)
     out = vgg.embed(batch[:2])
     assert out.shape == (2, 4096) and out.dtype == np.float32
-    assert vgg.identity()["output"] == "fc1"
+    assert vgg.embedding()["output"] == "fc1"
 
 
 def test_a_weights_file_is_loaded_and_identified_by_hash(tmp_path, embedder, batch):
@@ -64,7 +65,7 @@ def test_a_weights_file_is_loaded_and_identified_by_hash(tmp_path, embedder, bat
     net.save_weights(path)
     from_file = KerasEmbedder(RESNET, str(path))
     np.testing.assert_allclose(from_file.embed(batch), embedder.embed(batch), rtol=1e-5, atol=1e-6)
-    weights = from_file.identity()["weights"]
+    weights = from_file.embedding()["weights"]
     assert weights["source"] == "file" and weights["path"] == str(path) and len(weights["sha256"]) == 64
 
 
@@ -115,7 +116,7 @@ def fidelity_batch() -> np.ndarray:
 @pytest.mark.parametrize("precision, floor", [("fp32", 0.99999), ("bf16", 0.999)])
 def test_openvino_vectors_match_tensorflow_fp32(embedder, fidelity_batch, precision, floor):
     ov = OpenVinoEmbedder(RESNET, "none", seed=0, precision=precision)
-    assert ov.identity() == embedder.identity(), "same model and weights: the same identity"
+    assert ov.embedding() == embedder.embedding(), "same model and weights: the same embedding"
     assert ov.runtime()["engine"] == "openvino" and ov.runtime()["precision"] == precision
     assert cosines(ov.embed(fidelity_batch), embedder.embed(fidelity_batch)).min() >= floor
 
@@ -128,7 +129,7 @@ def test_tensorflow_bf16_vectors_match_fp32(embedder, fidelity_batch):
 
 CACHED_OPENVINO = """
 import sys
-from retrieval.embedders import spec_for
+from retrieval.backbones import spec_for
 from retrieval.openvino_engine import OpenVinoEmbedder
 OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0, precision="fp32")
 print("tensorflow" in sys.modules)

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import random
+import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.embedders import spec_for
+from retrieval.backbones import spec_for
+from retrieval.checkpoints import PENDING
 from retrieval.openvino_engine import OpenVinoEmbedder
 from retrieval.store import Store
 from retrieval.synthetic import write_photos
@@ -34,34 +38,128 @@ def converted_model():
     OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0)
 
 
-def test_sigkill_at_20_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
-    folder, index, reference = tmp_path / "photos", tmp_path / "index", tmp_path / "reference"
-    write_photos(folder, 400, seed=900, size=(160, 120))  # about 5 s of work in one run
-    def ingest_into(target: Path) -> list[str]:
-        return retrieval_command(
-            "ingest", folder, "--index", target, "--weights", "none", "--batch-size", "4", "--checkpoint-every", "4", "-q"
-        )
+def ingest_command(folder: Path, index: Path, *extra: object) -> list[str]:
+    """A real ingest in fp32 (so that vectors do not depend on how images were batched), checkpointing
+    every batch of 4: its progress can be watched as pieces appearing in index/pending/."""
+    return retrieval_command(
+        "ingest", folder, "--index", index, "--weights", "none", "--precision", "fp32",
+        "--batch-size", "4", "--checkpoint-every", "4", *extra,
+    )  # fmt: skip
 
-    ingest = ingest_into(index)
+
+def pieces(index: Path) -> list[Path]:
+    return sorted((index / PENDING).glob("piece-*.npz")) if (index / PENDING).is_dir() else []
+
+
+def checkpointed_paths(index: Path) -> list[str]:
+    """Every path held by a checkpoint piece, once per piece that holds it."""
+    found = []
+    for piece in pieces(index):
+        with np.load(piece) as data:
+            found += [e["path"] for e in json.loads(str(data["entries"]))]
+    return found
+
+
+def start_and_wait_for_pieces(command: list[str], index: Path, count: int, **popen) -> subprocess.Popen:
+    """Start `command` and return once it has written `count` more checkpoint pieces: a moment measured
+    from the ingest's own progress, inside its embedding phase, whatever its start-up took."""
+    before = len(pieces(index))
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + 120
+    while len(pieces(index)) < before + count and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return run
+
+
+def assert_answers_like_brute_force(index: Path) -> None:
+    """The state on disk loads, and a query's results equal numpy cosine over the vectors it holds."""
+    store = Store.load(index)
+    vectors = store.vectors()
+    query = vectors[len(vectors) // 2] + 0.01
+    expected = np.argsort(-(vectors @ (query / np.linalg.norm(query))), kind="stable")[:10]
+    assert [row for row, _ in store.search(query, 10)[0]] == expected.tolist()
+
+
+def test_sigkill_mid_embedding_20_times_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """A committed index of 100 photos, then 400 more to embed, and 20 runs each killed after it has
+    checkpointed 1-4 batches of its own. Counted: kills that landed mid-embedding, states loaded and
+    checked against brute force, and the resumed run's own report of what it embedded."""
+    folder, index, reference = tmp_path / "photos", tmp_path / "index", tmp_path / "reference"
+    write_photos(folder / "first", 100, seed=900, size=(160, 120))
+    subprocess.run(ingest_command(folder, index, "-q"), check=True, capture_output=True)
+    write_photos(folder / "second", 400, seed=1000, size=(160, 120))
     rng = random.Random(2026)
-    killed = 0
-    for attempt in range(20):
-        run = subprocess.Popen(ingest, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.1, 2.0))
+    mid_embedding = states_checked = 0
+    for _ in range(20):
+        run = start_and_wait_for_pieces(ingest_command(folder, index, "-q"), index, rng.randint(1, 4))
+        if run.poll() is None:  # still embedding, with pieces of its own on disk
+            mid_embedding += 1
         run.kill()
-        if run.wait() == 0:  # it finished first: give the next runs new work
-            write_photos(folder / f"more-{attempt:02d}", 100, seed=2000 + 100 * attempt, size=(160, 120))
-        else:
-            killed += 1
-        if (index / "CURRENT").exists():  # every intermediate state loads and answers a query
-            store = Store.load(index)
-            assert len(store.search(store.vector(0), 3)[0]) == min(3, store.count)
-    assert killed >= 5, "kills should land mid-run; give the runs more work if this fails"
-    assert subprocess.run(ingest, capture_output=True).returncode == 0
-    subprocess.run(ingest_into(reference), check=True, capture_output=True)
+        run.wait()
+        assert_answers_like_brute_force(index)
+        states_checked += 1
+    held = checkpointed_paths(index)
+    assert len(held) == len(set(held)), "a file was embedded again although a checkpoint held it"
+    final = subprocess.run(ingest_command(folder, index), capture_output=True, text=True, check=True)
+    counts = dict((name, int(n)) for n, name in re.findall(r"(\d+) (added|resumed|unchanged)", final.stdout))
+    embedded = int(re.search(r"embedded (\d+) images", final.stdout).group(1))
+    assert counts["resumed"] == len(held) and counts["unchanged"] == 100
+    assert embedded == 400 - len(held), "the resumed run embedded exactly what no checkpoint held"
+    subprocess.run(ingest_command(folder, reference, "-q"), check=True, capture_output=True)
     (entries, vectors), (ref_entries, ref_vectors) = snapshot(index), snapshot(reference)
-    assert entries == ref_entries and len(entries) >= 400
-    assert (vectors * ref_vectors).sum(axis=1).min() > 0.999  # unit vectors: cosine; bf16 batches may differ
+    assert entries == ref_entries and len(entries) == 500
+    np.testing.assert_allclose(vectors, ref_vectors, atol=1e-5, rtol=0)
+    assert mid_embedding >= 15 and states_checked == 20, (mid_embedding, states_checked)
+    print(f"kills mid-embedding: {mid_embedding}/20; states checked: {states_checked}; "
+          f"checkpointed before the resume: {len(held)}; embedded by the resume: {embedded}")  # fmt: skip
+
+
+def test_ctrl_c_mid_embedding_exits_130_keeps_its_checkpoint_and_the_next_run_resumes(tmp_path):
+    folder, index = tmp_path / "photos", tmp_path / "index"
+    write_photos(folder, 200, seed=3000, size=(160, 120))
+    run = start_and_wait_for_pieces(ingest_command(folder, index), index, 2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert "interrupted" in stderr and not (index / "CURRENT").exists()
+    held = checkpointed_paths(index)
+    assert len(held) >= 8  # at least the 2 pieces waited for: 4 images each
+    resumed = subprocess.run(ingest_command(folder, index), capture_output=True, text=True, check=True)
+    assert f"{len(held)} resumed" in resumed.stdout
+    assert f"embedded {200 - len(held)} images" in resumed.stdout
+    assert Store.load(index).count == 200 and pieces(index) == []
+
+
+@pytest.fixture
+def small_filesystem(tmp_path) -> Path:
+    """A 3 MiB tmpfs mounted for the test, or a skip saying why where mounting is not permitted."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here: {done.stderr.strip() or done.returncode}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_up_while_saving_keeps_the_previous_generation(tmp_path, small_filesystem):
+    folder, index = tmp_path / "photos", small_filesystem / "index"
+    write_photos(folder, 12, seed=4000)
+    subprocess.run(ingest_command(folder, index, "-q"), check=True, capture_output=True)  # ~0.1 MiB
+    before = (index / "CURRENT").read_text()
+    write_photos(folder / "more", 300, seed=4100, size=(96, 72))  # 312 vectors: 2.5 MiB more than fits
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024))
+    run = subprocess.run(ingest_command(folder, index, "--checkpoint-every", "10000"), capture_output=True, text=True)
+    assert run.returncode == 3, run.stderr
+    assert "No space left on device" in run.stderr and "previous index is untouched" in run.stderr
+    assert (index / "CURRENT").read_text() == before
+    assert_answers_like_brute_force(index)
+    assert Store.load(index).count == 12
+    generations = sorted(p.name for p in index.iterdir() if p.name.startswith(("gen-", ".tmp-")))
+    assert generations == [before.strip()], "no partial generation is left visible"
 
 
 def test_5000_files_under_a_256_descriptor_limit(tmp_path):
@@ -75,8 +173,13 @@ def test_5000_files_under_a_256_descriptor_limit(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
     run = subprocess.run(
-        retrieval_command("ingest", folder, "--index", tmp_path / "index", "--weights", "none", "--batch-size", "64", "-q"),
-        preexec_fn=limit, capture_output=True, text=True, timeout=600,
+        retrieval_command(
+            "ingest", folder, "--index", tmp_path / "index", "--weights", "none", "--batch-size", "64", "-q"
+        ),
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Indexed 5000 images" in run.stdout
@@ -96,7 +199,11 @@ def _without_permission_override() -> None:
 
 def as_ordinary_user(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code], preexec_fn=_without_permission_override, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        preexec_fn=_without_permission_override,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -136,7 +243,8 @@ def test_a_read_only_index_folder_is_a_clear_error_and_keeps_the_index(tmp_path,
     try:
         run = as_ordinary_user(
             "import sys\nfrom retrieval.cli import app\n"
-            f"sys.argv = ['retrieval', 'ingest', {str(photos)!r}, '--index', {str(index)!r}, '--weights', 'none', '--full', '-q']\n"
+            f"sys.argv = ['retrieval', 'ingest', {str(photos)!r}, '--index', {str(index)!r}, "
+            "'--weights', 'none', '--full', '-q']\n"
             "app()\n"
         )
     finally:

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 from retrieval.cli import app
 from retrieval.config import Settings
 from retrieval.errors import IndexBusy, IndexMismatch
+from retrieval.generations import current_generation
 from retrieval.images import load_image
 from retrieval.ingest import ingest
 from retrieval.lock import IndexLock
-from retrieval.store import Store, current_generation
+from retrieval.store import Store
 from retrieval.synthetic import photo, write_photos
 
 from .conftest import Counting
@@ -143,10 +144,15 @@ def test_a_second_ingest_is_refused_while_one_runs_or_waits(tmp_path, folder, em
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, folder, embedder):
     settings = settings_for(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from retrieval.lock import IndexLock\n"
-         f"IndexLock(Path({str(settings.index)!r})).__enter__(); print('locked', flush=True)\n"
-         "import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from retrieval.lock import IndexLock\n"
+            f"IndexLock(Path({str(settings.index)!r})).__enter__(); print('locked', flush=True)\n"
+            "import time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(IndexBusy):

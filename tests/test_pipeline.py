@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import json
-import threading
 import math
 import subprocess
 import sys
-from pathlib import Path
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.backbones import spec_for
 from retrieval.collage import MAX_COLUMNS, render
 from retrieval.config import Settings
-from retrieval.embedders import cpu_has_bf16, spec_for
 from retrieval.errors import IndexMismatch, NothingToIndex
+from retrieval.generations import current_generation
 from retrieval.images import load_image
 from retrieval.ingest import ERROR_REPORT, ingest
 from retrieval.openvino_engine import OpenVinoEmbedder
 from retrieval.search import query
-from retrieval.store import META, Store, current_generation
+from retrieval.store import META, Store
 from retrieval.synthetic import near_duplicates, photo
+from retrieval.system import native_bf16
 
 from .conftest import PHOTOS, Counting
 
@@ -185,7 +186,7 @@ def test_ctrl_c_stops_the_decoding_threads_and_keeps_the_index(tmp_path, photos,
     assert current_generation(settings.index) == generation and Store.load(settings.index).count == PHOTOS
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_gives_the_same_near_duplicate_answers(tmp_path, photos, indexed, make_embedder):
     """Ingest and query on OpenVINO bf16: every copy still finds its original first, as with fp32."""
     bf16 = OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0, precision="bf16")

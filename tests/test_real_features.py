@@ -12,7 +12,7 @@ from PIL import Image
 from retrieval.ann import IndexChoice
 from retrieval.images import load_image
 from retrieval.search import query_many
-from retrieval.store import Entry, Store, normalize
+from retrieval.store import Store, normalize
 from retrieval.synthetic import photo
 
 from .conftest import REAL_COUNT
@@ -52,7 +52,9 @@ def copy_vectors(tmp_path_factory, real_index, copies) -> np.ndarray:
 
 
 def flat_copy(store: Store) -> Store:
-    flat = Store.create(dim=store.dim, metric="cosine", embedding={}, root=store.root, runtime={}, kind=IndexChoice("flat"))
+    flat = Store.create(
+        dim=store.dim, metric="cosine", embedding={}, root=store.root, runtime={}, kind=IndexChoice("flat")
+    )
     flat.add(store.vectors(), store.entries())
     return flat
 
@@ -73,7 +75,9 @@ def test_recall_at_10_on_new_queries_is_at_least_095(store, copy_vectors):
     assert recall >= 0.95, recall
 
 
-def test_near_duplicate_queries_rank_first_what_a_flat_index_does_all_but_at_most_one_of_40(store, copies, copy_vectors):
+def test_near_duplicate_queries_rank_first_what_a_flat_index_does_all_but_at_most_one_of_40(
+    store, copies, copy_vectors
+):
     """The issue's target (± 1 of 40): the graph is built by several threads, so not bit-for-bit the same
     from run to run; on the runs seen, all 40 agreed."""
     default = [hits[0][0] for hits in store.search(copy_vectors, 1)]

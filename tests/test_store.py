@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from retrieval.errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
-from retrieval.store import MANIFEST, META, VECTORS, Entry, Store, current_generation, file_facts, live_meta
+from retrieval.generations import current_generation
+from retrieval.store import MANIFEST, META, VECTORS, Entry, Store, file_facts, live_meta
 
 DIM = 64
 EMBEDDING = {"model": "test", "dim": DIM}
@@ -222,7 +223,7 @@ def test_another_model_is_refused_naming_the_difference(saved):
     store = Store.load(saved)
     with pytest.raises(IndexMismatch, match="model: index has 'test', now 'other'"):
         store.check_embedding({**EMBEDDING, "model": "other"})
-    store.check_embedding(dict(EMBEDDING))  # the same identity passes
+    store.check_embedding(dict(EMBEDDING))  # the same embedding passes
 
 
 def test_a_failed_save_leaves_the_previous_index_loadable(saved, monkeypatch):

@@ -1,0 +1,44 @@
+"""Writing files so that a crash leaves either the old content or the new, never a part: every file the
+project writes goes through here (index generations, the CURRENT pointer, checkpoints, the error report)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+TEMPORARY = ".tmp-"  # the prefix of every staging name; whatever carries it after a crash is garbage
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable (on POSIX a folder opened read-only fsyncs like a file)."""
+    fsync_file(path)
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a temporary sibling of `path`, flush and fsync it, rename it over `path` and fsync
+    the folder: `path` then holds the old bytes or the new ones, whenever the machine stops."""
+    staging = path.with_name(f"{TEMPORARY}{path.name}-{os.getpid()}")
+    try:
+        with open(staging, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,45 @@
+"""A library leaves its caller's process as it found it: importing any module changes no global state, and
+building a model restores the random generators and the mixed-precision policy it touched."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import numpy as np
+
+from retrieval.backbones import build_keras_model, import_tensorflow, spec_for
+
+IMPORT_EVERYTHING = """
+import random, warnings
+import faiss, numpy as np, rich.console, typer, yaml  # third parties first: rich.console draws a random number
+from PIL import Image
+
+def state():
+    return (repr(warnings.filters), Image._initialized, len(Image.OPEN), random.getstate(),
+            np.random.get_state()[1].tolist())
+
+before = state()
+import retrieval, retrieval.cli, retrieval.ingest, retrieval.search, retrieval.verify, retrieval.bench
+import retrieval.collage, retrieval.openvino_engine, retrieval.tensorflow_engine, retrieval.synthetic
+print(before == state())
+"""
+
+
+def test_importing_every_module_changes_no_global_state():
+    run = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True"]
+
+
+def test_building_a_model_restores_random_state_and_precision_policy():
+    _, keras = import_tensorflow()
+    random.seed(123)
+    np.random.seed(456)
+    expected = random.random(), np.random.random()
+    random.seed(123)
+    np.random.seed(456)
+    build_keras_model(spec_for("resnet50"), "none", seed=7, bf16=True)
+    assert (random.random(), np.random.random()) == expected
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -1,0 +1,124 @@
+"""The three steps of an ingest, each alone: plan without a model, the local executor with a trivial
+embedder, commit without images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.backbones import spec_for
+from retrieval.config import Settings
+from retrieval.errors import NothingToIndex
+from retrieval.files import sha256_file
+from retrieval.images import load_image
+from retrieval.ingest import IngestReport, LocalExecutor, Plan, commit, plan
+from retrieval.store import Entry, Store
+from retrieval.synthetic import photo, write_photos
+
+DIM = 8
+EMBEDDING = {"model": "test", "dim": DIM}
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def entry_of(folder: Path, rel: str, digest: bool = True) -> Entry:
+    st = (folder / rel).stat()
+    return Entry(rel, st.st_size, st.st_mtime_ns, sha256_file(folder / rel) if digest else "")
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    write_photos(tmp_path / "photos", 5)
+    return tmp_path / "photos"
+
+
+def previous_index(folder: Path, paths: list[str]) -> Store:
+    store = Store.create(dim=DIM, metric="cosine", embedding=EMBEDDING, root=folder, runtime={})
+    store.add(np.stack([unit(i) for i in range(len(paths))]), [entry_of(folder, p) for p in paths])
+    return store
+
+
+def test_plan_sorts_every_file_into_kept_resumed_or_to_embed(folder):
+    names = [f"photo-{i:04d}.jpg" for i in range(5)]
+    previous = previous_index(folder, names[:3])  # rows 0, 1, 2
+    shutil.move(folder / names[2], folder / "renamed.jpg")  # moved: same bytes, new path
+    photo(99).save(folder / names[1], quality=90)  # changed
+    (folder / names[0]).unlink()  # deleted... and one checkpointed vector for photo-0003
+    checkpointed = [(entry_of(folder, names[3], digest=False), unit(30))]
+    listed = sorted(p.name for p in folder.iterdir())  # photo-0001, -0003, -0004, renamed
+    result = plan(folder, listed, previous, checkpointed)
+    assert [e.path for e in result.entries] == listed
+    assert result.kept == {3: 2}  # renamed.jpg keeps row 2's vector
+    assert list(result.resumed) == [1] and np.array_equal(result.resumed[1], unit(30))
+    assert result.to_embed == [0, 2]  # the changed file and the new one
+    assert (result.unchanged, result.moved, result.removed) == (0, 1, 1)
+    assert result.previous_paths == set(names[:3])
+
+
+def test_plan_of_an_unchanged_folder_keeps_every_row(folder):
+    names = sorted(p.name for p in folder.iterdir())
+    result = plan(folder, names, previous_index(folder, names), [])
+    assert result.kept == {i: i for i in range(5)} and result.to_embed == [] and result.unchanged == 5
+
+
+class Trivial:
+    """A stand-in embedder: the mean colour of each image, as a 3-d vector."""
+
+    spec = spec_for("resnet50")
+    calls = 0
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return images.reshape(len(images), -1, 3).mean(axis=1).astype(np.float32)
+
+
+def test_the_local_executor_streams_batches_in_order_and_reports_skips(folder):
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    paths = sorted(p.name for p in folder.iterdir())  # broken.jpg first
+    embedder = Trivial()
+    executor = LocalExecutor(Settings(batch_size=2, decode_threads=2), lambda: embedder, embedder.spec, load_image)
+    batches = list(executor.run(folder, paths))
+    assert [b.done for b in batches] == [[1, 2], [3, 4], [5]]
+    assert [(i, s.reason) for b in batches for i, s in b.skipped] == [(0, "not an image")]
+    assert embedder.calls == 3
+    first = load_image(folder / paths[1], (224, 224), 10**8).reshape(-1, 3).mean(axis=0)
+    np.testing.assert_allclose(batches[0].vectors[0], first, rtol=1e-5)
+    assert batches[0].digests[0] == sha256_file(folder / paths[1])
+
+
+def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp_path, folder):
+    names = sorted(p.name for p in folder.iterdir())
+    previous = previous_index(folder, names)
+    the_plan = Plan(
+        folder, [entry_of(folder, n) for n in names], kept={0: 4, 3: 1}, resumed={1: unit(11)}, to_embed=[2, 4]
+    )
+    settings = Settings(index=tmp_path / "index")
+    report = IngestReport(settings.index)
+    store = commit(
+        previous, the_plan, {2: unit(12)}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report
+    )  # slot 4 was to be embedded but failed: it has no vector and no row
+    assert [e.path for e in store.entries()] == names[:4]
+    expected = np.stack([unit(4), unit(11), unit(12), unit(1)])
+    np.testing.assert_allclose(store.vectors(), expected, atol=1e-6)
+    assert Store.load(settings.index).count == 4
+
+
+def test_commit_writes_nothing_when_nothing_changed_and_refuses_an_empty_result(tmp_path, folder):
+    names = sorted(p.name for p in folder.iterdir())
+    settings = Settings(index=tmp_path / "index", index_type="flat")
+    previous = previous_index(folder, names)
+    previous.save(settings.index)
+    previous = Store.load(settings.index)
+    the_plan = Plan(folder, previous.entries(), kept={i: i for i in range(5)})
+    report = IngestReport(settings.index)
+    same = commit(previous, the_plan, {}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report)
+    assert same is previous
+    with pytest.raises(NothingToIndex):
+        commit(None, Plan(folder, previous.entries(), to_embed=[0]), {}, settings, embedding=EMBEDDING, runtime={},
+               listing_count=5, report=report)  # fmt: skip
