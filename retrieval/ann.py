@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -114,6 +115,107 @@ def build(
     return index
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an index kind can do, declared so that callers (and the test battery) need not guess."""
+
+    exact: bool  # results equal exhaustive search
+    range_search: bool  # every row within a score threshold (near-duplicate groups)
+    remove: bool  # rows removed in place (faiss remove_ids); others are rebuilt without them
+
+
+class VectorIndex:
+    """One index kind over unit vectors: the FAISS index of `choice`, answering in the asked-for metric.
+
+    Every kind offers the same operations (build, add, search, range search, reconstruct, write, read),
+    whatever FAISS structure and search metric sit underneath; scores always come back as cosine
+    similarities (or Euclidean distances for the l2 metric), and rows as row numbers, faiss's -1 dropped.
+    """
+
+    def __init__(self, index: faiss.Index, choice: IndexChoice, metric: int) -> None:
+        self.faiss = index  # the raw FAISS object, for the benchmark's raw timings
+        self.choice = choice
+        self.metric = metric  # the scores' metric; the index may search by another (searched_metric)
+
+    @classmethod
+    def build(
+        cls, choice: IndexChoice, metric: int, vectors: np.ndarray, progress: Callable[[int, int], None] | None = None
+    ) -> VectorIndex:
+        return cls(build(choice, vectors.shape[1], metric, vectors, progress), choice, metric)
+
+    @classmethod
+    def empty(cls, dim: int, metric: int) -> VectorIndex:
+        """A flat index with no vectors: what a store holds before its first vectors decide the kind."""
+        return cls(faiss.index_factory(dim, "Flat", metric), IndexChoice("flat"), metric)
+
+    @classmethod
+    def read(cls, path: Path, choice: IndexChoice, metric: int) -> VectorIndex:
+        """Memory-mapped: a query touches only what its search needs. RuntimeError if faiss cannot read it."""
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        apply_search_parameters(index, choice)
+        return cls(index, choice, metric)
+
+    def write(self, path: Path) -> None:
+        faiss.write_index(self.faiss, str(path))
+
+    @property
+    def count(self) -> int:
+        return int(self.faiss.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.faiss.d)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        refined = isinstance(self.faiss, faiss.IndexRefine)
+        flat_or_lists = self.choice.kind == "flat" or (self.choice.kind == "ivf" and not refined)
+        return Capabilities(exact=self.choice.kind == "flat", range_search=True, remove=flat_or_lists)
+
+    def tune(self, choice: IndexChoice) -> None:
+        """Change the search parameters (efSearch, nprobe, re-rank factor) of the built index."""
+        apply_search_parameters(self.faiss, choice)
+        self.choice = choice
+
+    def add(self, vectors: np.ndarray) -> None:
+        self.faiss.add(vectors)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """Top-k (row, score) per query, best first; fewer when the index holds fewer."""
+        distances, rows = self.faiss.search(queries, min(k, self.count))
+        found = scores(distances, self.faiss.metric_type, self.metric)
+        return [[(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, found)]
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
+        """Every (row, score) within `threshold` of each query (cosine at least, or distance at most),
+        best first, with exact scores. Approximate kinds may miss rows, as they do in `search`."""
+        searched = self.faiss.metric_type
+        if searched == faiss.METRIC_INNER_PRODUCT:
+            radius = threshold
+        else:  # squared L2 between unit vectors
+            radius = 2.0 - 2.0 * threshold if self.metric == faiss.METRIC_INNER_PRODUCT else threshold**2
+        limits, _, rows = self.faiss.range_search(queries, radius)
+        found = []
+        for i, query in enumerate(queries):
+            hits = rows[limits[i] : limits[i + 1]]
+            exact = self.reconstruct_batch(hits) @ query if len(hits) else np.empty(0, np.float32)
+            if self.metric != faiss.METRIC_INNER_PRODUCT:
+                exact = np.sqrt(np.maximum(2.0 - 2.0 * exact, 0))
+            keep = exact >= threshold if self.metric == faiss.METRIC_INNER_PRODUCT else exact <= threshold
+            order = np.argsort(-exact if self.metric == faiss.METRIC_INNER_PRODUCT else exact, kind="stable")
+            found.append([(int(hits[j]), float(exact[j])) for j in order if keep[j]])
+        return found
+
+    def reconstruct(self, row: int) -> np.ndarray:
+        return self.faiss.reconstruct(row)  # (dim,)
+
+    def reconstruct_batch(self, rows: np.ndarray) -> np.ndarray:
+        return self.faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64))  # (len(rows), dim)
+
+    def reconstruct_all(self) -> np.ndarray:
+        return self.faiss.reconstruct_n(0, self.count) if self.count else np.empty((0, self.dim), np.float32)
+
+
 def apply_search_parameters(index: faiss.Index, choice: IndexChoice) -> None:
     """efSearch / nprobe / re-rank factor, wherever they sit inside the wrappers."""
     space = faiss.ParameterSpace()
@@ -145,11 +247,16 @@ def recall_at(
     # the truth is cosine (inner product of unit vectors), whatever the index searches by
     truth = faiss.knn(queries, vectors, k + extra, metric=faiss.METRIC_INNER_PRODUCT)[1]
     found = index.search(queries, k + extra)[1]
-    hits = 0
-    for i, (t, f) in enumerate(zip(truth, found)):
-        skip = -2 if own_rows is None else own_rows[i]
-        hits += len(set(t[t != skip][:k]) & set(f[f != skip][:k]))
-    return hits / (k * len(queries))
+    if own_rows is not None:
+        truth = np.array([t[t != own][:k] for t, own in zip(truth, own_rows)])
+        found = np.array([f[f != own][:k] for f, own in zip(found, own_rows)], dtype=object)
+    return overlap(found, truth)
+
+
+def overlap(found: np.ndarray, truth: np.ndarray) -> float:
+    """Recall: the share of each row of `truth` (exact top-k row ids) found in the same row of `found`."""
+    k = len(truth[0])
+    return sum(len(set(t) & set(f[:k])) for t, f in zip(truth, found)) / (k * len(truth))
 
 
 def resident_bytes(choice: IndexChoice, dim: int, count: int) -> int:
@@ -202,25 +309,24 @@ def measure(
     metric: int,
     target_recall: float,
     candidate: Candidate | None = None,
-) -> tuple[faiss.Index, IndexChoice, float]:
+) -> tuple[VectorIndex, IndexChoice, float]:
     """Build `choice` and measure its recall@10 on held-out stored vectors. With a `candidate`, raise its
     search parameter until the recall reaches `target_recall`, then one value further (HEADROOM_STEPS):
     200 sampled queries estimate recall only to about ±0.01, and new images (a mirrored copy, say) are
     found a little less well than stored vectors; on 5,000 real embeddings the first value reaching 0.95
     still missed a mirrored copy's original that the next one found. Returns the index, the parameters
     it was left with and the recall measured with them."""
-    index = build(choice, vectors.shape[1], metric, vectors)
+    index = VectorIndex.build(choice, metric, vectors)
     rows = held_out_rows(len(vectors))
     recall, reached = 0.0, 0
     for value in candidate.values if candidate else (None,):
         if candidate:
-            choice = replace(choice, **{candidate.parameter: value})
-            apply_search_parameters(index, choice)
-        recall = recall_at(index, vectors, vectors[rows], own_rows=rows)
+            index.tune(replace(index.choice, **{candidate.parameter: value}))
+        recall = recall_at(index.faiss, vectors, vectors[rows], own_rows=rows)
         reached += recall >= target_recall
         if reached > HEADROOM_STEPS:
             break
-    return index, choice, recall
+    return index, index.choice, recall
 
 
 def build_measured(
@@ -229,7 +335,7 @@ def build_measured(
     metric: int,
     target_recall: float,
     memory_budget: float = 0.0,
-) -> tuple[faiss.Index, dict[str, Any]]:
+) -> tuple[VectorIndex, dict[str, Any]]:
     """The index of `choice` over `vectors`, with the facts the store records: factory, parameters and
     recall@10 measured against exact search on held-out stored vectors (each one's own row left out).
 
@@ -242,7 +348,7 @@ def build_measured(
     count, dim = vectors.shape
     if choice.kind == "flat" or (choice.kind == "auto" and count < AUTO_FLAT_BELOW):
         flat = replace(choice, kind="flat")
-        return build(flat, dim, metric, vectors), {**describe(flat, dim, count), "recall_at_10": 1.0}
+        return VectorIndex.build(flat, metric, vectors), {**describe(flat, dim, count), "recall_at_10": 1.0}
     facts: dict[str, Any] = {"recall_target": target_recall, "recall_queries": len(held_out_rows(count))}
     if choice.kind != "auto":
         index, choice, recall = measure(choice, vectors, metric, target_recall)
@@ -270,7 +376,7 @@ def build_measured(
     fallback = (
         f"no approximate kind reached recall@10 {target_recall} ({'; '.join(tried) or 'none fits the memory budget'})"
     )
-    return build(flat, dim, metric, vectors), {
+    return VectorIndex.build(flat, metric, vectors), {
         **describe(flat, dim, count),
         **facts,
         "recall_at_10": 1.0,

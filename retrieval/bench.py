@@ -20,7 +20,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .ann import IndexChoice, apply_search_parameters, build, describe
+from .ann import IndexChoice, VectorIndex, describe, overlap
+from .durable import write_atomically, write_text_atomically
 from .store import FORMAT_VERSION, Entry, Store
 from .synthetic import feature_vectors
 from .system import machine, memory_bytes
@@ -93,8 +94,8 @@ def run(
         rows += measure_set(vector_set, sweeps, log, progress)
     result = {"machine": host, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "search.md").write_text(markdown(result))
+    write_text_atomically(out / "search.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomically(out / "search.md", markdown(result))
     plot(rows, out / "search.png")
     return result
 
@@ -114,13 +115,13 @@ def measure_set(
         rss_before = memory_bytes()
         started = time.perf_counter()
         report = progress(f"building {sweep.label}") if progress else None
-        index = build(sweep.choice, vectors.shape[1], metric, vectors, progress=report)
+        index = VectorIndex.build(sweep.choice, metric, vectors, progress=report)
         build_s = time.perf_counter() - started
         memory_mb = max(memory_bytes() - rss_before, 0) / 2**20
         store = searchable(index, entries, describe(sweep.choice, vectors.shape[1], size))
         for value in sweep.values or (0,):
             choice = replace(sweep.choice, **{sweep.parameter: value}) if sweep.parameter else sweep.choice
-            apply_search_parameters(index, choice)
+            index.tune(choice)
             row = {
                 "family": vector_set.family,
                 "n": size,
@@ -130,8 +131,8 @@ def measure_set(
                 "build_s": build_s,
                 "memory_mb": memory_mb,
                 "sgemv_ms": sgemv_ms,
-                **_latency(index, store, queries),
-                "recall_at_10": _recall(index, queries, truth),
+                **_latency(index.faiss, store, queries),
+                "recall_at_10": _recall(index.faiss, queries, truth),
             }
             rows.append(row)
             log(
@@ -143,7 +144,7 @@ def measure_set(
     return rows
 
 
-def searchable(index: faiss.Index, entries: list[Entry], description: dict[str, Any]) -> Store:
+def searchable(index: VectorIndex, entries: list[Entry], description: dict[str, Any]) -> Store:
     """A Store around a benchmark's index, so that the project's own search path can be timed on it."""
     meta = {"metric": "cosine", "format_version": FORMAT_VERSION, "root": "/", "index": description}
     return Store(index, entries, meta)
@@ -187,8 +188,7 @@ def _latency(index: faiss.Index, store: Store, queries: np.ndarray) -> dict[str,
 
 
 def _recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:
-    found = index.search(queries, 10)[1]
-    return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
+    return overlap(index.search(queries, 10)[1], truth)
 
 
 def sgemv_time(vectors: np.ndarray, queries: np.ndarray, repeats: int = 5) -> float:
@@ -256,5 +256,5 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)

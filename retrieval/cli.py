@@ -257,6 +257,50 @@ def verify(
         raise typer.Exit(EXIT_INDEX)
 
 
+@app.command()
+def serve(
+    index: IndexOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="RETRIEVAL_TOKEN", help="Required on every request but /health (env: RETRIEVAL_TOKEN)."),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without a token on a non-loopback address.")
+    ] = False,
+    engine: EngineOption = None,
+    precision: PrecisionOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the index over HTTP: search by upload or by id, images and thumbnails, /info, /health.
+
+    The index is loaded once; a later `retrieval ingest` is picked up without a restart.
+    """
+    settings = _settings(config, index=index, engine=engine, precision=precision)
+    with _reported():
+        if not _is_loopback(host) and token is None and not no_auth:
+            raise UsageError(f"binding {host} exposes the index beyond this machine: pass --token (or set "
+                             "RETRIEVAL_TOKEN), or --no-auth to serve it to anyone who can reach it")  # fmt: skip
+        import uvicorn
+
+        from .search import Searcher
+        from .server import ServeOptions, create_app
+
+        app_ = create_app(Searcher(settings), ServeOptions(token=token))
+    err.print(f"serving {printable(settings.index)} on http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 bench_app = typer.Typer(help="Measure speed: see benchmarks/ for the recorded runs.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

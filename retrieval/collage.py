@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .durable import write_atomically
 from .errors import ImageError, UsageError
 from .files import printable
 from .images import load_thumbnail
@@ -40,11 +41,11 @@ def render(result: QueryResult, out: Path, max_pixels: int) -> Path:
             draw.rectangle((x - 3, y - 3, x + TILE + 2, y + TILE + 2), outline=QUERY_COLOR, width=3)
         draw.text((x, y + TILE + 6), title, font=title_font, fill=QUERY_COLOR if i == 0 else TEXT_COLOR)
         draw.text((x, y + TILE + 32), _fit(printable(name), name_font, TILE), font=name_font, fill=MUTED_COLOR)
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None:
+        raise UsageError(f"cannot write a collage to {out}: use a .png or .jpg file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        sheet.save(out)
-    except ValueError as e:  # Pillow cannot tell the format from the extension
-        raise UsageError(f"cannot write a collage to {out}: use a .png or .jpg file name") from e
+    write_atomically(out, lambda f: sheet.save(f, format=image_format))
     return out
 
 

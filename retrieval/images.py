@@ -6,11 +6,14 @@ its version, so that old indexes are refused instead of silently compared with d
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -61,6 +64,15 @@ def load_image(path: Path, size: tuple[int, int], max_pixels: int, *, jpeg_draft
     return np.asarray(im.resize(size, Image.Resampling.BILINEAR))
 
 
+def load_image_bytes(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """`load_image` for an image held in memory (an upload): the same decoding, checks and reasons."""
+    if not data:
+        raise ImageError("not an image", "empty file")
+    with _as_image_errors(foreign=False):
+        im = _decode(io.BytesIO(data), max_pixels, draft=size)
+    return np.asarray(im.resize(size, Image.Resampling.BILINEAR))
+
+
 def load_thumbnail(path: Path, box: int, max_pixels: int) -> Image.Image:
     """An RGB image fitting in a `box` x `box` square, aspect kept: for drawing, not for embedding."""
     im = open_rgb(path, max_pixels, draft=(box, box))
@@ -74,27 +86,25 @@ def open_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) 
     `draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is at least that much larger
     than needed, which is most of the decoding time saved on camera-sized photos.
     """
-    try:
+    with _as_image_errors(foreign=path.suffix.lower() in FOREIGN_EXTENSIONS):
         # Our own file object, closed on every path, so a failing decoder never leaks a descriptor.
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise ImageError("not an image", "empty file")
-            im = Image.open(f, formats=decoders())
-            if im.width * im.height > max_pixels:
-                raise ImageError(
-                    "decompression bomb",
-                    f"{im.width}x{im.height} pixels, over the limit of {max_pixels} (max_pixels)",
-                )
-            if draft is not None:
-                im.draft(None, draft)
-            im.load()  # decoding errors (truncation, bad data) surface here, not at open
-            return _to_rgb(_orient(im))
+            return _decode(f, max_pixels, draft)
+
+
+@contextmanager
+def _as_image_errors(foreign: bool) -> Iterator[None]:
+    """Every way reading or decoding can fail, as an ImageError with a short reason. `foreign`: the file's
+    name says it is of a format we do not decode (HEIC, SVG …), so an unknown one is 'unsupported'."""
+    try:
+        yield
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageError("decompression bomb", str(e)) from e
     except UnidentifiedImageError as e:
-        foreign = path.suffix.lower() in FOREIGN_EXTENSIONS
         raise ImageError("unsupported format" if foreign else "not an image", "no decoder recognises it") from e
     except PermissionError as e:
         raise ImageError("permission denied", e.strerror or "") from e
@@ -107,6 +117,20 @@ def open_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) 
         raise ImageError(reason, str(e)) from e
     except Exception as e:  # decoders raise anything (SyntaxError, ValueError, struct.error …)
         raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
+
+
+def _decode(f: BinaryIO, max_pixels: int, draft: tuple[int, int] | None) -> Image.Image:
+    """Open, check the pixel count from the header, decode fully, orient and convert `f` to RGB."""
+    im = Image.open(f, formats=decoders())
+    if im.width * im.height > max_pixels:
+        raise ImageError(
+            "decompression bomb",
+            f"{im.width}x{im.height} pixels, over the limit of {max_pixels} (max_pixels)",
+        )
+    if draft is not None:
+        im.draft(None, draft)
+    im.load()  # decoding errors (truncation, bad data) surface here, not at open
+    return _to_rgb(_orient(im))
 
 
 def _orient(im: Image.Image) -> Image.Image:

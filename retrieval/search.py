@@ -14,7 +14,7 @@ import numpy as np
 from .backbones import weights_setting
 from .config import Settings
 from .embedders import Embedder, create_embedder
-from .errors import EmptyIndex
+from .errors import EmptyIndex, UsageError
 from .images import load_image
 from .store import Store, current_generation
 
@@ -62,6 +62,10 @@ class Searcher:
         return self._store
 
     @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
     def generation(self) -> str | None:
         return self._store.generation
 
@@ -92,6 +96,18 @@ class Searcher:
                 self._embedder = embedder
             return self._embedder
 
+    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[str | None, list[list[Hit]]]:
+        """Hits for query vectors (n, dim), from one generation, which is returned with them."""
+        store = self._store
+        return store.generation, [_hits(store, pairs) for pairs in store.search(vectors, k)]
+
+    def neighbours(self, row: int, k: int) -> tuple[str | None, list[Hit]]:
+        """The indexed image `row`'s nearest neighbours (itself first), by its stored vector: no model."""
+        store = self._store
+        if not 0 <= row < store.count:
+            raise UsageError(f"no image with id {row}: ids run from 0 to {store.count - 1}")
+        return store.generation, _hits(store, store.search(store.vector(row), k)[0])
+
     def query(self, images: list[Path], k: int | None = None) -> list[QueryResult]:
         """The top-k most similar indexed images to each of `images`, searched in one batch.
 
@@ -117,15 +133,13 @@ class Searcher:
                 vectors[chunk] = embedder.embed(pixels)
         found = store.search(vectors, k or self._settings.top_k)
         return [
-            QueryResult(
-                image,
-                store.root,
-                store.metric,
-                [Hit(rank, score, store.entry(r).path, r) for rank, (r, score) in enumerate(pairs, 1)],
-                embedded=row is None,
-            )
+            QueryResult(image, store.root, store.metric, _hits(store, pairs), embedded=row is None)
             for image, row, pairs in zip(images, rows, found)
         ]
+
+
+def _hits(store: Store, pairs: list[tuple[int, float]]) -> list[Hit]:
+    return [Hit(rank, score, store.entry(row).path, row) for rank, (row, score) in enumerate(pairs, 1)]
 
 
 def query(

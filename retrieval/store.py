@@ -77,9 +77,9 @@ class Store:
     """An in-memory index with its manifest and metadata; `save` and `load` move it to and from disk."""
 
     def __init__(
-        self, index: faiss.Index, entries: list[Entry], meta: dict[str, Any], generation: str | None = None
+        self, index: ann.VectorIndex, entries: list[Entry], meta: dict[str, Any], generation: str | None = None
     ) -> None:
-        self._index = index
+        self._ann = index
         self._entries = entries
         self._meta = meta
         self._rows: dict[str, int] | None = None
@@ -123,17 +123,17 @@ class Store:
                 "factory": "Flat",
             },
         }
-        return cls(faiss.index_factory(dim, "Flat", _FAISS_METRICS[metric]), [], meta)
+        return cls(ann.VectorIndex.empty(dim, _FAISS_METRICS[metric]), [], meta)
 
     # --- facts -----------------------------------------------------------------------------------
 
     @property
     def count(self) -> int:
-        return int(self._index.ntotal)
+        return self._ann.count
 
     @property
     def dim(self) -> int:
-        return int(self._index.d)
+        return self._ann.dim
 
     @property
     def metric(self) -> str:
@@ -155,7 +155,7 @@ class Store:
 
     def vectors(self) -> np.ndarray:
         """Every stored (normalized) vector in row order, (count, dim)."""
-        return self._index.reconstruct_n(0, self.count) if self.count else np.empty((0, self.dim), np.float32)
+        return self._ann.reconstruct_all()
 
     def find(self, path: str) -> int | None:
         """Row of a manifest path (relative, POSIX), or None."""
@@ -165,7 +165,7 @@ class Store:
 
     def vector(self, row: int) -> np.ndarray:
         """The stored (normalized) vector of `row`: a query by an indexed image needs no model."""
-        return self._index.reconstruct(row)  # (dim,)
+        return self._ann.reconstruct(row)
 
     def select(self, rows: list[int]) -> Store:
         """A new store holding only `rows`, in that order, with the same metadata and kind of index."""
@@ -182,7 +182,7 @@ class Store:
             memory_budget_gb=requested["memory_budget_gb"],
         )
         if rows:
-            store.add(self._index.reconstruct_batch(np.asarray(rows, dtype=np.int64)), [self._entries[r] for r in rows])
+            store.add(self._ann.reconstruct_batch(np.asarray(rows)), [self._entries[r] for r in rows])
         return store
 
     @property
@@ -211,14 +211,14 @@ class Store:
         if self.count == 0:
             self._build(x)
         else:
-            self._index.add(x)
+            self._ann.add(x)
         self._entries.extend(entries)
         self._rows = None
 
     def _build(self, x: np.ndarray) -> None:
         """The first vectors decide the index: built (trained, for PCA and IVF) and, for auto, tuned on them."""
         requested = self._meta["index"]["requested"]
-        self._index, description = ann.build_measured(
+        self._ann, description = ann.build_measured(
             ann.choice_from(requested),
             x,
             _FAISS_METRICS[self.metric],
@@ -227,6 +227,10 @@ class Store:
         )
         self._meta["index"] = {"requested": requested, **description}
 
+    @property
+    def capabilities(self) -> ann.Capabilities:
+        return self._ann.capabilities
+
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
 
@@ -234,6 +238,15 @@ class Store:
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, not {k}")
+        return self._ann.search(self._checked(queries), k)
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
+        """Every (row, score) per query with a cosine of at least `threshold` (for l2: a distance of at
+        most it), best first, scores exact; approximate kinds may miss some, as in `search`."""
+        return self._ann.range_search(self._checked(queries), threshold)
+
+    def _checked(self, queries: np.ndarray) -> np.ndarray:
+        """Queries normalized and checked here, not by faiss, whose own checks are `assert`s."""
         q = normalize(np.atleast_2d(queries))
         if q.shape[1] != self.dim:
             raise UsageError(f"query vector has dimension {q.shape[1]}, the index has {self.dim}")
@@ -241,12 +254,7 @@ class Store:
             raise EmptyIndex("the index is empty: no results")
         if self.stale:
             raise IndexMismatch(f"{warning(self._meta)} (nothing is embedded again); queries are refused until then")
-        distances, rows = self._index.search(q, min(k, self.count))
-        scores = ann.scores(distances, self._index.metric_type, _FAISS_METRICS[self.metric])
-        return [
-            [(int(r), float(s)) for r, s in zip(row_ids, row_scores) if r >= 0]
-            for row_ids, row_scores in zip(rows, scores)
-        ]
+        return q
 
     # --- disk ------------------------------------------------------------------------------------
 
@@ -260,7 +268,7 @@ class Store:
         return final
 
     def _write_generation(self, staging: Path) -> None:
-        faiss.write_index(self._index, str(staging / VECTORS))
+        self._ann.write(staging / VECTORS)
         with open(staging / MANIFEST, "w", encoding="utf-8") as f:
             for e in self._entries:
                 # ensure_ascii keeps file names that are not valid UTF-8 (surrogate escapes) round-trippable
@@ -296,20 +304,18 @@ class Store:
                 raise corrupt(folder, f"{name} does not have the size recorded in {META}")
             if check_hashes and sha256_file(generation / name) != facts.get("sha256"):
                 raise corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
+        choice, metric = ann.choice_from(meta["index"]), _FAISS_METRICS.get(meta["metric"])
         try:
-            index = faiss.read_index(str(generation / VECTORS), faiss.IO_FLAG_MMAP_IFC)
+            index = ann.VectorIndex.read(generation / VECTORS, choice, metric)
         except RuntimeError as e:
             raise corrupt(folder, f"faiss cannot read {VECTORS}: {e}") from e
         entries = _read_manifest(generation / MANIFEST, folder)
-        counts = {"index": index.ntotal, "manifest": len(entries), "meta": meta["count"]}
+        counts = {"index": index.count, "manifest": len(entries), "meta": meta["count"]}
         if len(set(counts.values())) != 1:
             raise corrupt(folder, f"row counts disagree: {counts}")
-        searched = _FAISS_METRICS.get(meta["metric"])
-        if meta["format_version"] == FORMAT_VERSION:
-            searched = ann.searched_metric(ann.choice_from(meta["index"]), searched)
-        if index.d != meta["dim"] or index.metric_type != searched:
+        searched = ann.searched_metric(choice, metric) if meta["format_version"] == FORMAT_VERSION else metric
+        if index.dim != meta["dim"] or index.faiss.metric_type != searched:
             raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
-        ann.apply_search_parameters(index, ann.choice_from(meta["index"]))
         return cls(index, entries, meta, generation.name)
 
 

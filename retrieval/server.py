@@ -1,0 +1,245 @@
+"""`retrieval serve`: the warm Searcher behind an HTTP API (FastAPI on uvicorn).
+
+The index is loaded once and the model on the first upload; every request checks (one small file read)
+whether an ingest has committed a newer generation and switches to it, and each answer comes from one
+generation, which it names. Uploads that arrive together are embedded in one forward pass (`Batcher`).
+The server only ever opens files listed in the live manifest, looked up by row id: never a path a
+client sent. Blocking work (decoding, the model, FAISS) runs off the event loop.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures, whose annotations
+# refer to this app's own limits (k, upload form fields) and must be evaluated where they are written.
+import asyncio
+import hmac
+import io
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from .errors import EmptyIndex, ImageError, RetrievalError, UsageError
+from .images import load_image_bytes, load_thumbnail
+from .search import Hit, Searcher
+from .store import warning
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Limits and access of one server."""
+
+    token: str | None = None  # required on every route but /health when set
+    max_upload_bytes: int = 20 * 2**20
+    max_k: int = 100
+    max_files: int = 32  # images in one POST /search
+    max_batch: int = 32  # uploads embedded in one forward pass
+    max_wait_ms: float = 5.0  # how long the first upload of a batch waits for others
+    thumbnail_size: int = 256
+    thumbnail_cache: int = 512  # thumbnails kept in memory
+
+
+class HitOut(BaseModel):
+    rank: int
+    score: float
+    id: int
+    path: str
+
+
+class SearchOut(BaseModel):
+    generation: str | None
+    metric: str
+    results: list[list[HitOut]]  # one list per query image (one for a search by id)
+
+
+class InfoOut(BaseModel):
+    count: int
+    model: str
+    weights: dict[str, Any]
+    metric: str
+    index_type: str
+    recall_at_10: float | None
+    warning: str | None
+    generation: str | None
+
+
+class Batcher:
+    """Embeds single images arriving concurrently in shared forward passes: the first one waits at most
+    `max_wait` seconds for others, up to `max_batch`, as model servers batch requests."""
+
+    def __init__(self, embed: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float) -> None:
+        self._embed = embed
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches: list[int] = []  # size of each forward pass, for tests and the benchmark
+
+    async def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 -> (dim,) float32, unnormalized."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put((pixels, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self._queue.get()]
+            deadline = loop.time() + self._max_wait
+            while len(items) < self._max_batch and (left := deadline - loop.time()) > 0:
+                try:
+                    items.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+            self.batches.append(len(items))
+            try:
+                vectors = await run_in_threadpool(self._embed, np.stack([pixels for pixels, _ in items]))
+            except Exception as e:  # noqa: BLE001 - handed to every waiting request instead
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), vector in zip(items, vectors):
+                if not future.done():
+                    future.set_result(vector)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastAPI:
+    """The application around a loaded `searcher`: tests build it around a tiny index."""
+    options = options or ServeOptions()
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        return searcher.embedder().embed(batch)
+
+    batcher = Batcher(embed, options.max_batch, options.max_wait_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await batcher.close()
+
+    app = FastAPI(title="retrieval", summary="Content-based image search over one index.", lifespan=lifespan)
+    app.state.searcher = searcher
+    app.state.batcher = batcher
+    thumbnails: OrderedDict[int, bytes] = OrderedDict()
+    thumbnail_generation: list[str | None] = [searcher.generation]
+
+    async def authorized(request: Request) -> None:
+        if options.token is None:
+            return
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.query_params.get(
+            "token", ""
+        )
+        if not hmac.compare_digest(sent.encode(), options.token.encode()):
+            raise HTTPException(401, "a valid token is required: header 'Authorization: Bearer TOKEN'")
+
+    async def fresh() -> Searcher:
+        """The searcher, switched first to a generation committed since the last request."""
+        await run_in_threadpool(searcher.refresh)
+        return searcher
+
+    Fresh = Annotated[Searcher, Depends(fresh)]
+    K = Annotated[int, Query(ge=1, le=options.max_k, description="How many results.")]
+    guarded = [Depends(authorized)]
+
+    @app.exception_handler(RetrievalError)
+    async def library_error(_: Request, error: RetrievalError) -> JSONResponse:
+        status = 404 if isinstance(error, EmptyIndex) else 400 if isinstance(error, (UsageError, ImageError)) else 500
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info", dependencies=guarded)
+    async def info(s: Fresh) -> InfoOut:
+        meta = s.store.meta
+        return InfoOut(
+            count=s.store.count,
+            model=meta["embedding"]["model"],
+            weights=meta["embedding"]["weights"],
+            metric=meta["metric"],
+            index_type=meta["index"]["factory"],
+            recall_at_10=meta["index"].get("recall_at_10"),
+            warning=warning(meta),
+            generation=s.generation,
+        )
+
+    @app.get("/search", dependencies=guarded)
+    async def search_by_id(s: Fresh, id: Annotated[int, Query(ge=0)], k: K = 10) -> SearchOut:
+        generation, hits = await run_in_threadpool(s.neighbours, id, k)
+        return SearchOut(generation=generation, metric=s.store.metric, results=[_out(hits)])
+
+    @app.post("/search", dependencies=guarded)
+    async def search_by_upload(
+        s: Fresh,
+        files: Annotated[list[UploadFile], File(description="One or more images.")],
+        k: Annotated[int, Form(ge=1, le=options.max_k)] = 10,
+        min_score: Annotated[float | None, Form()] = None,
+    ) -> SearchOut:
+        if len(files) > options.max_files:
+            raise HTTPException(400, f"at most {options.max_files} images per request")
+        size = (await run_in_threadpool(s.embedder)).spec.input_size
+        pixels = [await _decoded(upload, size, s.settings.max_pixels, options) for upload in files]
+        vectors = np.stack(await asyncio.gather(*(batcher.embed(p) for p in pixels)))
+        generation, found = await run_in_threadpool(s.search_vectors, vectors, k)
+        if min_score is not None:
+            found = [[h for h in hits if h.score >= min_score] for hits in found]
+        return SearchOut(generation=generation, metric=s.store.metric, results=[_out(hits) for hits in found])
+
+    @app.get("/images/{id}", dependencies=guarded, response_class=FileResponse)
+    async def image(s: Fresh, id: int) -> FileResponse:
+        store = s.store
+        if not 0 <= id < store.count:
+            raise HTTPException(404, f"no image with id {id}")
+        path = store.root / store.entry(id).path  # from the manifest only
+        if not path.is_file():
+            raise HTTPException(404, f"image {id} is no longer on disk")
+        return FileResponse(path)
+
+    @app.get("/thumbnails/{id}", dependencies=guarded, response_class=Response)
+    async def thumbnail(s: Fresh, id: int) -> Response:
+        store = s.store
+        if not 0 <= id < store.count:
+            raise HTTPException(404, f"no image with id {id}")
+        if thumbnail_generation[0] != s.generation:  # ids may mean other files now
+            thumbnails.clear()
+            thumbnail_generation[0] = s.generation
+        if id not in thumbnails:
+            path = store.root / store.entry(id).path
+            picture = await run_in_threadpool(load_thumbnail, path, options.thumbnail_size, s.settings.max_pixels)
+            encoded = io.BytesIO()
+            picture.save(encoded, "JPEG", quality=85)
+            thumbnails[id] = encoded.getvalue()
+            while len(thumbnails) > options.thumbnail_cache:
+                thumbnails.popitem(last=False)
+        thumbnails.move_to_end(id)
+        return Response(thumbnails[id], media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+    return app
+
+
+async def _decoded(upload: UploadFile, size: tuple[int, int], max_pixels: int, options: ServeOptions) -> np.ndarray:
+    data = await upload.read(options.max_upload_bytes + 1)
+    if len(data) > options.max_upload_bytes:
+        raise HTTPException(413, f"{upload.filename}: over the upload limit of {options.max_upload_bytes} bytes")
+    try:
+        return await run_in_threadpool(load_image_bytes, data, size, max_pixels)
+    except ImageError as e:
+        status = 413 if e.reason == "decompression bomb" else 400
+        raise HTTPException(status, f"{upload.filename}: {e}") from None
+
+
+def _out(hits: list[Hit]) -> list[HitOut]:
+    return [HitOut(rank=h.rank, score=h.score, id=h.row, path=h.path) for h in hits]

@@ -1,0 +1,210 @@
+"""`retrieval serve`'s API, on a real uvicorn bound to loopback, started and stopped by these tests: status
+codes, the schema, every bad input (../shared/BAD_INPUTS.md item 43), the path and token rules, batching of
+concurrent uploads, and a generation swap while requests run."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+from typer.testing import CliRunner
+
+from retrieval.cli import app as cli
+from retrieval.config import Settings
+from retrieval.ingest import ingest
+from retrieval.search import Searcher
+from retrieval.server import ServeOptions, create_app
+from retrieval.synthetic import near_duplicates, photo, write_photos
+
+from .conftest import PHOTOS
+from .test_images import png_header_only
+
+
+@contextmanager
+def serving(searcher: Searcher, options: ServeOptions | None = None) -> Iterator[httpx.Client]:
+    """A real uvicorn on 127.0.0.1 and a free port, in a thread; stopped on the way out, even on failure."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(searcher, options or ServeOptions()), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(indexed, embedder) -> Iterator[httpx.Client]:
+    with serving(Searcher(indexed, lambda _: embedder)) as c:
+        yield c
+
+
+def test_health_info_and_the_openapi_schema(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["count"] == PHOTOS and info["model"] == "resnet50" and info["generation"].startswith("gen-")
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/images/{id}", "/thumbnails/{id}", "/info", "/health"} <= set(paths)
+    assert set(paths["/search"]) == {"get", "post"}
+
+
+def test_search_by_id_needs_no_model_and_finds_itself_first(indexed):
+    def no_model(_):
+        raise AssertionError("a search by id must not build a model")
+
+    with serving(Searcher(indexed, no_model)) as c:
+        body = c.get("/search", params={"id": 3, "k": 4}).json()
+    [hits] = body["results"]
+    assert len(hits) == 4 and hits[0]["id"] == 3 and hits[0]["path"] == "photo-0003.jpg"
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_uploads_find_their_originals_one_or_several_per_request(client):
+    copies = near_duplicates(photo(7))
+    one = client.post("/search", files={"files": ("m.jpg", jpeg(copies["mirrored"]))}, data={"k": "3"})
+    assert one.status_code == 200, one.text
+    assert one.json()["results"][0][0]["path"] == "photo-0007.jpg"
+    files = [
+        ("files", ("a.jpg", jpeg(copies["resized"]))),
+        ("files", ("b.jpg", jpeg(near_duplicates(photo(2))["mirrored"]))),
+    ]
+    both = client.post("/search", files=files, data={"k": "2"}).json()["results"]
+    assert [r[0]["path"] for r in both] == ["photo-0007.jpg", "photo-0002.jpg"]
+    filtered = client.post("/search", files=files[:1], data={"k": "12", "min_score": "2"}).json()["results"]
+    assert filtered == [[]]  # no cosine reaches 2
+
+
+def test_bad_requests_get_clear_json_errors(client):
+    cases = {
+        "empty": (client.post("/search", files={"files": ("e.jpg", b"")}), 400),
+        "text": (client.post("/search", files={"files": ("t.png", b"not an image at all")}), 400),
+        "bomb": (client.post("/search", files={"files": ("b.png", png_header_only(40000, 40000))}), 413),
+        "k=0": (client.get("/search", params={"id": 1, "k": 0}), 422),
+        "k too big": (client.get("/search", params={"id": 1, "k": 10_000}), 422),
+        "no such id": (client.get("/search", params={"id": 999}), 400),
+        "no files": (client.post("/search", data={"k": "3"}), 422),
+    }
+    for name, (response, status) in cases.items():
+        assert response.status_code == status, (name, response.text)
+        assert "detail" in response.json(), name
+    assert client.get("/health").status_code == 200  # and the server is still up
+
+
+def test_an_upload_over_the_size_limit_is_413(indexed, embedder):
+    with serving(Searcher(indexed, lambda _: embedder), ServeOptions(max_upload_bytes=1000)) as c:
+        response = c.post("/search", files={"files": ("big.jpg", jpeg(photo(1)))})
+    assert response.status_code == 413 and "upload limit" in response.json()["detail"]
+
+
+def test_images_and_thumbnails_come_only_from_the_manifest_by_id(client, photos):
+    assert client.get("/images/5").content == (photos / "photo-0005.jpg").read_bytes()
+    thumb = Image.open(io.BytesIO(client.get("/thumbnails/5").content))
+    assert thumb.format == "JPEG" and max(thumb.size) <= 256
+    for path in ("/images/999", "/thumbnails/-1"):
+        assert client.get(path).status_code == 404
+    for path in ("/images/..%2F..%2Fetc%2Fpasswd", "/images/photo-0005.jpg", "/thumbnails/%2Fetc%2Fpasswd"):
+        assert client.get(path).status_code in (404, 422), path
+
+
+def test_a_token_guards_every_route_but_health(indexed, embedder):
+    with serving(Searcher(indexed, lambda _: embedder), ServeOptions(token="s3cret")) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/info").status_code == 401
+        assert c.get("/search", params={"id": 1}).status_code == 401
+        assert c.get("/images/1").status_code == 401
+        assert c.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_concurrent_uploads_share_forward_passes(indexed, embedder):
+    searcher = Searcher(indexed, lambda _: embedder)
+    app = create_app(searcher, ServeOptions(max_wait_ms=200))
+    transport = httpx.ASGITransport(app=app)
+    bodies = [jpeg(near_duplicates(photo(seed))["mirrored"]) for seed in range(8)]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await asyncio.gather(
+                *(c.post("/search", files={"files": ("q.jpg", b)}, data={"k": "1"}) for b in bodies)
+            )
+
+    responses = asyncio.run(send_all())
+    assert [r.json()["results"][0][0]["path"] for r in responses] == [f"photo-{s:04d}.jpg" for s in range(8)]
+    assert sum(app.state.batcher.batches) == 8 and len(app.state.batcher.batches) < 8, app.state.batcher.batches
+
+
+def test_a_generation_swap_while_requests_run(tmp_path, embedder):
+    """Requests keep coming while ingests commit twice: none fails, each answer names one generation and
+    holds as many hits as that generation had images, and the server ends on the newest."""
+    folder = tmp_path / "photos"
+    write_photos(folder, 6, seed=800)
+    settings = Settings(index=tmp_path / "index", weights="none")
+    ingest(folder, settings, embedder=embedder)
+    counts = {}
+    failures, answered = [], [0]
+    done = threading.Event()
+    with serving(Searcher(settings, lambda _: embedder)) as c:
+        counts[c.get("/info").json()["generation"]] = 6
+
+        def ask() -> None:
+            while not done.is_set() and answered[0] < 3000:
+                response = c.get("/search", params={"id": 0, "k": 50})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    body = response.json()
+                    answered[0] += 1
+                    if body["generation"] in counts and len(body["results"][0]) != counts[body["generation"]]:
+                        failures.append(body)
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        try:
+            for i in range(2):
+                photo(850 + i).save(folder / f"new-{i}.jpg")
+                ingest(folder, settings, embedder=embedder)
+                counts[Searcher(settings).generation] = 7 + i
+                time.sleep(0.3)
+        finally:
+            done.set()
+            thread.join(timeout=60)
+        final = c.get("/info").json()
+    assert failures == [] and answered[0] > 0
+    assert final["count"] == 8
+
+
+def test_serving_beyond_loopback_needs_a_token_or_no_auth(indexed):
+    result = CliRunner().invoke(cli, ["serve", "--index", str(indexed.index), "--host", "0.0.0.0"], env={})
+    assert result.exit_code == 2 and "--token" in result.output
+
+
+def test_a_served_index_never_reads_a_path_from_the_client(client, tmp_path: Path):
+    secret = tmp_path / "secret.jpg"
+    photo(1).save(secret)
+    for params in ({"id": str(secret)}, {"path": str(secret)}):
+        assert client.get("/search", params=params).status_code == 422
