@@ -16,18 +16,22 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from .errors import EmptyIndex, ImageError, RetrievalError, UsageError
 from .images import load_image_bytes, load_thumbnail
 from .search import Hit, Searcher
 from .store import warning
+
+STATIC = Path(__file__).parent / "static"
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,13 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
     async def library_error(_: Request, error: RetrievalError) -> JSONResponse:
         status = 404 if isinstance(error, EmptyIndex) else 400 if isinstance(error, (UsageError, ImageError)) else 500
         return JSONResponse({"detail": str(error)}, status_code=status)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The search page: plain HTML, CSS and JS from the package, nothing fetched from elsewhere."""
+        return FileResponse(STATIC / "index.html")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
