@@ -67,7 +67,8 @@ def main() -> None:
         "ingest_seconds": seconds,
         "embedded_per_second": report.rate,
         "index": facts["factory"],
-        "parameters": {k: facts.get(k) for k in ("ef_search", "nprobe")},
+        # the search parameter of the chosen kind (flat has none)
+        "parameters": {k: facts[k] for k in ({"hnsw": ("ef_search",), "ivf": ("nprobe",)}.get(facts["kind"], ()))},
         "recorded_recall_at_10": facts["recall_at_10"],
         "new_image_recall_at_10": float(recall),
         "queries": len(names),
