@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,16 +19,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from . import bench, search, store
-from . import collage as collage_
 from .config import ENGINES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings, load_settings
 from .errors import EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
-from .images import quiet_pillow_bomb_warnings
-from .ingest import ERROR_REPORT, ProgressCallback
-from .ingest import ingest as run_ingest
-from .synthetic import FAMILIES
-from .verify import verify as run_verify
+from .results import QueryResult
+
+# The library is imported inside each command, not here: `retrieval query --server` and `--help` then
+# start without numpy, Pillow or FAISS, in the time of a small client.
+ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed), as ingest reports
+FAMILIES = ("clustered", "hard", "cone")  # synthetic.FAMILIES, named here so the help needs no numpy
 
 app = typer.Typer(
     help="Content-based image search: index a folder of images, then find the ones most like a query image.",
@@ -41,7 +41,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 @app.callback()
 def _main() -> None:
     """Content-based image search: index a folder of images, then find the ones most like a query image."""
-    quiet_pillow_bomb_warnings()
+    # Pillow warns between its pixel limit and twice it, where max_pixels decides instead (and the skip
+    # report says so); the command line owns the process's warning filters, so it silences that one here.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 ConfigOption = Annotated[
@@ -52,6 +54,10 @@ IndexOption = Annotated[Path | None, typer.Option("--index", help="Index folder 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for another ingest into the index to finish.")]
 EngineOption = Annotated[str | None, typer.Option(help=f"{' | '.join(ENGINES)} (config: engine).")]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(envvar="RETRIEVAL_TOKEN", help="The server's token (env: RETRIEVAL_TOKEN)."),
+]
 PrecisionOption = Annotated[str | None, typer.Option(help=f"{' | '.join(PRECISIONS)} (config: precision).")]
 
 
@@ -119,6 +125,8 @@ def ingest(
         index_type=index_type,
     )
     with _reported(), _progress(quiet) as progress:
+        from .ingest import ingest as run_ingest
+
         report = run_ingest(folder, settings, progress=progress, full=full, wait=wait)
     loading = f" (loading the model: {report.model_seconds:.1f} s)" if report.model_seconds else ""
     typer.echo(f"Indexed {report.indexed} images into {printable(report.index)} in {report.seconds:.1f} s{loading}")
@@ -126,9 +134,7 @@ def ingest(
     counts = ("added", "updated", "removed", "moved", "unchanged", "resumed")
     typer.echo(", ".join(f"{getattr(report, name)} {name}" for name in counts))
     if report.skipped:
-        typer.echo(
-            f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.index / ERROR_REPORT)}"
-        )
+        typer.echo(f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.error_report)}")
     _warn(report.warning)
 
 
@@ -151,6 +157,10 @@ def query(
     as_json: JsonOption = False,
     engine: EngineOption = None,
     precision: PrecisionOption = None,
+    server: Annotated[
+        str | None, typer.Option(help="Ask a running `retrieval serve` at this URL instead of loading the index.")
+    ] = None,
+    token: TokenOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Print the indexed images most similar to each query image, best first.
@@ -162,9 +172,20 @@ def query(
         paths = _expand(images)
         if collage is not None and len(paths) != 1:
             raise UsageError("--collage draws one query: give a single image")
-        results = search.query_many(paths, settings, k=k)
+        if server is not None:
+            if collage is not None:
+                raise UsageError("--collage draws from a local index: leave out --server, or --collage")
+            from .client import query_server
+
+            results = query_server(server, paths, k or settings.top_k, token)
+        else:
+            from .search import query_many
+
+            results = query_many(paths, settings, k=k)
         if collage is not None:
-            collage_.render(results[0], collage, settings.max_pixels)
+            from .collage import render
+
+            render(results[0], collage, settings.max_pixels)
     if as_json:
         bodies = [_result_json(result, collage) for result in results]
         _echo_json(bodies[0] if len(images) == 1 and images[0].is_file() else bodies)
@@ -198,6 +219,8 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
     """Describe the index: size, model, weights, metric, when it was built."""
     settings = _settings(config, index=index)
     with _reported():
+        from . import store
+
         meta = store.live_meta(settings.index)
         size = store.disk_size(settings.index)
     embedding = meta["embedding"]
@@ -241,6 +264,8 @@ def verify(
     """
     settings = _settings(config, index=index)
     with _reported():
+        from .verify import verify as run_verify
+
         health = run_verify(settings.index, repair=repair, wait=wait)
     typer.echo(f"{printable(settings.index)}: {health.count} vectors; files, counts, hashes and metadata consistent")
     if health.repaired:
@@ -262,10 +287,7 @@ def serve(
     index: IndexOption = None,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="RETRIEVAL_TOKEN", help="Required on every request but /health (env: RETRIEVAL_TOKEN)."),
-    ] = None,
+    token: TokenOption = None,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Serve without a token on a non-loopback address.")
     ] = False,
@@ -330,6 +352,8 @@ def bench_search(
     """Latency, throughput, recall and build cost of every index kind, on seeded synthetic features or on
     the vectors of an existing index."""
     with _reported():
+        from . import bench
+
         known = {s.label for s in bench.SWEEPS}
         wanted = kinds.split(",") if kinds else None
         if wanted and not set(wanted) <= known:
@@ -354,7 +378,7 @@ def _echo_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=True))
 
 
-def _result_json(result: search.QueryResult, collage: Path | None) -> dict[str, Any]:
+def _result_json(result: QueryResult, collage: Path | None) -> dict[str, Any]:
     return {
         "query": str(result.query),
         "metric": result.metric,

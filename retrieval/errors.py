@@ -67,6 +67,10 @@ class IndexBusy(StoreError):
     exit_code = EXIT_BUSY
 
 
+class ServerError(RetrievalError):
+    """A `retrieval serve` could not be reached, refused the request, or answered with an error."""
+
+
 class NothingToIndex(RetrievalError):
     """A folder held no image that could be embedded; no index is written."""
 

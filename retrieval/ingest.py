@@ -66,6 +66,11 @@ class IngestReport:
     warning: str | None = None  # about the saved index's search (store.warning), e.g. recall below target
 
     @property
+    def error_report(self) -> Path:
+        """The file listing each skipped file with its reason."""
+        return self.index / ERROR_REPORT
+
+    @property
     def rate(self) -> float:
         """Embedded images per second, model loading left out."""
         working = self.seconds - self.model_seconds

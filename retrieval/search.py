@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,29 +16,10 @@ from .config import Settings
 from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex, UsageError
 from .images import load_image
+from .results import Hit, QueryResult
 from .store import Store, current_generation
 
 EmbedderFactory = Callable[[Settings], Embedder]
-
-
-@dataclass(frozen=True)
-class Hit:
-    rank: int
-    score: float  # cosine similarity, or Euclidean distance when the metric is l2
-    path: str  # relative to the index's root
-    row: int
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    query: Path
-    root: Path
-    metric: str
-    hits: list[Hit]
-    embedded: bool  # False when the query was already indexed and its stored vector was used
-
-    def absolute(self, hit: Hit) -> Path:
-        return self.root / hit.path
 
 
 class Searcher:

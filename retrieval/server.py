@@ -63,6 +63,7 @@ class SearchOut(BaseModel):
 
 class InfoOut(BaseModel):
     count: int
+    root: str  # the indexed folder, which hit paths are relative to
     model: str
     weights: dict[str, Any]
     metric: str
@@ -178,6 +179,7 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         meta = s.store.meta
         return InfoOut(
             count=s.store.count,
+            root=str(s.store.root),
             model=meta["embedding"]["model"],
             weights=meta["embedding"]["weights"],
             metric=meta["metric"],
