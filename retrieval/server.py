@@ -44,6 +44,7 @@ class ServeOptions:
     max_files: int = 32  # images in one POST /search
     max_batch: int = 32  # uploads embedded in one forward pass
     max_wait_ms: float = 5.0  # how long the first upload of a batch waits for others
+    request_timeout_s: float = 30.0  # a request still running then gets a 504, and others go on
     thumbnail_size: int = 256
     thumbnail_cache: int = 512  # thumbnails kept in memory
 
@@ -164,6 +165,13 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         return JSONResponse({"detail": str(error)}, status_code=status)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def deadline(request: Request, call_next: Callable) -> Response:
+        try:
+            return await asyncio.wait_for(call_next(request), options.request_timeout_s)
+        except TimeoutError:
+            return JSONResponse({"detail": f"the request took over {options.request_timeout_s} s"}, status_code=504)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

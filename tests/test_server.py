@@ -132,6 +132,15 @@ def test_images_and_thumbnails_come_only_from_the_manifest_by_id(client, photos)
         assert client.get(path).status_code in (404, 422), path
 
 
+def test_a_request_over_the_time_limit_gets_504_and_the_server_goes_on(indexed, embedder):
+    slow_embedder = type("Slow", (), {"spec": embedder.spec, "embedding": embedder.embedding})()
+    slow_embedder.embed = lambda images: (time.sleep(1.0), embedder.embed(images))[1]
+    with serving(Searcher(indexed, lambda _: slow_embedder), ServeOptions(request_timeout_s=0.3)) as c:
+        response = c.post("/search", files={"files": ("q.jpg", jpeg(photo(1)))})
+        assert response.status_code == 504 and "over 0.3 s" in response.json()["detail"]
+        assert c.get("/search", params={"id": 1}).status_code == 200
+
+
 def test_a_token_guards_every_route_but_health(indexed, embedder):
     with serving(Searcher(indexed, lambda _: embedder), ServeOptions(token="s3cret")) as c:
         assert c.get("/health").status_code == 200
