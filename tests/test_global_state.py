@@ -43,3 +43,23 @@ def test_building_a_model_restores_random_state_and_precision_policy():
     build_keras_model(spec_for("resnet50"), "none", seed=7, bf16=True)
     assert (random.random(), np.random.random()) == expected
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_the_command_line_starts_without_numpy_pillow_faiss_or_tensorflow():
+    """What makes `retrieval query --server` and `--help` quick: the library is imported per command."""
+    script = (
+        "import sys, retrieval.cli\n"
+        "print(sorted(m for m in ('numpy', 'PIL', 'faiss', 'tensorflow') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_the_package_keeps_its_functions_named_like_their_modules():
+    import retrieval
+    import retrieval.ingest
+    import retrieval.verify
+
+    assert callable(retrieval.ingest) and retrieval.ingest.__module__ == "retrieval.ingest"
+    assert callable(retrieval.verify) and retrieval.verify.__module__ == "retrieval.verify"
