@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,16 +120,20 @@ def main() -> None:
             warmup.post("/search", files={"files": ("q.jpg", upload)})  # builds the model once
         rss_before = rss_mb(server.pid)
         rng = random.Random(0)
-        clients = [httpx.Client(base_url=url, timeout=60) for _ in range(8)]
-        pick = iter(range(10**9))
+        local, opened = threading.local(), []
+
+        def client() -> httpx.Client:
+            """This thread's keep-alive client."""
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(base_url=url, timeout=60)
+                opened.append(local.client)
+            return local.client
 
         def by_id() -> bool:
-            client = clients[next(pick) % 8]
-            return client.get("/search", params={"id": rng.randrange(count), "k": 10}).status_code == 200
+            return client().get("/search", params={"id": rng.randrange(count), "k": 10}).status_code == 200
 
         def by_upload() -> bool:
-            client = clients[next(pick) % 8]
-            return client.post("/search", files={"files": ("q.jpg", upload)}, data={"k": "10"}).status_code == 200
+            return client().post("/search", files={"files": ("q.jpg", upload)}, data={"k": "10"}).status_code == 200
 
         rows = {
             "id query, 1 client": timed(by_id, 2000, 1),
@@ -137,8 +142,8 @@ def main() -> None:
             "upload 1024x768 JPEG, 8 clients": timed(by_upload, 400, 8),
         }
         rss_after = rss_mb(server.pid)
-        for client in clients:
-            client.close()
+        for each in opened:
+            each.close()
         cold = wall([*retrieval, "query", str(query), "--index", str(index), "-k", "10", "--json"])
         remote = wall([*retrieval, "query", str(query), "--server", url, "-k", "10", "--json"])
     finally:
@@ -160,7 +165,8 @@ def main() -> None:
         "# Serving benchmark",
         "",
         f"Machine: {host['cpu']}, {host['cores']} cores (server and load generator share them); run {host['date']}.",
-        f"{count:,} cone-family vectors, index {result['index']}; `retrieval serve` on 127.0.0.1, httpx clients.",
+        f"{count:,} cone-family vectors, index {result['index']}; `retrieval serve` on 127.0.0.1, "
+        "httpx clients on keep-alive connections, one per thread.",
         "",
         "| load | requests | clients | p50 ms | p99 ms | per second | errors |",
         "|---|---|---|---|---|---|---|",

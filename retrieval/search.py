@@ -50,10 +50,14 @@ class Searcher:
     def generation(self) -> str | None:
         return self._store.generation
 
+    def is_current(self) -> bool:
+        """Whether the held generation is the live one: one read of a small file, cheap enough per request."""
+        return current_generation(self._settings.index).name == self.generation
+
     def refresh(self) -> bool:
         """Load the live generation if it is not the one held; True if it switched. The embedder is kept
         when the new generation was embedded the same way, and dropped (rebuilt on demand) otherwise."""
-        if current_generation(self._settings.index).name == self.generation:
+        if self.is_current():
             return False
         store = Store.load(self._settings.index)
         with self._lock:

@@ -151,8 +151,10 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
             raise HTTPException(401, "a valid token is required: header 'Authorization: Bearer TOKEN'")
 
     async def fresh() -> Searcher:
-        """The searcher, switched first to a generation committed since the last request."""
-        await run_in_threadpool(searcher.refresh)
+        """The searcher, switched first to a generation committed since the last request (the check reads
+        one small file here; loading a new generation runs off the event loop)."""
+        if not searcher.is_current():
+            await run_in_threadpool(searcher.refresh)
         return searcher
 
     Fresh = Annotated[Searcher, Depends(fresh)]

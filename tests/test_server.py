@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,19 +32,18 @@ from .test_images import png_header_only
 
 @contextmanager
 def serving(searcher: Searcher, options: ServeOptions | None = None) -> Iterator[httpx.Client]:
-    """A real uvicorn on 127.0.0.1 and a free port, in a thread; stopped on the way out, even on failure."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(searcher, options or ServeOptions()), host="127.0.0.1", port=port, log_level="error")
-    )
+    """A real uvicorn on 127.0.0.1, on a port the OS gives it when it binds (no race for a free port), in a
+    thread; stopped on the way out, even on failure."""
+    app = create_app(searcher, options or ServeOptions())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
+        assert server.started, "uvicorn did not start within 60 s"
+        port = server.servers[0].sockets[0].getsockname()[1]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             yield client
     finally:
