@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -219,28 +222,36 @@ def test_a_served_index_never_reads_a_path_from_the_client(client, tmp_path: Pat
 
 
 def test_query_with_server_prints_what_a_local_query_prints(indexed, embedder, tmp_path, make_embedder):
-    """`retrieval query --server URL` against a real server: the same table and the same --json (paths,
-    ranks; scores within rounding) as the local query of the same index."""
+    """`retrieval query --server URL`, a real subprocess, against a real server: the same table and the same
+    --json (paths, ranks; scores within rounding) as the local query of the same index."""
     copy = tmp_path / "m.jpg"
     near_duplicates(photo(4))["mirrored"].convert("RGB").save(copy)
-    runner = CliRunner()
     same_engine = ["--engine", "tensorflow", "--precision", "fp32"]  # as the server's embedder: the same vectors
-    local = runner.invoke(cli, ["query", str(copy), "--index", str(indexed.index), "-k", "4", "--json", *same_engine])
+    local = CliRunner().invoke(
+        cli, ["query", str(copy), "--index", str(indexed.index), "-k", "4", "--json", *same_engine]
+    )
+
+    def client(*args: str, token: str | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "RETRIEVAL_TOKEN"} | (
+            {"RETRIEVAL_TOKEN": token} if token else {}
+        )
+        command = [sys.executable, "-m", "retrieval", "query", str(copy), "--server", url, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
     with serving(Searcher(indexed, lambda _: embedder), ServeOptions(token="t0k")) as c:
         url = str(c.base_url)
-        remote = runner.invoke(
-            cli, ["query", str(copy), "--server", url, "-k", "4", "--json"], env={"RETRIEVAL_TOKEN": "t0k"}
-        )
-        table = runner.invoke(cli, ["query", str(copy), "--server", url, "--token", "t0k", "-k", "2"])
-        refused = runner.invoke(cli, ["query", str(copy), "--server", url])
-    assert local.exit_code == 0 and remote.exit_code == 0, (local.output, remote.output)
-    mine, theirs = json.loads(local.output), json.loads(remote.output)
+        assert c.get("/health").status_code == 200
+        remote = client("-k", "4", "--json", token="t0k")
+        table = client("--token", "t0k", "-k", "2")
+        refused = client()
+    assert local.exit_code == 0 and remote.returncode == 0, (local.output, remote.stderr)
+    mine, theirs = json.loads(local.output), json.loads(remote.stdout)
     assert [r["path"] for r in theirs["results"]] == [r["path"] for r in mine["results"]]
     assert theirs["results"][0]["relative_path"] == "photo-0004.jpg" and theirs["metric"] == "cosine"
     for a, b in zip(theirs["results"], mine["results"]):
         assert a["rank"] == b["rank"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
-    assert table.exit_code == 0 and "photo-0004.jpg" in table.output.splitlines()[1]
-    assert refused.exit_code == 1 and "401" in refused.output
+    assert table.returncode == 0 and "photo-0004.jpg" in table.stdout.splitlines()[1]
+    assert refused.returncode == 1 and "401" in refused.stderr
 
 
 def test_query_with_a_server_that_is_not_there_exits_1(tmp_path):
