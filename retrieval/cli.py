@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .config import ENGINES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings, load_settings
+from .config import ENGINES, FAMILIES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings, load_settings
 from .errors import EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
 from .results import QueryResult
@@ -27,7 +27,6 @@ from .results import QueryResult
 # The library is imported inside each command, not here: `retrieval query --server` and `--help` then
 # start without numpy, Pillow or FAISS, in the time of a small client.
 ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed), as ingest reports
-FAMILIES = ("clustered", "hard", "cone")  # synthetic.FAMILIES, named here so the help needs no numpy
 
 app = typer.Typer(
     help="Content-based image search: index a folder of images, then find the ones most like a query image.",

@@ -22,6 +22,7 @@ METRICS = ("cosine", "l2")
 ENGINES = ("openvino", "tensorflow")
 PRECISIONS = ("auto", "fp32", "bf16")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+FAMILIES = ("clustered", "hard", "cone")  # synthetic feature families of `retrieval bench search`
 # Pillow's own default: a 10000 x 10000 image is over it and so treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485
 

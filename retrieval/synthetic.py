@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-FAMILIES = ("clustered", "hard", "cone")
+from .config import FAMILIES
+
 CONE_SPREAD = 0.17  # gives a mean cosine to the centroid of about 0.99, as random-weight ResNet50 features have
 
 
