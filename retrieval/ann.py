@@ -195,15 +195,14 @@ class VectorIndex:
         else:  # squared L2 between unit vectors
             radius = 2.0 - 2.0 * threshold if self.metric == faiss.METRIC_INNER_PRODUCT else threshold**2
         limits, _, rows = self.faiss.range_search(queries, radius)
+        similar = 1.0 if self.metric == faiss.METRIC_INNER_PRODUCT else -1.0  # higher score = closer, or lower
         found = []
         for i, query in enumerate(queries):
             hits = rows[limits[i] : limits[i + 1]]
-            exact = self.reconstruct_batch(hits) @ query if len(hits) else np.empty(0, np.float32)
-            if self.metric != faiss.METRIC_INNER_PRODUCT:
-                exact = np.sqrt(np.maximum(2.0 - 2.0 * exact, 0))
-            keep = exact >= threshold if self.metric == faiss.METRIC_INNER_PRODUCT else exact <= threshold
-            order = np.argsort(-exact if self.metric == faiss.METRIC_INNER_PRODUCT else exact, kind="stable")
-            found.append([(int(hits[j]), float(exact[j])) for j in order if keep[j]])
+            cosines = self.reconstruct_batch(hits) @ query if len(hits) else np.empty(0, np.float32)
+            exact = scores(2.0 - 2.0 * cosines, faiss.METRIC_L2, self.metric)  # squared distance -> the metric
+            order = np.argsort(-similar * exact, kind="stable")
+            found.append([(int(hits[j]), float(exact[j])) for j in order if similar * (exact[j] - threshold) >= 0])
         return found
 
     def reconstruct(self, row: int) -> np.ndarray:
@@ -350,24 +349,23 @@ def build_measured(
         flat = replace(choice, kind="flat")
         return VectorIndex.build(flat, metric, vectors), {**describe(flat, dim, count), "recall_at_10": 1.0}
     facts: dict[str, Any] = {"recall_target": target_recall, "recall_queries": len(held_out_rows(count))}
-    if choice.kind != "auto":
-        index, choice, recall = measure(choice, vectors, metric, target_recall)
-        return index, {
-            **describe(choice, dim, count),
+
+    def measured(tuned: IndexChoice, recall: float) -> dict[str, Any]:
+        return {
+            **describe(tuned, dim, count),
             **facts,
             "recall_at_10": recall,
-            "resident_bytes": resident_bytes(choice, dim, count),
+            "resident_bytes": resident_bytes(tuned, dim, count),
         }
+
+    if choice.kind != "auto":
+        index, choice, recall = measure(choice, vectors, metric, target_recall)
+        return index, measured(choice, recall)
     tried = []
     for candidate in candidates(choice, dim, count, memory_budget):
         index, tuned, recall = measure(candidate.choice, vectors, metric, target_recall, candidate)
         if recall >= target_recall:
-            return index, {
-                **describe(tuned, dim, count),
-                **facts,
-                "recall_at_10": recall,
-                "resident_bytes": resident_bytes(tuned, dim, count),
-            }
+            return index, measured(tuned, recall)
         tried.append(
             f"{tuned.factory(dim, count)} {recall:.3f} at {candidate.parameter}={getattr(tuned, candidate.parameter)}"
         )

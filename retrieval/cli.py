@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,9 +24,11 @@ from .errors import EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
 from .results import QueryResult
 
+if TYPE_CHECKING:
+    from .ingest import ProgressCallback
+
 # The library is imported inside each command, not here: `retrieval query --server` and `--help` then
 # start without numpy, Pillow or FAISS, in the time of a small client.
-ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed), as ingest reports
 
 app = typer.Typer(
     help="Content-based image search: index a folder of images, then find the ones most like a query image.",
