@@ -29,7 +29,7 @@ def query_server(
             files.append((image.name, image.read_bytes()))
         except OSError as e:
             raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
-    body, content_type = _multipart(fields, files)
+    body, content_type = multipart(fields, files)
     answer = _call(url, "/search", token, body=body, content_type=content_type, timeout=timeout)
     return [
         QueryResult(image, root, answer["metric"], [Hit(h["rank"], h["score"], h["path"], h["id"]) for h in hits], True)
@@ -60,7 +60,7 @@ def _call(
         ) from None
 
 
-def _multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+def multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     """A multipart/form-data body: `fields` as text parts, each of `files` as a part named `files`."""
     boundary = uuid.uuid4().hex
     parts = []

@@ -13,12 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -33,11 +34,14 @@ from .conftest import PHOTOS
 from .test_images import png_header_only
 
 
+def serving(searcher: Searcher, options: ServeOptions | None = None) -> AbstractContextManager[httpx.Client]:
+    return serving_app(create_app(searcher, options or ServeOptions()))
+
+
 @contextmanager
-def serving(searcher: Searcher, options: ServeOptions | None = None) -> Iterator[httpx.Client]:
+def serving_app(app: FastAPI) -> Iterator[httpx.Client]:
     """A real uvicorn on 127.0.0.1, on a port the OS gives it when it binds (no race for a free port), in a
     thread; stopped on the way out, even on failure."""
-    app = create_app(searcher, options or ServeOptions())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -167,6 +171,18 @@ def test_concurrent_uploads_share_forward_passes(indexed, embedder):
     responses = asyncio.run(send_all())
     assert [r.json()["results"][0][0]["path"] for r in responses] == [f"photo-{s:04d}.jpg" for s in range(8)]
     assert sum(app.state.batcher.batches) == 8 and len(app.state.batcher.batches) < 8, app.state.batcher.batches
+
+
+def test_the_batcher_waits_only_for_uploads_on_their_way(indexed, embedder):
+    """With a batch wait (60 s) far past the request limit (20 s), a lone upload still answers, in a forward
+    pass of its own, and a request of two images waits for its second one: one forward pass of two."""
+    app = create_app(Searcher(indexed, lambda _: embedder), ServeOptions(max_wait_ms=60_000, request_timeout_s=20))
+    with serving_app(app) as c:
+        alone = c.post("/search", files={"files": ("q.jpg", jpeg(photo(1)))}, data={"k": "1"})
+        pair = c.post("/search", files=[("files", ("a.jpg", jpeg(photo(2)))), ("files", ("b.jpg", jpeg(photo(3))))])
+    assert alone.status_code == 200 and pair.status_code == 200, (alone.text, pair.text)
+    assert [hits[0]["path"] for hits in pair.json()["results"]] == ["photo-0002.jpg", "photo-0003.jpg"]
+    assert app.state.batcher.batches == [1, 2]
 
 
 def test_a_generation_swap_while_requests_run(tmp_path, embedder):
