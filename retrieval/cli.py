@@ -6,11 +6,14 @@ Library errors become exit codes here and nowhere else (see errors.py): 0 ok, 1 
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,11 +23,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from .config import ENGINES, FAMILIES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings, load_settings
-from .errors import EXIT_INDEX, RetrievalError, UsageError
+from .errors import EXIT_INDEX, EXIT_USAGE, RetrievalError, UsageError
 from .files import list_images, printable
 from .results import QueryResult
 
 if TYPE_CHECKING:
+    from .dupes import Group, Move
     from .ingest import ProgressCallback
 
 # The library is imported inside each command, not here: `retrieval query --server` and `--help` then
@@ -281,6 +285,121 @@ def verify(
     typer.echo("healthy" if health.healthy or health.repaired else "damaged")
     if not (health.healthy or health.repaired):
         raise typer.Exit(EXIT_INDEX)
+
+
+@app.command()
+def dupes(
+    index: IndexOption = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Cosine at which two images are duplicates (default 0.95 without --relative).")
+    ] = None,
+    relative: Annotated[
+        float | None,
+        typer.Option(
+            help="Duplicates: distance (1 - cosine) at most this fraction of that to the reference neighbour."
+        ),
+    ] = None,
+    neighbours: Annotated[
+        int, typer.Option(min=2, help="Neighbours searched per image; the last is the reference.")
+    ] = 32,
+    keep: Annotated[str, typer.Option(help="Which to keep, by order of: resolution,size,oldest,newest,path.")] = (
+        "resolution,size,oldest"
+    ),
+    as_json: JsonOption = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (group, keep, score, path, ...) instead.")] = False,
+    collage_dir: Annotated[Path | None, typer.Option(help="Draw one collage per group into this folder.")] = None,
+    move_to: Annotated[
+        Path | None, typer.Option(help="Move every group's extras here (a dry run unless --apply).", file_okay=False)
+    ] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Really move them, log it, and update the index.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Find groups of near-duplicate images through the index; optionally move the extras out of the folder.
+
+    Exit 0 whether or not duplicates are found; a dry run (no --apply) changes nothing.
+    """
+    settings = _settings(config, index=index)
+    if apply and move_to is None:
+        err.print(Text("error: ", style="bold red") + Text("--apply needs --move-to DIR"))
+        raise typer.Exit(EXIT_USAGE)
+    with _reported():
+        from . import dupes as found_dupes
+        from .store import Store
+
+        rule = found_dupes.Rule(
+            threshold=0.95 if threshold is None and relative is None else threshold,
+            relative=relative,
+            neighbours=neighbours,
+        )
+        store = Store.load(settings.index)
+        if store.meta["embedding"]["weights"].get("source") == "random" and threshold is relative is None:
+            _warn(
+                "this index was built with random weights, where almost every pair of images scores about 0.99: "
+                "the default --threshold 0.95 groups unrelated pictures; use --relative (e.g. 0.3)"
+            )
+        groups = found_dupes.find_groups(store, rule, tuple(k.strip() for k in keep.split(",") if k.strip()))
+        moves = found_dupes.plan_moves(groups, store.root, move_to) if move_to else []
+        if moves and apply:
+            moves, store = found_dupes.apply_moves(store, settings.index, moves, move_to)
+        collages = _group_collages(groups, store.root, collage_dir, settings.max_pixels) if collage_dir else []
+    extras = sum(len(g.extras) for g in groups)
+    if as_json:
+        _echo_json({"groups": found_dupes.as_json(groups), "moves": [asdict(m) for m in moves], "applied": apply})
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["group", "keep", "score", "path", "width", "height", "bytes"])
+        for number, group in enumerate(groups, 1):
+            for member in group.members:
+                is_kept = member is group.keep
+                writer.writerow(
+                    [
+                        number,
+                        int(is_kept),
+                        f"{member.score:.6f}",
+                        member.path,
+                        member.width,
+                        member.height,
+                        member.bytes,
+                    ]
+                )
+    else:
+        typer.echo(f"{len(groups)} groups of near-duplicates, {extras} extra images ({printable(str(store.root))})")
+        for number, group in enumerate(groups, 1):
+            typer.echo(f"group {number}: {len(group.members)} images")
+            typer.echo(f"  keep    {printable(group.keep.path)}")
+            for member in group.extras:
+                typer.echo(f"  {member.score:.4f}  {printable(member.path)}")
+    for path in collages:
+        err.print(f"collage: {printable(str(path))}")
+    _report_moves(moves, apply, move_to)
+
+
+def _group_collages(groups: list[Group], root: Path, folder: Path, max_pixels: int) -> list[Path]:
+    """One collage per group: the kept image first, then the extras with their scores."""
+    from .collage import render
+    from .results import Hit
+
+    paths = []
+    for number, group in enumerate(groups, 1):
+        hits = [Hit(rank, m.score, m.path, m.row) for rank, m in enumerate(group.extras, 1)]
+        result = QueryResult(root / group.keep.path, root, "cosine", hits, embedded=False)
+        paths.append(render(result, folder / f"group-{number:04d}.jpg", max_pixels, first="Keep"))
+    return paths
+
+
+def _report_moves(moves: list[Move], applied: bool, target: Path | None) -> None:
+    if target is None:
+        return
+    problems = [m for m in moves if m.problem]
+    if applied:
+        moved = sum(m.done for m in moves)
+        err.print(f"moved {moved} files to {printable(str(target))}; log: {printable(str(target / 'dupes-log.jsonl'))}")
+    else:
+        err.print(
+            f"dry run: {len(moves) - len(problems)} files would move to {printable(str(target))} (--apply moves them)"
+        )
+    for m in problems:
+        err.print(f"not moved: {printable(m.source)}: {m.problem}")
 
 
 @app.command()

@@ -22,9 +22,10 @@ TEXT_COLOR = (20, 20, 20)
 MUTED_COLOR = (110, 110, 110)
 
 
-def render(result: QueryResult, out: Path, max_pixels: int) -> Path:
-    """Write the query and every hit as a grid of titled tiles to `out` (format from its extension)."""
-    titles = [("Query", result.query.name, result.query)]
+def render(result: QueryResult, out: Path, max_pixels: int, first: str = "Query") -> Path:
+    """Write the query and every hit as a grid of titled tiles to `out` (format from its extension); the
+    query's tile is titled `first` (a group of duplicates names its kept image "Keep")."""
+    titles = [(first, result.query.name, result.query)]
     label = "Similarity" if result.metric == "cosine" else "Distance"
     titles += [(f"#{h.rank}  {label}: {h.score:.3f}", h.path, result.absolute(h)) for h in result.hits]
     columns = min(len(titles), MAX_COLUMNS)

@@ -167,6 +167,10 @@ class Store:
         """The stored (normalized) vector of `row`: a query by an indexed image needs no model."""
         return self._ann.reconstruct(row)
 
+    def vectors_of(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """The stored (normalized) vectors of `rows`, (len(rows), dim): a chunk of a large index at a time."""
+        return self._ann.reconstruct_batch(np.asarray(rows))
+
     def select(self, rows: list[int]) -> Store:
         """A new store holding only `rows`, in that order, with the same metadata and kind of index."""
         requested = self._meta["index"]["requested"]
@@ -182,7 +186,7 @@ class Store:
             memory_budget_gb=requested["memory_budget_gb"],
         )
         if rows:
-            store.add(self._ann.reconstruct_batch(np.asarray(rows)), [self._entries[r] for r in rows])
+            store.add(self.vectors_of(rows), [self._entries[r] for r in rows])
         return store
 
     @property

@@ -1,0 +1,181 @@
+"""`retrieval dupes`: planted copies found through a real index of real (random-weight) ResNet50 features,
+the rules and the keep order on their own, and acting on groups: dry run, moves, the log, the index after."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from retrieval.cli import app as cli
+from retrieval.config import Settings
+from retrieval.dupes import Member, Rule, apply_moves, find_groups, order, plan_moves
+from retrieval.errors import IndexMismatch, UsageError
+from retrieval.ingest import ingest
+from retrieval.store import Store
+from retrieval.synthetic import near_duplicates, photo, write_photos
+from retrieval.verify import verify
+
+runner = CliRunner()
+ORIGINALS = 3  # photo-0000 … photo-0002 get a resized and a re-encoded copy each
+
+
+def planted_folder(folder: Path) -> list[set[str]]:
+    """16 generated photos, of which the first ORIGINALS have two copies each: smaller (resized) and,
+    at the same size, a smaller file (JPEG quality 30). Returns the planted groups."""
+    write_photos(folder, 16, seed=300)
+    groups = []
+    for i in range(ORIGINALS):
+        copies = near_duplicates(photo(300 + i))
+        copies["resized"].save(folder / f"small-{i}.jpg", quality=90)
+        copies["reencoded"].save(folder / f"lowq-{i}.jpg", quality=90)
+        groups.append({f"photo-{i:04d}.jpg", f"small-{i}.jpg", f"lowq-{i}.jpg"})
+    return groups
+
+
+@pytest.fixture
+def planted(tmp_path, embedder) -> tuple[Settings, list[set[str]]]:
+    folder = tmp_path / "photos"
+    groups = planted_folder(folder)
+    settings = Settings(index=tmp_path / "index", weights="none")
+    ingest(folder, settings, embedder=embedder)
+    return settings, groups
+
+
+def found(store: Store, rule: Rule) -> list[set[str]]:
+    return [{m.path for m in g.members} for g in find_groups(store, rule)]
+
+
+def test_planted_copies_are_grouped_and_unrelated_photos_are_not(planted):
+    settings, groups = planted
+    store = Store.load(settings.index)
+    by_threshold = found(store, Rule(threshold=0.9995))
+    by_relative = found(store, Rule(relative=0.1))
+    assert sorted(by_threshold, key=sorted) == sorted(groups, key=sorted)
+    assert sorted(by_relative, key=sorted) == sorted(groups, key=sorted)
+
+
+def test_each_group_keeps_the_largest_resolution_then_the_largest_file(planted):
+    settings, _ = planted
+    groups = find_groups(Store.load(settings.index), Rule(threshold=0.9995))
+    assert sorted(g.keep.path for g in groups) == [f"photo-{i:04d}.jpg" for i in range(ORIGINALS)]
+    for group in groups:
+        assert [m.path.split("-")[0] for m in group.members] == ["photo", "lowq", "small"]
+        assert all(0.9995 <= m.score <= 1.0 + 1e-6 for m in group.members)
+
+
+def test_rule_links_by_threshold_and_by_relative_distance():
+    cosines = np.array([0.9999, 0.998, 0.99, 0.98], np.float32)  # reference distance: 0.02
+    assert Rule(threshold=0.995).links(cosines).tolist() == [True, True, False, False]
+    assert Rule(relative=0.1).links(cosines).tolist() == [True, True, False, False]  # distances <= 0.002
+    assert Rule(relative=0.05).links(cosines).tolist() == [True, False, False, False]
+    assert Rule(threshold=0.999, relative=0.5).links(cosines).tolist() == [True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    "arguments", [{}, {"threshold": 1.5}, {"relative": 0.0}, {"relative": 1.0}, {"threshold": 0.9, "neighbours": 1}]
+)
+def test_a_rule_that_cannot_work_is_refused(arguments):
+    with pytest.raises(UsageError):
+        Rule(**arguments)
+
+
+def test_order_follows_the_keep_rules_in_turn_and_puts_missing_files_last():
+    def member(path, width, size, mtime):
+        return Member(0, path, 1.0, width, width, size, mtime)
+
+    big_old, big_new, small = member("a", 100, 10, 1), member("b", 100, 10, 2), member("c", 50, 99, 0)
+    gone = Member(0, "d", 1.0, None, None, None, None)
+    assert [m.path for m in order([gone, small, big_new, big_old])] == ["a", "b", "c", "d"]
+    assert [m.path for m in order([big_old, small, big_new], ("size",))] == ["c", "a", "b"]
+    assert [m.path for m in order([big_old, small, big_new], ("newest",))] == ["b", "a", "c"]
+    with pytest.raises(UsageError, match="unknown keep rule"):
+        order([small], ("largest",))
+
+
+def test_dry_run_moves_nothing_and_apply_moves_exactly_the_extras(planted, tmp_path):
+    settings, groups = planted
+    root = Store.load(settings.index).root
+    target = tmp_path / "extras"
+    before = Store.load(settings.index)
+    args = ["dupes", "--index", str(settings.index), "--threshold", "0.9995", "--move-to", str(target)]
+
+    dry = runner.invoke(cli, args)
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: 6 files would move" in dry.output
+    assert not target.exists() and Store.load(settings.index).generation == before.generation
+
+    applied = runner.invoke(cli, [*args, "--apply", "--json"])
+    assert applied.exit_code == 0, applied.output
+    extras = {p for g in groups for p in g if not p.startswith("photo-")}
+    assert {p.relative_to(target).as_posix() for p in target.glob("*.jpg")} == extras
+    assert not any((root / p).exists() for p in extras)
+    log = [json.loads(line) for line in (target / "dupes-log.jsonl").read_text().splitlines()]
+    assert sorted(entry["source"] for entry in log) == sorted(extras) and all(entry["done"] for entry in log)
+    after = Store.load(settings.index)
+    assert after.count == before.count - len(extras)
+    assert {e.path for e in after.entries()} == {e.path for e in before.entries()} - extras
+    health = verify(settings.index)
+    assert health.healthy and health.count == after.count
+
+
+def test_move_to_inside_the_indexed_folder_is_refused(planted):
+    settings, _ = planted
+    root = Store.load(settings.index).root
+    result = runner.invoke(cli, ["dupes", "--index", str(settings.index), "--move-to", str(root / "dupes")])
+    assert result.exit_code == 2 and "inside the indexed folder" in result.output
+
+
+def test_apply_without_move_to_is_a_usage_error(planted):
+    settings, _ = planted
+    result = runner.invoke(cli, ["dupes", "--index", str(settings.index), "--apply"])
+    assert result.exit_code == 2 and "--move-to" in result.output
+
+
+def test_a_missing_extra_is_not_moved_and_the_rest_are(planted, tmp_path):
+    settings, _ = planted
+    store = Store.load(settings.index)
+    (store.root / "lowq-0.jpg").unlink()
+    groups = find_groups(store, Rule(threshold=0.9995))
+    moves, after = apply_moves(store, settings.index, plan_moves(groups, store.root, tmp_path / "x"), tmp_path / "x")
+    assert [m.source for m in moves if not m.done] == ["lowq-0.jpg"]
+    assert next(m for m in moves if not m.done).problem == "file not found"
+    assert after.count == store.count - 5
+
+
+def test_apply_refuses_when_the_index_changed_since_the_groups_were_found(planted, tmp_path, embedder):
+    settings, _ = planted
+    store = Store.load(settings.index)
+    groups = find_groups(store, Rule(threshold=0.9995))
+    Image.new("RGB", (64, 48), "red").save(store.root / "new.jpg")
+    ingest(store.root, settings, embedder=embedder)
+    with pytest.raises(IndexMismatch, match="changed since"):
+        apply_moves(store, settings.index, plan_moves(groups, store.root, tmp_path / "x"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_json_csv_and_collages(planted, tmp_path):
+    settings, groups = planted
+    base = ["dupes", "--index", str(settings.index), "--threshold", "0.9995"]
+    as_json = runner.invoke(cli, [*base, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    answer = json.loads(as_json.stdout)
+    assert sorted(({m["path"] for m in g["members"]} for g in answer["groups"]), key=sorted) == sorted(
+        groups, key=sorted
+    )
+    as_csv = runner.invoke(cli, [*base, "--csv"])
+    rows = as_csv.stdout.strip().splitlines()
+    assert rows[0].startswith("group,keep,score,path") and len(rows) == 1 + 3 * len(groups)
+    drawn = runner.invoke(cli, [*base, "--collage-dir", str(tmp_path / "collages")])
+    assert drawn.exit_code == 0, drawn.output
+    assert sorted(p.name for p in (tmp_path / "collages").iterdir()) == [f"group-{n:04d}.jpg" for n in (1, 2, 3)]
+
+
+def test_random_weights_with_an_absolute_threshold_warn_towards_relative(planted):
+    settings, _ = planted
+    result = runner.invoke(cli, ["dupes", "--index", str(settings.index)])
+    assert result.exit_code == 0 and "--relative" in result.output
