@@ -31,16 +31,57 @@ class ModelSpec:
     name: str
     dim: int
     input_size: tuple[int, int]  # (width, height)
-    output: str  # the layer whose activations are the feature vector
+    output: str  # the layer whose activations are the feature vector, or "feature map" to be pooled
     imagenet_file: str  # the file Keras caches ImageNet weights in, under ~/.keras/models
+
+    @property
+    def pooled(self) -> bool:
+        """Whether its model ends in a feature map that `Pooling` reduces to the vector."""
+        return self.output == "feature map"
 
 
 SPECS = {
     "resnet50": ModelSpec(
-        "resnet50", 2048, (224, 224), "global average pool", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        "resnet50", 2048, (224, 224), "feature map", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     ),
     "vgg16": ModelSpec("vgg16", 4096, (224, 224), "fc1", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
 }
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a (n, h, w, channels) feature map becomes (n, channels): the mean over positions (avg), the
+    maximum (max), or the generalized mean (gem: the p-th root of the mean of p-th powers, between the two;
+    p = 3 is the usual choice in instance retrieval). Done here, in numpy, for every engine and precision,
+    so that one converted model serves every pooling."""
+
+    kind: str = "avg"
+    p: float = 3.0
+
+    @property
+    def output(self) -> str:
+        """Its name in the index's embedding record; the average's is the one indexes always recorded."""
+        return {"avg": "global average pool", "max": "global max pool"}.get(
+            self.kind, f"generalized mean pool, p={self.p:g}"
+        )
+
+    @classmethod
+    def from_output(cls, output: str) -> Pooling:
+        """The pooling an index's recorded `output` names (`avg` for a model without a choice)."""
+        if output == "global max pool":
+            return cls("max")
+        if output.startswith("generalized mean pool, p="):
+            return cls("gem", float(output.removeprefix("generalized mean pool, p=")))
+        return cls("avg")
+
+    def __call__(self, maps: np.ndarray) -> np.ndarray:
+        x = np.asarray(maps, dtype=np.float32)
+        if self.kind == "max":
+            return x.max(axis=(1, 2))
+        if self.kind == "gem":
+            # ReLU outputs are >= 0; the floor keeps the root of an all-zero channel finite
+            return np.power(np.power(np.maximum(x, 1e-6), self.p).mean(axis=(1, 2)), 1.0 / self.p)
+        return x.mean(axis=(1, 2))
 
 
 def spec_for(model: str) -> ModelSpec:
@@ -50,14 +91,18 @@ def spec_for(model: str) -> ModelSpec:
         raise UsageError(f"unknown model {model!r}; choose one of {', '.join(SPECS)}") from None
 
 
-def describe_embedding(spec: ModelSpec, weights: dict[str, Any]) -> dict[str, Any]:
-    """How a picture becomes a vector with `spec` and `weights` (a `weights_fingerprint`), decoding
-    included: what the index records as its `embedding`, and what a query must reproduce exactly. Engine
-    and precision are not in it: they change vectors only by rounding (cosine >= 0.999, tested)."""
+AVERAGE = Pooling("avg")  # the design's global average pooling, and the default
+
+
+def describe_embedding(spec: ModelSpec, weights: dict[str, Any], pooling: Pooling) -> dict[str, Any]:
+    """How a picture becomes a vector with `spec`, `weights` (a `weights_fingerprint`) and `pooling`,
+    decoding included: what the index records as its `embedding`, and what a query must reproduce
+    exactly. Engine and precision are not in it: they change vectors only by rounding (cosine >= 0.999,
+    tested)."""
     return {
         "model": spec.name,
         "dim": spec.dim,
-        "output": spec.output,
+        "output": pooling.output if spec.pooled else spec.output,
         "input_size": list(spec.input_size),
         "model_preprocessing": "caffe: RGB to BGR, ImageNet mean subtracted",
         "weights": weights,
@@ -163,7 +208,8 @@ def import_tensorflow() -> tuple[Any, Any]:
 
 
 def _resnet50(keras: Any, weights: str | None) -> Any:
-    return keras.applications.ResNet50(include_top=False, pooling="avg", weights=weights, input_shape=(224, 224, 3))
+    """The last block's (7, 7, 2048) feature map: pooled by `Pooling`, outside the model."""
+    return keras.applications.ResNet50(include_top=False, pooling=None, weights=weights, input_shape=(224, 224, 3))
 
 
 def _vgg16_fc1(keras: Any, weights: str | None) -> Any:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .config import ENGINES, FAMILIES, INDEX_TYPES, METRICS, MODELS, PRECISIONS, Settings, load_settings
+from .config import ENGINES, FAMILIES, INDEX_TYPES, METRICS, MODELS, POOLINGS, PRECISIONS, Settings, load_settings
 from .errors import EXIT_INDEX, EXIT_USAGE, RetrievalError, UsageError
 from .files import list_images, printable
 from .results import QueryResult
@@ -91,6 +91,10 @@ def ingest(
     ],
     index: IndexOption = None,
     model: Annotated[str | None, typer.Option(help=f"Backbone: {' | '.join(MODELS)} (config: model).")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help=f"resnet50's pooling: {' | '.join(POOLINGS)} (config: pooling).")
+    ] = None,
+    gem_p: Annotated[float | None, typer.Option(help="Exponent of gem pooling (config: gem_p).")] = None,
     weights: Annotated[
         str | None, typer.Option(help="imagenet | none (seeded random) | path to a weights file (config: weights).")
     ] = None,
@@ -119,6 +123,8 @@ def ingest(
         config,
         index=index,
         model=model,
+        pooling=pooling,
+        gem_p=gem_p,
         weights=weights,
         batch_size=batch_size,
         metric=metric,

@@ -21,6 +21,7 @@ MODELS = ("resnet50", "vgg16")
 METRICS = ("cosine", "l2")
 ENGINES = ("openvino", "tensorflow")
 PRECISIONS = ("auto", "fp32", "bf16")
+POOLINGS = ("avg", "max", "gem")  # of ResNet50's last feature map
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 FAMILIES = ("clustered", "hard", "cone")  # synthetic feature families of `retrieval bench search`
 # Pillow's own default: a 10000 x 10000 image is over it and so treated as a decompression bomb.
@@ -33,6 +34,8 @@ class Settings:
 
     index: Path = Path("index")
     model: str = "resnet50"
+    pooling: str = "avg"
+    gem_p: float = 3.0
     weights: str = "imagenet"
     seed: int = 0
     batch_size: int = 32
@@ -57,6 +60,7 @@ class Settings:
     def __post_init__(self) -> None:
         choices = (
             ("model", MODELS),
+            ("pooling", POOLINGS),
             ("metric", METRICS),
             ("engine", ENGINES),
             ("precision", PRECISIONS),
@@ -65,6 +69,10 @@ class Settings:
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if not 1 <= self.gem_p <= 100:
+            raise ConfigError(f"gem_p must be from 1 (average) to 100 (nearly max), not {self.gem_p}")
+        if self.model == "vgg16" and self.pooling != "avg":
+            raise ConfigError("vgg16's fc1 features have no pooling to choose: leave pooling at avg for vgg16")
         if not 0 < self.recall_target <= 1:
             raise ConfigError(f"recall_target must be in (0, 1], not {self.recall_target}")
         if self.memory_budget_gb < 0:

@@ -16,7 +16,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .backbones import ModelSpec, build_keras_model, describe_embedding, keras_cache_file, spec_for, weights_fingerprint
+from .backbones import (
+    ModelSpec,
+    Pooling,
+    build_keras_model,
+    describe_embedding,
+    keras_cache_file,
+    spec_for,
+    weights_fingerprint,
+)
 from .config import Settings
 
 
@@ -44,15 +52,19 @@ class Embedder(Protocol):
 
 
 def create_embedder(settings: Settings) -> Embedder:
-    """The embedder `settings` ask for: model, weights, seed, engine and precision."""
+    """The embedder `settings` ask for: model, pooling, weights, seed, engine and precision."""
     spec = spec_for(settings.model)
     if settings.engine == "openvino":
         from .openvino_engine import OpenVinoEmbedder
 
-        return OpenVinoEmbedder(spec, settings.weights, settings.seed, settings.precision)
+        return OpenVinoEmbedder(spec, settings.weights, settings.seed, settings.precision, pooling_for(settings))
     from .tensorflow_engine import KerasEmbedder
 
-    return KerasEmbedder(spec, settings.weights, settings.seed, settings.precision)
+    return KerasEmbedder(spec, settings.weights, settings.seed, settings.precision, pooling_for(settings))
+
+
+def pooling_for(settings: Settings) -> Pooling:
+    return Pooling(settings.pooling, settings.gem_p)
 
 
 def embedding_for(settings: Settings) -> dict[str, Any]:
@@ -63,4 +75,4 @@ def embedding_for(settings: Settings) -> dict[str, Any]:
         build_keras_model(spec, "imagenet", settings.seed)
     elif settings.weights not in ("imagenet", "none") and not Path(settings.weights).is_file():
         build_keras_model(spec, settings.weights, settings.seed)  # raises WeightsUnavailable, saying what to do
-    return describe_embedding(spec, weights_fingerprint(spec, settings.weights, settings.seed))
+    return describe_embedding(spec, weights_fingerprint(spec, settings.weights, settings.seed), pooling_for(settings))

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from .backbones import (
+    AVERAGE,
     ModelSpec,
+    Pooling,
     build_keras_model,
     caffe_preprocess,
     describe_embedding,
@@ -43,14 +45,22 @@ class OpenVinoEmbedder:
     used by one thread at a time (a lock): a server's threads share the embedder safely.
     """
 
-    def __init__(self, spec: ModelSpec, weights: str = "imagenet", seed: int = 0, precision: str = "auto") -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: str = "imagenet",
+        seed: int = 0,
+        precision: str = "auto",
+        pooling: Pooling = AVERAGE,
+    ) -> None:
         import openvino as ov
 
         self.spec = spec
+        self._pooling = pooling if spec.pooled else None
         if weights == "imagenet" and not keras_cache_file(spec).is_file():
             build_keras_model(spec, weights, seed)  # Keras downloads into its cache, or says what to do
         fingerprint = weights_fingerprint(spec, weights, seed)
-        self._embedding = describe_embedding(spec, fingerprint)
+        self._embedding = describe_embedding(spec, fingerprint, pooling)
         core = ov.Core()
         native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self._precision = resolve_precision(precision, native_bf16)
@@ -75,14 +85,23 @@ class OpenVinoEmbedder:
         pixels = caffe_preprocess(images)
         with self._lock:
             self._request.infer({0: pixels})
-            return self._request.get_output_tensor(0).data.copy()  # (n, dim); the request reuses its buffer
+            out = self._request.get_output_tensor(0).data
+            # pooled into a new array, or copied: the request reuses its buffer
+            return self._pooling(out) if self._pooling else out.copy()
 
 
 def _converted(spec: ModelSpec, weights: str, seed: int, fingerprint: dict[str, Any]) -> Path:
     """The cached IR for these weights, converting (and caching) it first if needed."""
     import openvino as ov
 
-    key: dict[str, Any] = {"model": spec.name, "weights": fingerprint, "openvino": ov.__version__}
+    # the IR ends where spec.output says (a feature map for ResNet50, pooled outside it), so one IR serves
+    # every pooling; naming the output keeps IRs that ended elsewhere (the pooled vector) from being reused
+    key: dict[str, Any] = {
+        "model": spec.name,
+        "output": spec.output,
+        "weights": fingerprint,
+        "openvino": ov.__version__,
+    }
     if fingerprint["source"] == "random":  # random initial values depend on the release that drew them
         key["drawn_by"] = [package_version(n) for n in ("keras", "tensorflow", "tensorflow-cpu")]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

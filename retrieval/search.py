@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import weights_setting
+from .backbones import Pooling, weights_setting
 from .config import Settings
 from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex, UsageError
@@ -74,8 +74,16 @@ class Searcher:
                 store = self._store
                 recorded = store.meta["embedding"]
                 weights, seed = weights_setting(recorded)
+                pooling = Pooling.from_output(recorded["output"])
                 embedder = self._make_embedder(
-                    replace(self._settings, model=recorded["model"], weights=weights, seed=seed)
+                    replace(
+                        self._settings,
+                        model=recorded["model"],
+                        weights=weights,
+                        seed=seed,
+                        pooling=pooling.kind,
+                        gem_p=pooling.p,
+                    )
                 )
                 store.check_embedding(embedder.embedding())
                 self._embedder = embedder

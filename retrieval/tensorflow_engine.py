@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 
 from .backbones import (
+    AVERAGE,
     ModelSpec,
+    Pooling,
     build_keras_model,
     caffe_preprocess,
     describe_embedding,
@@ -24,12 +26,20 @@ class KerasEmbedder:
     may be called from several threads at once (TensorFlow's own guarantee), so `embed` needs no lock.
     """
 
-    def __init__(self, spec: ModelSpec, weights: str = "imagenet", seed: int = 0, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: str = "imagenet",
+        seed: int = 0,
+        precision: str = "fp32",
+        pooling: Pooling = AVERAGE,
+    ) -> None:
         tf, keras = import_tensorflow()
         self.spec = spec
+        self._pooling = pooling if spec.pooled else None
         self._precision = resolve_precision(precision, native_bf16())
         net = build_keras_model(spec, weights, seed, bf16=self._precision == "bf16")
-        self._embedding = describe_embedding(spec, weights_fingerprint(spec, weights, seed))
+        self._embedding = describe_embedding(spec, weights_fingerprint(spec, weights, seed), pooling)
         self._versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
         width, height = spec.input_size
         # One traced graph for every batch size: no per-call Python overhead, no retracing.
@@ -45,4 +55,5 @@ class KerasEmbedder:
         return {"engine": "tensorflow", "precision": self._precision, **self._versions}
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        return np.array(self._forward(caffe_preprocess(images)), dtype=np.float32)  # (n, dim), writable
+        out = np.array(self._forward(caffe_preprocess(images)), dtype=np.float32)  # writable
+        return self._pooling(out) if self._pooling else out  # (n, dim)
