@@ -188,10 +188,15 @@ class AugmentedReport:
 
 
 def evaluate_augmented(
-    searcher: Searcher, sample: int = 100, k: int = 10, seed: int = 0, transforms: list[str] | None = None
+    searcher: Searcher,
+    sample: int = 100,
+    k: int = 10,
+    seed: int = 0,
+    transforms: list[str] | None = None,
+    among: list[int] | None = None,
 ) -> AugmentedReport:
-    """Changed copies of `sample` seeded indexed images, queried against the index: is the original found
-    first (recall@1), and within the top k (recall@k), for each change?"""
+    """Changed copies of `sample` seeded indexed images (drawn from the rows `among`, default all), queried
+    against the index: is the original found first (recall@1), and within the top k (recall@k), per change?"""
     names = transforms or list(TRANSFORMS)
     unknown = [t for t in names if t not in TRANSFORMS]
     if unknown:
@@ -199,7 +204,8 @@ def evaluate_augmented(
     store = searcher.store
     if store.count == 0:
         raise UsageError("the index is empty: nothing to evaluate")
-    rows = sorted(random.Random(seed).sample(range(store.count), min(sample, store.count)))
+    pool = range(store.count) if among is None else among
+    rows = sorted(random.Random(seed).sample(pool, min(sample, len(pool))))
     max_pixels = searcher.settings.max_pixels
     report = AugmentedReport(k, seed, [], {}, {})
     with tempfile.TemporaryDirectory(prefix="retrieval-eval-") as tmp:
