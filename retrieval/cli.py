@@ -242,6 +242,8 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
         "weights": embedding.get("weights"),
         "dim": meta["dim"],
         "metric": meta["metric"],
+        "precision": meta.get("runtime", {}).get("precision"),
+        "int8": _int8_summary(meta.get("runtime", {}).get("int8")),
         "index_type": meta["index"]["factory"],
         "recall_at_10": meta["index"].get("recall_at_10"),
         "recall_target": meta["index"].get("recall_target"),
@@ -260,6 +262,23 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
         if value is not None and key != "warning":
             typer.echo(f"{key:<15} {printable(str(value))}")
     _warn(facts["warning"])
+
+
+def _int8_summary(int8: dict[str, Any] | None) -> str | None:
+    """The int8 gate's figures (or why int8 was not used), in one line."""
+    if not int8:
+        return None
+    parts = []
+    if gate := int8.get("gate"):
+        parts.append(
+            f"gate {'passed' if gate['passed'] else 'failed'}: min cosine to fp32 {gate['min_cosine']:.5f} "
+            f"(at least {gate['threshold']}), {gate['copies_kept']} of {gate['copies']} copies still at rank 1"
+        )
+    if int8.get("calibration"):
+        parts.append(f"calibration sample {int8['calibration']}")
+    if int8.get("fallback"):
+        parts.append(f"not used: {int8['fallback']}")
+    return "; ".join(parts)
 
 
 @app.command()

@@ -20,7 +20,7 @@ DEFAULT_CONFIG = Path("config.yaml")
 MODELS = ("resnet50", "vgg16")
 METRICS = ("cosine", "l2")
 ENGINES = ("openvino", "tensorflow")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 POOLINGS = ("avg", "max", "gem")  # of ResNet50's last feature map
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 FAMILIES = ("clustered", "hard", "cone")  # synthetic feature families of `retrieval bench search`
@@ -44,6 +44,8 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     engine: str = "openvino"
     precision: str = "auto"
+    int8_min_cosine: float = 0.999
+    calibration_images: int = 300
     decode_threads: int = field(default_factory=lambda: default_decode_threads())
     checkpoint_every: int = 1000
     index_type: str = "auto"
@@ -73,6 +75,10 @@ class Settings:
             raise ConfigError(f"gem_p must be from 1 (average) to 100 (nearly max), not {self.gem_p}")
         if self.model == "vgg16" and self.pooling != "avg":
             raise ConfigError("vgg16's fc1 features have no pooling to choose: leave pooling at avg for vgg16")
+        if not 0 < self.int8_min_cosine <= 1:
+            raise ConfigError(f"int8_min_cosine must be in (0, 1], not {self.int8_min_cosine}")
+        if self.engine == "tensorflow" and self.precision == "int8":
+            raise ConfigError("precision int8 runs on the openvino engine only; use engine: openvino")
         if not 0 < self.recall_target <= 1:
             raise ConfigError(f"recall_target must be in (0, 1], not {self.recall_target}")
         if self.memory_budget_gb < 0:
@@ -86,6 +92,7 @@ class Settings:
             "max_pixels",
             "decode_threads",
             "checkpoint_every",
+            "calibration_images",
             "hnsw_m",
             "ef_search",
             "nprobe",

@@ -12,7 +12,7 @@ leave here unnormalized: the store is the one place that normalizes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .backbones import (
     weights_fingerprint,
 )
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .quantize import Calibration
 
 
 class Embedder(Protocol):
@@ -42,7 +45,7 @@ class Embedder(Protocol):
         and query."""
         ...
 
-    def runtime(self) -> dict[str, str]:
+    def runtime(self) -> dict[str, Any]:
         """Engine, precision and versions: recorded in the index, not compared."""
         ...
 
@@ -51,13 +54,26 @@ class Embedder(Protocol):
         ...
 
 
-def create_embedder(settings: Settings) -> Embedder:
-    """The embedder `settings` ask for: model, pooling, weights, seed, engine and precision."""
+def create_embedder(
+    settings: Settings, *, calibration: Calibration | None = None, calibrated: str | None = None
+) -> Embedder:
+    """The embedder `settings` ask for: model, pooling, weights, seed, engine and precision. For int8 (on
+    OpenVINO), `calibration` is an ingest's sample of its collection and `calibrated` the sample digest an
+    int8 index records (see OpenVinoEmbedder)."""
     spec = spec_for(settings.model)
     if settings.engine == "openvino":
         from .openvino_engine import OpenVinoEmbedder
 
-        return OpenVinoEmbedder(spec, settings.weights, settings.seed, settings.precision, pooling_for(settings))
+        return OpenVinoEmbedder(
+            spec,
+            settings.weights,
+            settings.seed,
+            settings.precision,
+            pooling_for(settings),
+            calibration=calibration,
+            calibrated=calibrated,
+            min_cosine=settings.int8_min_cosine,
+        )
     from .tensorflow_engine import KerasEmbedder
 
     return KerasEmbedder(spec, settings.weights, settings.seed, settings.precision, pooling_for(settings))

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from . import quantize
 from .ann import IndexChoice
 from .backbones import ModelSpec, spec_for
 from .checkpoints import Checkpoints
@@ -256,6 +257,7 @@ def ingest(
             resumed=len(the_plan.resumed),
             skipped=listing.errors + the_plan.skipped,
         )
+        model.prepare_int8(the_plan, previous)
         executor = LocalExecutor(settings, model.get, model.spec, decode)
         vectors = embed(the_plan, executor, checkpoints, report, settings.checkpoint_every, progress)
         write_error_report(settings.index, report.skipped)
@@ -272,7 +274,7 @@ def ingest(
         checkpoints.clear()
     report.indexed = store.count
     report.warning = warning(store.meta)
-    report.model_seconds = model.load_seconds
+    report.model_seconds = model.load_seconds + model.calibration_seconds
     report.seconds = time.perf_counter() - started
     return report
 
@@ -413,15 +415,40 @@ class _LazyEmbedder:
         self.load_seconds = 0.0
         self.spec: ModelSpec = embedder.spec if embedder else spec_for(settings.model)
         self.embedding = embedder.embedding() if embedder else embedding_for(settings)
+        self._int8: dict[str, Any] = {}  # create_embedder's int8 arguments, from prepare_int8
+        self.calibration_seconds = 0.0  # decoding the calibration sample (quantizing is in load_seconds)
+
+    def prepare_int8(self, the_plan: Plan, previous: Store | None) -> None:
+        """What an int8 embedder will need: the index's own int8 model when it has one (an update embeds like
+        the run that made it), else, for precision int8, or auto on a CPU with integer dot products and a run
+        of at least INT8_MIN_IMAGES images, a seeded calibration sample of the listing (see quantize.py)."""
+        settings = self._settings
+        if self._embedder is not None or settings.engine != "openvino" or settings.precision not in ("auto", "int8"):
+            return
+        recorded = previous.meta.get("runtime", {}) if previous else {}
+        if recorded.get("precision") == "int8":
+            self._int8 = {"calibrated": (recorded.get("int8") or {}).get("calibration")}
+            return
+        wanted = settings.precision == "int8" or (
+            quantize.int8_capable() and len(the_plan.to_embed) >= quantize.INT8_MIN_IMAGES
+        )
+        if wanted and the_plan.to_embed:
+            started = time.perf_counter()
+            paths = [e.path for e in the_plan.entries]
+            sample = quantize.calibration_sample(
+                the_plan.root, paths, self.spec.input_size, settings.max_pixels, settings.calibration_images
+            )
+            self._int8 = {"calibration": sample}
+            self.calibration_seconds = time.perf_counter() - started
 
     def get(self) -> Embedder:
         if self._embedder is None:
             started = time.perf_counter()
-            self._embedder = create_embedder(self._settings)
+            self._embedder = create_embedder(self._settings, **self._int8)
             self.load_seconds = time.perf_counter() - started
         return self._embedder
 
-    def runtime(self, previous: Store | None) -> dict[str, str]:
+    def runtime(self, previous: Store | None) -> dict[str, Any]:
         """Engine and versions of this run's embedder, or of the run that made the vectors if none ran."""
         if self._embedder is None and previous is not None:
             return previous.meta.get("runtime", {})

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .backbones import (
     keras_cache_file,
     weights_fingerprint,
 )
+from .quantize import Calibration, cached, fidelity, int8_capable, quantized
 from .system import package_version, resolve_precision
 
 
@@ -38,11 +40,16 @@ def cache_dir() -> Path:
 
 
 class OpenVinoEmbedder:
-    """Runs the backbone with OpenVINO on the CPU, in bf16 where the CPU has it natively (precision auto).
+    """Runs the backbone with OpenVINO on the CPU: int8 where it was calibrated and passed its gate, else bf16
+    where the CPU has it natively, else fp32 (precision auto; see quantize.py).
 
     Compiled for latency: one request uses every core, so a plain synchronous `embed` per batch keeps
     the machine busy, and it releases the GIL for the decoding threads meanwhile. The one request is
     used by one thread at a time (a lock): a server's threads share the embedder safely.
+
+    int8 needs a model quantized for the collection: `calibration` (an ingest's sample) quantizes one, or
+    takes it from the cache, and gates it; `calibrated` (the sample digest an int8 index records) only looks
+    it up in the cache, and embeds in fp32 when it is not there.
     """
 
     def __init__(
@@ -52,6 +59,10 @@ class OpenVinoEmbedder:
         seed: int = 0,
         precision: str = "auto",
         pooling: Pooling = AVERAGE,
+        *,
+        calibration: Calibration | None = None,
+        calibrated: str | None = None,
+        min_cosine: float = 0.999,
     ) -> None:
         import openvino as ov
 
@@ -61,33 +72,68 @@ class OpenVinoEmbedder:
             build_keras_model(spec, weights, seed)  # Keras downloads into its cache, or says what to do
         fingerprint = weights_fingerprint(spec, weights, seed)
         self._embedding = describe_embedding(spec, fingerprint, pooling)
-        core = ov.Core()
-        native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        self._precision = resolve_precision(precision, native_bf16)
-        model = core.read_model(_converted(spec, weights, seed, fingerprint))
-        width, height = spec.input_size
-        model.reshape([-1, height, width, 3])  # any batch size, no recompilation
-        hints = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "bf16" if self._precision == "bf16" else "f32",
-        }
-        self._request = core.compile_model(model, "CPU", hints).create_infer_request()
-        self._lock = threading.Lock()
+        self._core = ov.Core()
+        self._native_bf16 = "BF16" in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self._version = ov.__version__
+        self._lock = threading.Lock()
+        self._model = _converted(spec, weights, seed, fingerprint)
+        self._precision = resolve_precision("auto" if precision == "int8" else precision, self._native_bf16)
+        self._int8: dict[str, Any] | None = None
+        self._request = self._compile(self._model, self._precision)
+        if precision == "int8" or (precision == "auto" and int8_capable() and (calibration or calibrated)):
+            self._try_int8(calibration, calibrated, min_cosine)
+
+    def _compile(self, xml: Path, precision: str) -> Any:
+        model = self._core.read_model(xml)
+        width, height = self.spec.input_size
+        model.reshape([-1, height, width, 3])  # any batch size, no recompilation
+        # an int8 model keeps a few layers unquantized: those run in bf16 where it is native
+        floating = "bf16" if precision == "bf16" or (precision == "int8" and self._native_bf16) else "f32"
+        hints = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": floating}
+        return self._core.compile_model(model, "CPU", hints).create_infer_request()
+
+    def _try_int8(self, calibration: Calibration | None, calibrated: str | None, min_cosine: float) -> None:
+        """Switch to the int8 model if there is one for this collection and it passes the gate; otherwise
+        keep the float precision and record why."""
+        if calibration is not None:
+            candidate = self._compile(quantized(self._model, calibration, caffe_preprocess), "int8")
+            reference = self._compile(self._model, "fp32")
+            gate = fidelity(
+                partial(self._run, reference), partial(self._run, candidate), calibration.held_out, min_cosine
+            )
+            self._int8 = {"calibration": calibration.digest, "gate": gate.record()}
+            if gate.passed:
+                self._request, self._precision = candidate, "int8"
+            else:
+                self._int8["fallback"] = f"{gate.reason}; embedding in {self._precision} instead"
+        elif calibrated is not None:
+            self._int8 = {"calibration": calibrated}
+            path = cached(self._model, calibrated) / "model.xml"
+            if path.is_file():
+                self._request, self._precision = self._compile(path, "int8"), "int8"
+            else:
+                self._request, self._precision = self._compile(self._model, "fp32"), "fp32"
+                self._int8["fallback"] = "the index's int8 model is not cached here; embedding in fp32"
+        else:
+            self._int8 = {
+                "fallback": f"int8 needs a calibration sample (ingest takes one); embedding in {self._precision}"
+            }
 
     def embedding(self) -> dict[str, Any]:
         return self._embedding
 
-    def runtime(self) -> dict[str, str]:
-        return {"engine": "openvino", "precision": self._precision, "openvino": self._version}
+    def runtime(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"engine": "openvino", "precision": self._precision, "openvino": self._version}
+        return {**facts, "int8": self._int8} if self._int8 else facts
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        pixels = caffe_preprocess(images)
         with self._lock:
-            self._request.infer({0: pixels})
-            out = self._request.get_output_tensor(0).data
-            # pooled into a new array, or copied: the request reuses its buffer
-            return self._pooling(out) if self._pooling else out.copy()
+            return self._run(self._request, images)
+
+    def _run(self, request: Any, images: np.ndarray) -> np.ndarray:
+        request.infer({0: caffe_preprocess(images)})
+        out = request.get_output_tensor(0).data
+        return self._pooling(out) if self._pooling else out.copy()  # a new array: the request reuses its buffer
 
 
 def _converted(spec: ModelSpec, weights: str, seed: int, fingerprint: dict[str, Any]) -> Path:

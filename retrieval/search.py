@@ -19,7 +19,8 @@ from .images import load_image
 from .results import Hit, QueryResult
 from .store import Store, current_generation
 
-EmbedderFactory = Callable[[Settings], Embedder]
+# called with settings, and for an int8 index `calibrated=` (see create_embedder)
+EmbedderFactory = Callable[..., Embedder]
 
 
 class Searcher:
@@ -75,16 +76,15 @@ class Searcher:
                 recorded = store.meta["embedding"]
                 weights, seed = weights_setting(recorded)
                 pooling = Pooling.from_output(recorded["output"])
-                embedder = self._make_embedder(
-                    replace(
-                        self._settings,
-                        model=recorded["model"],
-                        weights=weights,
-                        seed=seed,
-                        pooling=pooling.kind,
-                        gem_p=pooling.p,
-                    )
+                settings = replace(
+                    self._settings,
+                    model=recorded["model"],
+                    weights=weights,
+                    seed=seed,
+                    pooling=pooling.kind,
+                    gem_p=pooling.p,
                 )
+                embedder = self._make_embedder(settings, **_int8_model(store, settings))
                 store.check_embedding(embedder.embedding())
                 self._embedder = embedder
             return self._embedder
@@ -129,6 +129,15 @@ class Searcher:
             QueryResult(image, store.root, store.metric, _hits(store, pairs), embedded=row is None)
             for image, row, pairs in zip(images, rows, found)
         ]
+
+
+def _int8_model(store: Store, settings: Settings) -> dict[str, str]:
+    """For an index embedded in int8, the sample digest its queries' int8 model is found by (queries of an
+    int8 index embed with the same model where it is cached), unless the settings ask for a float precision."""
+    runtime = store.meta.get("runtime", {})
+    calibration = (runtime.get("int8") or {}).get("calibration")
+    wanted = settings.engine == "openvino" and settings.precision in ("auto", "int8")
+    return {"calibrated": calibration} if wanted and runtime.get("precision") == "int8" and calibration else {}
 
 
 def _hits(store: Store, pairs: list[tuple[int, float]]) -> list[Hit]:
