@@ -70,11 +70,18 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     if kind == "prototype":
         result = _prototype(Path(job["folder"]))
     elif kind == "forward":
-        result = _forward(job["engine"], job["precision"])
+        result = _forward(job["engine"], job["precision"], job.get("folder"))
     elif kind == "decode":
         result = _decode(Path(job["folder"]), job["jpeg_draft"])
     else:
-        result = _pipeline(Path(job["folder"]), job["engine"], job["precision"], job.get("jpeg_draft", True))
+        result = _pipeline(
+            Path(job["folder"]),
+            job["engine"],
+            job["precision"],
+            job.get("jpeg_draft", True),
+            job.get("decode_threads"),
+            job.get("calibration", "excluded"),
+        )
     from retrieval.system import memory_bytes
 
     result["peak_rss_mb"] = memory_bytes("VmHWM") / 2**20
@@ -93,10 +100,25 @@ def _decode(folder: Path, jpeg_draft: bool) -> dict[str, Any]:
     return {"images": len(paths), "seconds": seconds, "img_per_s": len(paths) / seconds}
 
 
-def _settings(engine: str, precision: str, index: Path) -> Any:
+def _settings(engine: str, precision: str, index: Path, decode_threads: int | None = None) -> Any:
     from retrieval.config import Settings
 
-    return Settings(index=index, weights="none", engine=engine, precision=precision)
+    threads = {"decode_threads": decode_threads} if decode_threads else {}
+    return Settings(index=index, weights="none", engine=engine, precision=precision, **threads)
+
+
+def _embedder(settings: Any, folder: Path | None) -> Any:
+    """The embedder, built before timing; for int8, quantized on `folder`'s calibration sample (as an
+    ingest of that folder would, and cached the same way)."""
+    from retrieval.embedders import create_embedder
+    from retrieval.files import list_images
+    from retrieval.quantize import calibration_sample
+
+    if settings.precision != "int8":
+        return create_embedder(settings)
+    paths = list_images(folder).paths
+    sample = calibration_sample(folder, paths, (224, 224), settings.max_pixels, settings.calibration_images)
+    return create_embedder(settings, calibration=sample)
 
 
 def _prototype(folder: Path) -> dict[str, Any]:
@@ -113,11 +135,9 @@ def _prototype(folder: Path) -> dict[str, Any]:
     return {"images": n, "seconds": seconds, "img_per_s": n / seconds}
 
 
-def _forward(engine: str, precision: str, batch: int = 32, rounds: int = 6) -> dict[str, Any]:
-    from retrieval.embedders import create_embedder
-
+def _forward(engine: str, precision: str, folder: str | None, batch: int = 32, rounds: int = 6) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        embedder = create_embedder(_settings(engine, precision, Path(tmp)))
+        embedder = _embedder(_settings(engine, precision, Path(tmp)), Path(folder) if folder else None)
     images = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
     embedder.embed(images)  # warm-up
     started = time.perf_counter()
@@ -127,26 +147,39 @@ def _forward(engine: str, precision: str, batch: int = 32, rounds: int = 6) -> d
     return {"images": batch * rounds, "seconds": seconds, "img_per_s": batch * rounds / seconds, **embedder.runtime()}
 
 
-def _pipeline(folder: Path, engine: str, precision: str, jpeg_draft: bool) -> dict[str, Any]:
-    from retrieval.embedders import create_embedder
+def _pipeline(
+    folder: Path, engine: str, precision: str, jpeg_draft: bool, decode_threads: int | None, calibration: str
+) -> dict[str, Any]:
+    """One ingest of `folder`. calibration "included": the ingest builds its own embedder, so an int8 run's
+    sampling, quantizing (no cached model) and gate are timed with it; else the embedder is built first."""
+    from retrieval.config import decode_threads_for
     from retrieval.images import load_image
     from retrieval.ingest import ingest
+    from retrieval.openvino_engine import cache_dir
+    from retrieval.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = _settings(engine, precision, Path(tmp) / "index")
-        embedder = create_embedder(settings)
-        embedder.embed(np.zeros((settings.batch_size, 224, 224, 3), np.uint8))  # warm-up
+        settings = _settings(engine, precision, Path(tmp) / "index", decode_threads)
         decode = partial(load_image, jpeg_draft=jpeg_draft)
+        if calibration == "included":
+            for quantized in (cache_dir() / "openvino").glob("*-int8-*"):
+                shutil.rmtree(quantized)
+            embedder = None
+        else:
+            embedder = _embedder(settings, folder)
+            embedder.embed(np.zeros((settings.batch_size, 224, 224, 3), np.uint8))  # warm-up
         started = time.perf_counter()
         report = ingest(folder, settings, embedder=embedder, decode=decode)
         seconds = time.perf_counter() - started
+        runtime = embedder.runtime() if embedder else Store.load(settings.index).meta["runtime"]
     return {
         "images": report.indexed,
         "seconds": seconds,
         "img_per_s": report.indexed / seconds,
-        "decode_threads": settings.decode_threads,
+        "decode_threads": decode_threads_for(settings, runtime.get("precision", "")),
         "batch_size": settings.batch_size,
-        **embedder.runtime(),
+        "model_seconds": report.model_seconds,
+        **runtime,
     }
 
 
@@ -229,6 +262,41 @@ def plan(quick: bool) -> list[dict[str, Any]]:
     return jobs
 
 
+def plan_int8() -> list[dict[str, Any]]:
+    """The int8 rows beside what they are judged against, in one run: the prototype loop, forward-only and
+    pipeline rates for bf16 and int8, int8 with a second decoding thread, and 2,000 images with the
+    calibration (sampling, quantizing, gate) timed in and out."""
+    small = str(photo_set((1024, 768), 512))
+    baseline = str(photo_set((1024, 768), 96))
+    thousands = str(linked_set(Path(small), 2000))
+    openvino = {"engine": "openvino", "set": "1024x768"}
+    jobs: list[dict[str, Any]] = [
+        {"name": "prototype loop (baseline)", "kind": "prototype", "folder": baseline, "set": "1024x768"}
+    ]
+    for precision in ("bf16", "int8"):
+        forward = {"name": f"forward only, openvino {precision}", "kind": "forward", "folder": small}
+        jobs.append({**forward, **openvino, "precision": precision})
+        jobs.append(
+            {
+                "name": f"pipeline, openvino {precision}",
+                "kind": "pipeline",
+                "folder": small,
+                **openvino,
+                "precision": precision,
+            }
+        )
+    jobs.append(
+        {"name": "pipeline, openvino int8, 2 decoding threads", "kind": "pipeline", "folder": small, **openvino,
+         "precision": "int8", "decode_threads": 2}
+    )  # fmt: skip
+    for calibration in ("excluded", "included"):
+        jobs.append(
+            {"name": f"pipeline, openvino int8, 2000 images, calibration {calibration}", "kind": "pipeline",
+             "folder": thousands, **openvino, "precision": "int8", "calibration": calibration}
+        )  # fmt: skip
+    return jobs
+
+
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     baseline = next(r["img_per_s"] for r in results if r["kind"] == "prototype")
     ceilings = {(r["engine"], r["precision"]): r["img_per_s"] for r in results if r["kind"] == "forward"}
@@ -247,15 +315,18 @@ def markdown(results: list[dict[str, Any]], host: dict[str, Any]) -> str:
         f"Python {host['python']}; " + ", ".join(f"{k} {v}" for k, v in host["versions"].items()) + ".",
         f"Run: {host['date']} with `{host['command']}`. Random ResNet50 weights, batch 32.",
         "",
-        "| configuration | images | img/s | × baseline | of forward-only | peak RSS (MB) | threads |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | images | img/s | × baseline | of forward-only | peak RSS (MB) | threads | ran in |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ceiling = f"{r['of_ceiling']:.0%}" if "of_ceiling" in r else ""
         threads = f"{r['decode_threads']} decoding" if "decode_threads" in r else ""
+        ran = r.get("precision", "") if r["kind"] in ("forward", "pipeline") else ""
+        if r.get("calibration") == "included":
+            ran += f" ({r['model_seconds']:.1f} s to sample, quantize and gate)"
         lines.append(
             f"| {r['name']} | {r['images']} | {r['img_per_s']:.1f} | {r['x_baseline']:.1f}× | {ceiling} "
-            f"| {r['peak_rss_mb']:.0f} | {threads} |"
+            f"| {r['peak_rss_mb']:.0f} | {threads} | {ran} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -263,6 +334,7 @@ def markdown(results: list[dict[str, Any]], host: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images, no memory runs")
+    parser.add_argument("--int8", action="store_true", help="only the int8 rows and what they are judged by")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -272,12 +344,14 @@ def main() -> None:
     from retrieval.system import machine
 
     host = machine()
-    host["command"] = "benchmarks/ingest.py" + (" --quick" if args.quick else "")
+    host["command"] = "benchmarks/ingest.py" + (" --quick" if args.quick else "") + (" --int8" if args.int8 else "")
     print(f"{host['cpu']}, {host['cores']} cores; generating images under {DATA} ...")
-    results = summarize([run_in_subprocess(job) for job in plan(args.quick)])
+    jobs = plan_int8() if args.int8 else plan(args.quick)
+    results = summarize([run_in_subprocess(job) for job in jobs])
+    name = "ingest-int8" if args.int8 else "ingest"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps({"machine": host, "results": results}, indent=2) + "\n")
-    (RESULTS / "ingest.md").write_text(markdown(results, host))
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": host, "results": results}, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(results, host))
     print(markdown(results, host))
 
 

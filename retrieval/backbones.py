@@ -145,10 +145,13 @@ def weights_setting(embedding: dict[str, Any]) -> tuple[str, int]:
     return str(weights["path"]), 0
 
 
-def build_keras_model(spec: ModelSpec, weights: str, seed: int, bf16: bool = False) -> Any:
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # precision -> Keras policy
+
+
+def build_keras_model(spec: ModelSpec, weights: str, seed: int, precision: str = "fp32") -> Any:
     """The Keras backbone with its weights, or WeightsUnavailable saying what to do.
 
-    Global state is left as it was found: the mixed-precision policy (bf16 applies to the layers built
+    Global state is left as it was found: the mixed-precision policy (`precision` applies to the layers built
     while it is set) and Python's and numpy's random generators, which `keras.utils.set_random_seed`
     reseeds for `weights: none` and Keras draws its initializers' seeds from while the model is built.
     """
@@ -162,7 +165,7 @@ def build_keras_model(spec: ModelSpec, weights: str, seed: int, bf16: bool = Fal
     saved = random.getstate(), np.random.get_state()
     if weights == "none":
         keras.utils.set_random_seed(seed)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
     try:
         return make(keras, None if weights == "none" else weights)
     except Exception as e:  # Keras raises a bare Exception for a failed download, h5py others

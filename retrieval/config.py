@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class Settings:
     precision: str = "auto"
     int8_min_cosine: float = 0.999
     calibration_images: int = 300
-    decode_threads: int = field(default_factory=lambda: default_decode_threads())
+    decode_threads: int = 0  # 0: decode_threads_for() decides, by cores and precision
     checkpoint_every: int = 1000
     index_type: str = "auto"
     recall_target: float = 0.95
@@ -83,14 +83,13 @@ class Settings:
             raise ConfigError(f"recall_target must be in (0, 1], not {self.recall_target}")
         if self.memory_budget_gb < 0:
             raise ConfigError(f"memory_budget_gb must be 0 (no budget) or more, not {self.memory_budget_gb}")
-        for name in ("pca_dim", "ivf_lists", "pq_bytes"):
+        for name in ("pca_dim", "ivf_lists", "pq_bytes", "decode_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         for name in (
             "batch_size",
             "top_k",
             "max_pixels",
-            "decode_threads",
             "checkpoint_every",
             "calibration_images",
             "hnsw_m",
@@ -102,10 +101,15 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
 
 
-def default_decode_threads() -> int:
-    """A quarter of the cores, at least one: inference needs the rest (on 2 cores, a second decoding
-    thread was measured slower, not faster)."""
-    return max(1, (os.cpu_count() or 1) // 4)
+def decode_threads_for(settings: Settings, precision: str) -> int:
+    """The decoding threads of an ingest whose model runs in `precision`: the setting when given; else a
+    quarter of the cores (at least one) for a float model, which needs the rest (on 2 cores a second
+    decoding thread was measured slower with bf16), and half of them (at least two) for int8, which
+    needs less (on 2 cores: 70.7 img/s with one, 81.9 with two, benchmarks/results/ingest-int8.md)."""
+    if settings.decode_threads:
+        return settings.decode_threads
+    cores = os.cpu_count() or 1
+    return max(2, cores // 2) if precision == "int8" else max(1, cores // 4)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -32,7 +32,7 @@ from . import quantize
 from .ann import IndexChoice
 from .backbones import ModelSpec, spec_for
 from .checkpoints import Checkpoints
-from .config import Settings
+from .config import Settings, decode_threads_for
 from .durable import write_text_atomically
 from .embedders import Embedder, create_embedder, embedding_for
 from .errors import ImageError, IndexMismatch, IndexMissing, NothingToIndex, StoreError
@@ -199,8 +199,10 @@ class LocalExecutor:
         batch = np.empty((settings.batch_size, height, width, 3), np.uint8)  # reused for every batch
         pending = Embedded([], [], np.empty(0), [])
         read = partial(_read, root, decode=self._decode, size=(width, height), max_pixels=settings.max_pixels)
-        ahead = 2 * settings.batch_size + settings.decode_threads
-        with closing(_in_threads(read, paths, settings.decode_threads, ahead)) as results:
+        # the model first: how many threads should decode depends on how fast it runs
+        threads = decode_threads_for(settings, self._embedder().runtime().get("precision", "") if paths else "")
+        ahead = 2 * settings.batch_size + threads
+        with closing(_in_threads(read, paths, threads, ahead)) as results:
             for i, result in enumerate(results):
                 try:
                     pixels, digest = result.result()

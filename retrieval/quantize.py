@@ -102,8 +102,9 @@ Embed = Callable[[np.ndarray], np.ndarray]  # (n, h, w, 3) uint8 -> (n, dim) flo
 def fidelity(fp32: Embed, int8: Embed, held_out: np.ndarray, threshold: float) -> Gate:
     """The gate's figures for `int8` against `fp32` on `held_out` and its changed copies."""
     copies = np.concatenate([_changed(held_out, change) for change in _CHANGES])
-    originals = {name: _unit(embed(held_out)) for name, embed in (("fp32", fp32), ("int8", int8))}
-    changed = {name: _unit(embed(copies)) for name, embed in (("fp32", fp32), ("int8", int8))}
+    models = (("fp32", fp32), ("int8", int8))
+    originals = {name: _unit(_batched(embed, held_out)) for name, embed in models}
+    changed = {name: _unit(_batched(embed, copies)) for name, embed in models}
     cosines = np.concatenate(
         [(originals["fp32"] * originals["int8"]).sum(1), (changed["fp32"] * changed["int8"]).sum(1)]
     )
@@ -111,6 +112,11 @@ def fidelity(fp32: Embed, int8: Embed, held_out: np.ndarray, threshold: float) -
     found = {name: np.argmax(changed[name] @ originals[name].T, axis=1) == truth for name in originals}
     kept = found["fp32"] & found["int8"]
     return Gate(round(float(cosines.min()), 6), threshold, int(found["fp32"].sum()), int(kept.sum()))
+
+
+def _batched(embed: Embed, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """In batches of `batch`, as an ingest embeds: one pass over hundreds of images would need gigabytes."""
+    return np.concatenate([embed(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

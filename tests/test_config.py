@@ -70,3 +70,13 @@ def test_weights_none_keyword_is_kept(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("weights: none\n")
     assert load_settings(config).weights == "none"
+
+
+def test_decode_threads_follow_the_setting_else_the_cores_and_the_precision(monkeypatch):
+    from retrieval.config import decode_threads_for
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert decode_threads_for(Settings(), "bf16") == 1 and decode_threads_for(Settings(), "int8") == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert decode_threads_for(Settings(), "fp32") == 4 and decode_threads_for(Settings(), "int8") == 8
+    assert decode_threads_for(Settings(decode_threads=3), "int8") == 3

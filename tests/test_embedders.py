@@ -142,3 +142,15 @@ def test_a_cached_openvino_model_runs_without_tensorflow(model_cache):
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False"]
     assert list(model_cache.glob("openvino/resnet50-*/model.xml"))
+
+
+def test_the_tensorflow_engine_takes_a_gpu_it_sees_with_fp16(monkeypatch):
+    """TensorFlow places the model on a GPU it sees by itself; auto then means fp16 (no GPU here: the probe
+    is faked, and only the choice is checked, not a forward pass)."""
+    import tensorflow as tf
+
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["gpu0"] if kind == "GPU" else real(kind))
+    runtime = KerasEmbedder(RESNET, "none", seed=0, precision="auto").runtime()
+    assert (runtime["precision"], runtime["device"]) == ("fp16", "GPU (1)")
+    assert KerasEmbedder(RESNET, "none", seed=0, precision="fp32").runtime()["precision"] == "fp32"

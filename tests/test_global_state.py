@@ -40,7 +40,7 @@ def test_building_a_model_restores_random_state_and_precision_policy():
     expected = random.random(), np.random.random()
     random.seed(123)
     np.random.seed(456)
-    build_keras_model(spec_for("resnet50"), "none", seed=7, bf16=True)
+    build_keras_model(spec_for("resnet50"), "none", seed=7, precision="bf16")
     assert (random.random(), np.random.random()) == expected
     assert keras.mixed_precision.global_policy().name == "float32"
 

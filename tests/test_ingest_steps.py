@@ -73,6 +73,9 @@ class Trivial:
     spec = spec_for("resnet50")
     calls = 0
 
+    def runtime(self) -> dict[str, str]:
+        return {"engine": "trivial", "precision": "fp32"}
+
     def embed(self, images: np.ndarray) -> np.ndarray:
         self.calls += 1
         return images.reshape(len(images), -1, 3).mean(axis=1).astype(np.float32)
