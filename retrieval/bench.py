@@ -22,7 +22,8 @@ import numpy as np
 
 from .ann import IndexChoice, VectorIndex, describe, overlap
 from .durable import write_atomically, write_text_atomically
-from .store import FORMAT_VERSION, Entry, Store
+from .manifest import Entry, Manifest
+from .store import FORMAT_VERSION, Store
 from .synthetic import feature_vectors
 from .system import machine, memory_bytes
 
@@ -109,7 +110,7 @@ def measure_set(
     metric = faiss.METRIC_INNER_PRODUCT
     truth = faiss.knn(queries, vectors, 10, metric=metric)[1]
     sgemv_ms = sgemv_time(vectors, queries) * 1000
-    entries = [Entry(f"{i}.jpg", 0, 0) for i in range(size)]
+    entries = Manifest.of([Entry(f"{i}.jpg", 0, 0) for i in range(size)])
     rows = []
     for sweep in sweeps:
         rss_before = memory_bytes()
@@ -144,7 +145,7 @@ def measure_set(
     return rows
 
 
-def searchable(index: VectorIndex, entries: list[Entry], description: dict[str, Any]) -> Store:
+def searchable(index: VectorIndex, entries: Manifest, description: dict[str, Any]) -> Store:
     """A Store around a benchmark's index, so that the project's own search path can be timed on it."""
     meta = {"metric": "cosine", "format_version": FORMAT_VERSION, "root": "/", "index": description}
     return Store(index, entries, meta)

@@ -4,10 +4,15 @@ Layout of an index folder::
 
     CURRENT            name of the live generation, replaced atomically
     gen-000007/
-        vectors.faiss  row i is the vector of manifest line i
-        manifest.jsonl one {"path", "size", "mtime_ns", "sha256"} per line, paths relative to the ingested root
+        vectors.faiss  row i is the vector of manifest row i
+        manifest.npy   the manifest, columnar (manifest.py): per row the file's size, mtime and SHA-256,
+        paths.bin        its path relative to the ingested root, and the rows in path order
+        order.npy
         meta.json      format version, embedding (model, weights, preprocessing), metric, count,
                        file sizes and hashes, versions
+
+Format 4 kept the manifest as JSON lines (manifest.jsonl), which took seconds to parse at a million rows:
+such indexes load as they are, and their next save writes the columnar form.
 
 A save writes a whole new generation and switches CURRENT to it only once it is complete and on disk
 (generations.py), so a crash at any moment leaves the previous index loadable.
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -32,27 +37,21 @@ from .durable import fsync_file
 from .errors import EmptyIndex, IndexMismatch, StoreError, UsageError
 from .files import sha256_file
 from .generations import corrupt, current_generation, on_live_generation, publish
+from .manifest import FILES as MANIFEST_FILES
+from .manifest import Entry, Manifest
 
 FORMAT = "retrieval-index"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
+# Version 4 differs only in its manifest's layout (JSON lines): it loads as it is.
+JSONL_VERSION = 4
 # Version 3 searched approximate kinds by inner product, which misranks real features (see ann.py); its
 # flat indexes are unchanged and load as they are, its approximate ones are rebuilt by the next ingest.
 LEGACY_VERSION = 3
 VECTORS = "vectors.faiss"
-MANIFEST = "manifest.jsonl"
+MANIFEST = "manifest.jsonl"  # versions 3 and 4
 META = "meta.json"
 FLAT = IndexChoice("flat")
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One manifest row: the file a vector came from, and what it looked like when it was embedded."""
-
-    path: str  # relative to the ingested root, POSIX separators
-    size: int
-    mtime_ns: int
-    sha256: str = ""  # of the file's bytes: recognises a moved file without embedding it again
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -77,12 +76,11 @@ class Store:
     """An in-memory index with its manifest and metadata; `save` and `load` move it to and from disk."""
 
     def __init__(
-        self, index: ann.VectorIndex, entries: list[Entry], meta: dict[str, Any], generation: str | None = None
+        self, index: ann.VectorIndex, manifest: Manifest, meta: dict[str, Any], generation: str | None = None
     ) -> None:
         self._ann = index
-        self._entries = entries
+        self._manifest = manifest
         self._meta = meta
-        self._rows: dict[str, int] | None = None
         self.generation = generation  # the folder name it was loaded from or last saved to; None if neither
 
     @property
@@ -123,7 +121,7 @@ class Store:
                 "factory": "Flat",
             },
         }
-        return cls(ann.VectorIndex.empty(dim, _FAISS_METRICS[metric]), [], meta)
+        return cls(ann.VectorIndex.empty(dim, _FAISS_METRICS[metric]), Manifest.of([]), meta)
 
     # --- facts -----------------------------------------------------------------------------------
 
@@ -148,20 +146,18 @@ class Store:
         return dict(self._meta)
 
     def entry(self, row: int) -> Entry:
-        return self._entries[row]
+        return self._manifest.entry(row)
 
     def entries(self) -> list[Entry]:
-        return list(self._entries)
+        return self._manifest.entries()
 
     def vectors(self) -> np.ndarray:
         """Every stored (normalized) vector in row order, (count, dim)."""
         return self._ann.reconstruct_all()
 
     def find(self, path: str) -> int | None:
-        """Row of a manifest path (relative, POSIX), or None."""
-        if self._rows is None:
-            self._rows = {e.path: i for i, e in enumerate(self._entries)}
-        return self._rows.get(path)
+        """Row of a manifest path (relative, POSIX), or None: a binary search, nothing built first."""
+        return self._manifest.find(path)
 
     def vector(self, row: int) -> np.ndarray:
         """The stored (normalized) vector of `row`: a query by an indexed image needs no model."""
@@ -186,7 +182,7 @@ class Store:
             memory_budget_gb=requested["memory_budget_gb"],
         )
         if rows:
-            store.add(self.vectors_of(rows), [self._entries[r] for r in rows])
+            store.add(self.vectors_of(rows), [self._manifest.entry(r) for r in rows])
         return store
 
     @property
@@ -214,10 +210,10 @@ class Store:
             raise UsageError(f"got {x.shape[0]} vectors of dim {x.shape[1]} for {len(entries)} entries, dim {self.dim}")
         if self.count == 0:
             self._build(x)
+            self._manifest = Manifest.of(entries)
         else:
             self._ann.add(x)
-        self._entries.extend(entries)
-        self._rows = None
+            self._manifest = Manifest.of(self._manifest.entries() + entries)
 
     def _build(self, x: np.ndarray) -> None:
         """The first vectors decide the index: built (trained, for PCA and IVF) and, for auto, tuned on them."""
@@ -273,18 +269,16 @@ class Store:
 
     def _write_generation(self, staging: Path) -> None:
         self._ann.write(staging / VECTORS)
-        with open(staging / MANIFEST, "w", encoding="utf-8") as f:
-            for e in self._entries:
-                # ensure_ascii keeps file names that are not valid UTF-8 (surrogate escapes) round-trippable
-                f.write(json.dumps(asdict(e), ensure_ascii=True) + "\n")
+        self._manifest.write(staging)
         meta = dict(self._meta)
         meta.update(
+            format_version=FORMAT_VERSION,
             count=self.count,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            files={name: file_facts(staging / name) for name in (VECTORS, MANIFEST)},
+            files={name: file_facts(staging / name) for name in (VECTORS, *MANIFEST_FILES)},
         )
         (staging / META).write_text(json.dumps(meta, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
-        for name in (VECTORS, MANIFEST, META):
+        for name in (VECTORS, *MANIFEST_FILES, META):
             fsync_file(staging / name)
         self._meta = meta
 
@@ -313,14 +307,14 @@ class Store:
             index = ann.VectorIndex.read(generation / VECTORS, choice, metric)
         except RuntimeError as e:
             raise corrupt(folder, f"faiss cannot read {VECTORS}: {e}") from e
-        entries = _read_manifest(generation / MANIFEST, folder)
-        counts = {"index": index.count, "manifest": len(entries), "meta": meta["count"]}
+        manifest = _read_manifest(generation, folder)
+        counts = {"index": index.count, "manifest": len(manifest), "meta": meta["count"]}
         if len(set(counts.values())) != 1:
             raise corrupt(folder, f"row counts disagree: {counts}")
         searched = ann.searched_metric(choice, metric) if meta["format_version"] == FORMAT_VERSION else metric
         if index.dim != meta["dim"] or index.faiss.metric_type != searched:
             raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
-        return cls(index, entries, meta, generation.name)
+        return cls(index, manifest, meta, generation.name)
 
 
 def warning(meta: dict[str, Any]) -> str | None:
@@ -352,8 +346,8 @@ def read_meta(generation: Path) -> dict[str, Any]:
     legacy_flat = (
         version == LEGACY_VERSION and isinstance(meta.get("index"), dict) and meta["index"].get("kind") == "flat"
     )
-    if legacy_flat:
-        meta["format_version"] = FORMAT_VERSION  # a flat index is the same in both versions
+    if legacy_flat or version == JSONL_VERSION:
+        meta["format_version"] = FORMAT_VERSION  # the same search; only the manifest's layout differs
     elif version not in (FORMAT_VERSION, LEGACY_VERSION):
         raise IndexMismatch(
             f"the index in {folder} has format version {meta.get('format_version')!r}; this retrieval reads "
@@ -373,12 +367,17 @@ def disk_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in current_generation(folder).iterdir())
 
 
-def _read_manifest(path: Path, folder: Path) -> list[Entry]:
-    """One JSON object per line, parsed in one call (five times faster than line by line at 100k rows)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+def _read_manifest(generation: Path, folder: Path) -> Manifest:
+    """The columnar manifest, memory-mapped; or a version 3-4 JSON-lines one, parsed into the same form."""
+    if not (generation / MANIFEST).is_file():
+        try:
+            return Manifest.read(generation)
+        except (OSError, ValueError) as e:
+            raise corrupt(folder, f"the manifest is unreadable ({e})") from e
+    lines = (generation / MANIFEST).read_text(encoding="utf-8").splitlines()
     try:
-        rows = json.loads("[" + ",".join(lines) + "]")
-        return [Entry(**row) for row in rows]
+        rows = json.loads("[" + ",".join(lines) + "]")  # one call: five times faster than line by line
+        return Manifest.of([Entry(**row) for row in rows])
     except (json.JSONDecodeError, TypeError) as e:
         raise corrupt(folder, f"{MANIFEST} is unreadable ({e})") from e
 

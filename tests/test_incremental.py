@@ -231,7 +231,7 @@ def test_verify_reports_and_repairs(tmp_path, folder, embedder):
 def test_verify_of_a_corrupt_index_exits_3(tmp_path, folder, embedder):
     settings = settings_for(tmp_path)
     ingest(folder, settings, embedder=embedder)
-    (current_generation(settings.index) / "manifest.jsonl").write_text("garbage\n")
+    (current_generation(settings.index) / "manifest.npy").write_text("garbage\n")
     result = runner.invoke(app, ["verify", "--index", str(settings.index)])
     assert result.exit_code == 3 and "corrupt" in result.output
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import faiss
@@ -14,6 +15,8 @@ import pytest
 
 from retrieval.errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
 from retrieval.generations import current_generation
+from retrieval.manifest import FILES as MANIFEST_FILES
+from retrieval.manifest import ORDER, RECORDS, Manifest
 from retrieval.store import MANIFEST, META, VECTORS, Entry, Store, file_facts, live_meta
 
 DIM = 64
@@ -183,16 +186,65 @@ def _rewrite_meta(folder: Path, **changes) -> None:
 
 @pytest.mark.parametrize("delta", [1, -1])
 def test_a_manifest_with_a_row_more_or_fewer_is_refused(saved, delta):
-    """Even with meta.json's hash of the manifest updated to match, the counts must agree."""
-    path = live(saved, MANIFEST)
-    lines = path.read_text().splitlines(keepends=True)
-    lines = lines + lines[-1:] if delta > 0 else lines[:-1]
-    path.write_text("".join(lines))
+    """Even with meta.json's hashes of the manifest updated to match, the counts must agree."""
     meta = json.loads(live(saved, META).read_text())
-    meta["files"][MANIFEST] = file_facts(path)
+    for name in (RECORDS, ORDER):
+        path = live(saved, name)
+        rows = np.load(path)
+        np.save(path, np.concatenate([rows, rows[-1:]]) if delta > 0 else rows[:-1])
+        meta["files"][name] = file_facts(path)
     live(saved, META).write_text(json.dumps(meta))
     with pytest.raises(IndexCorrupt, match="row counts"):
         Store.load(saved)
+
+
+def as_written_by_format_4(index: Path) -> None:
+    """Rewrite the live generation's manifest as format 4 kept it: JSON lines, in place of the columns."""
+    generation = current_generation(index)
+    store = Store.load(index)
+    lines = [json.dumps(asdict(e), ensure_ascii=True) + "\n" for e in store.entries()]
+    (generation / MANIFEST).write_text("".join(lines))
+    meta = json.loads((generation / META).read_text())
+    for name in MANIFEST_FILES:
+        (generation / name).unlink()
+        del meta["files"][name]
+    meta["files"][MANIFEST] = file_facts(generation / MANIFEST)
+    meta["format_version"] = 4
+    (generation / META).write_text(json.dumps(meta))
+
+
+def test_a_format_4_index_loads_as_it_is_and_its_next_save_is_columnar(tmp_path):
+    store = make_store(30)
+    store.add(vectors(1, seed=9), [Entry("caf\udce9.jpg", 7, 8, "ab" * 32)])  # a file name that is not UTF-8
+    store.save(tmp_path / "index")
+    as_written_by_format_4(tmp_path / "index")
+    old = Store.load(tmp_path / "index")
+    assert old.entries() == store.entries() and not old.stale
+    assert old.find("caf\udce9.jpg") == 30 and old.find("dir/img-007.jpg") == 7
+    np.testing.assert_array_equal(old.search(vectors(1, seed=9), 1)[0][0][0], 30)
+    old.save(tmp_path / "index")
+    generation = current_generation(tmp_path / "index")
+    assert not (generation / MANIFEST).exists() and all((generation / n).is_file() for n in MANIFEST_FILES)
+    assert json.loads((generation / META).read_text())["format_version"] == 5
+    assert Store.load(tmp_path / "index").entries() == store.entries()
+
+
+def test_the_manifest_round_trips_and_finds_paths_by_binary_search(tmp_path):
+    rows = [
+        Entry("b/2.jpg", 2, 20, ""),
+        Entry("a/1.jpg", 1, 10, "00" * 31 + "01"),
+        Entry("\u00e9t\u00e9.png", 3, 30, "ff" * 32),
+    ]
+    rows.append(Entry("z\udcff.jpg", 4, 40))  # undecodable bytes, kept by surrogate escapes
+    Manifest.of(rows).write(tmp_path)
+    loaded = Manifest.read(tmp_path)
+    assert loaded.entries() == rows and [loaded.entry(i) for i in range(4)] == rows
+    assert [loaded.find(e.path) for e in rows] == [0, 1, 2, 3]
+    assert loaded.find("a/0.jpg") is None and loaded.find("zzz") is None and loaded.find("") is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Manifest.of([]).write(empty)
+    assert len(Manifest.read(empty)) == 0 and Manifest.read(empty).find("a") is None
 
 
 def test_missing_meta_is_refused(saved):

@@ -1,0 +1,122 @@
+"""The manifest, columnar: which file each row's vector came from, loaded in milliseconds at any size.
+
+On disk, three numpy files, memory-mapped on load so that nothing is parsed or materialised up front:
+
+    manifest.npy   one record per row: where its path starts in paths.bin, file size, mtime_ns, SHA-256
+    paths.bin      every path, UTF-8 (undecodable file names kept by surrogate escapes), end to end
+    order.npy      the rows sorted by path bytes: `find` is a binary search, not a dictionary of every path
+
+A JSON-lines manifest of a million rows took 2.8 s to parse and 0.4 s more to index by path (issue 14);
+these open in well under a millisecond and answer `entry` and `find` by touching a few pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+RECORDS, PATHS, ORDER = "manifest.npy", "paths.bin", "order.npy"
+FILES = (RECORDS, PATHS, ORDER)
+_RECORD = np.dtype([("start", "<i8"), ("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "u1", (32,))])
+_NO_HASH = bytes(32)  # an entry without a content hash (a SHA-256 of all zeros does not occur)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest row: the file a vector came from, and what it looked like when it was embedded."""
+
+    path: str  # relative to the ingested root, POSIX separators
+    size: int
+    mtime_ns: int
+    sha256: str = ""  # of the file's bytes: recognises a moved file without embedding it again
+
+
+def _encode(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+class Manifest:
+    """Row-aligned file facts (see the module docstring). Built from Entries, or loaded from a folder."""
+
+    def __init__(self, records: np.ndarray, paths: np.ndarray, order: np.ndarray) -> None:
+        self._records = records
+        self._paths = paths  # uint8, every path end to end
+        self._order = order
+
+    @classmethod
+    def of(cls, entries: Sequence[Entry]) -> Manifest:
+        encoded = [_encode(e.path) for e in entries]
+        records = np.zeros(len(entries), _RECORD)
+        if entries:
+            lengths = np.fromiter((len(b) for b in encoded), np.int64, len(encoded))
+            records["start"] = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            records["size"] = [e.size for e in entries]
+            records["mtime_ns"] = [e.mtime_ns for e in entries]
+            hashes = b"".join(bytes.fromhex(e.sha256) if e.sha256 else _NO_HASH for e in entries)
+            records["sha256"] = np.frombuffer(hashes, np.uint8).reshape(len(entries), 32)
+        paths = np.frombuffer(b"".join(encoded), np.uint8).copy()
+        order = np.array(sorted(range(len(encoded)), key=encoded.__getitem__), np.int64)
+        return cls(records, paths, order)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        """Memory-mapped: opening costs the same at ten rows and at a million."""
+        records = np.load(folder / RECORDS, mmap_mode="r")
+        paths = np.memmap(folder / PATHS, np.uint8, "r") if (folder / PATHS).stat().st_size else np.empty(0, np.uint8)
+        order = np.load(folder / ORDER, mmap_mode="r")
+        if records.dtype != _RECORD or order.shape != records.shape:
+            raise ValueError(f"{RECORDS} and {ORDER} do not describe the same rows")
+        return cls(records, paths, order)
+
+    def write(self, folder: Path) -> None:
+        np.save(folder / RECORDS, np.asarray(self._records))
+        (folder / PATHS).write_bytes(np.asarray(self._paths).tobytes())
+        np.save(folder / ORDER, np.asarray(self._order))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _path_bytes(self, row: int) -> bytes:
+        start = int(self._records[row]["start"])
+        end = int(self._records[row + 1]["start"]) if row + 1 < len(self._records) else len(self._paths)
+        return self._paths[start:end].tobytes()
+
+    def path(self, row: int) -> str:
+        return self._path_bytes(row).decode("utf-8", "surrogateescape")
+
+    def entry(self, row: int) -> Entry:
+        record = self._records[row]
+        digest = record["sha256"].tobytes()
+        return Entry(
+            self.path(row), int(record["size"]), int(record["mtime_ns"]), "" if digest == _NO_HASH else digest.hex()
+        )
+
+    def entries(self) -> list[Entry]:
+        """Every row, materialised in one pass over each column (a million rows in about a second)."""
+        blob = np.asarray(self._paths).tobytes()
+        starts = self._records["start"].tolist() + [len(blob)]
+        hashes = np.asarray(self._records["sha256"]).tobytes()
+        sizes, mtimes = self._records["size"].tolist(), self._records["mtime_ns"].tolist()
+        out = []
+        for i, (size, mtime) in enumerate(zip(sizes, mtimes)):
+            digest = hashes[32 * i : 32 * i + 32]
+            path = blob[starts[i] : starts[i + 1]].decode("utf-8", "surrogateescape")
+            out.append(Entry(path, size, mtime, "" if digest == _NO_HASH else digest.hex()))
+        return out
+
+    def find(self, path: str) -> int | None:
+        """The row of `path`, by binary search over the rows in path order: a few page reads."""
+        target = _encode(path)
+        low, high = 0, len(self._order)
+        while low < high:
+            middle = (low + high) // 2
+            if self._path_bytes(int(self._order[middle])) < target:
+                low = middle + 1
+            else:
+                high = middle
+        if low < len(self._order) and self._path_bytes(int(self._order[low])) == target:
+            return int(self._order[low])
+        return None
