@@ -1,12 +1,13 @@
 """Load on a real `retrieval serve`, on loopback, bounded in count: id queries and uploads at 1 and 8 clients,
 the server's memory before and after, and `retrieval query --server` beside a cold `retrieval query`.
 
-    .venv/bin/python benchmarks/serve.py [--count 100000]      # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/serve.py [--count 100000] [--precision int8]      # about a minute on 2 cores
 
 The index holds `count` seeded synthetic vectors of the cone family (shaped like the model's), recorded as
 made by ResNet50 with random weights so that uploads are embedded by the real model. The load generator
 runs on the same 2 cores as the server: the numbers include that contention. Writes
-benchmarks/results/serve.json and serve.md.
+benchmarks/results/serve.json and serve.md (serve-int8.* with --precision int8: the index records an int8
+ingest, calibrated on 300 generated photos, so the server embeds uploads with that int8 model).
 """
 
 from __future__ import annotations
@@ -29,23 +30,25 @@ import numpy as np
 from retrieval import Settings, Store
 from retrieval.ann import IndexChoice
 from retrieval.client import multipart
-from retrieval.embedders import create_embedder, embedding_for
+from retrieval.embedders import Embedder, create_embedder, embedding_for
 from retrieval.images import load_image
+from retrieval.quantize import calibration_sample
 from retrieval.store import Entry
-from retrieval.synthetic import feature_vectors, photo
+from retrieval.synthetic import feature_vectors, photo, write_photos
 from retrieval.system import machine
 
 DATA = Path(__file__).parent / ".data" / "serve"
 RESULTS = Path(__file__).parent / "results"
 
 
-def build_index(count: int) -> Path:
-    """The index, built once and reused by later runs."""
-    index = DATA / f"index-{count}"
+def build_index(count: int, runtime: dict) -> Path:
+    """The index, built once and reused by later runs; `runtime` is recorded as the ingest's (an int8 one
+    makes the server embed uploads with that int8 model)."""
+    index = DATA / (f"index-{count}" + ("-int8" if runtime.get("precision") == "int8" else ""))
     if not (index / "CURRENT").exists():
         vectors, _ = feature_vectors("cone", count, seed=11)
         store = Store.create(
-            dim=2048, metric="cosine", embedding=embedding_for(Settings(weights="none")), root=DATA, runtime={},
+            dim=2048, metric="cosine", embedding=embedding_for(Settings(weights="none")), root=DATA, runtime=runtime,
             kind=IndexChoice("auto"),
         )  # fmt: skip
         store.add(vectors, [Entry(f"photos/{i:07d}.jpg", 0, 0) for i in range(count)])
@@ -60,10 +63,23 @@ def rss_mb(pid: int) -> dict[str, float]:
     return {name: int(fields[f"Rss{name.capitalize()}"].split()[0]) / 1024 for name in ("anon", "file")}
 
 
-def forward_rate(query: Path, batch: int = 32, rounds: int = 4) -> float:
+def the_embedder(precision: str) -> Embedder:
+    """The model uploads will run through: bf16 (auto), or int8 calibrated on 300 generated photos, as an
+    int8 ingest of them would make it (and cache it, where the server finds it)."""
+    if precision != "int8":
+        return create_embedder(Settings(weights="none"))
+    folder = DATA / "calibration"
+    if not (folder / "done").exists():
+        write_photos(folder, 300, seed=70_000)
+        (folder / "done").touch()
+    paths = sorted(p.name for p in folder.glob("*.jpg"))
+    sample = calibration_sample(folder, paths, (224, 224), 10**8)
+    return create_embedder(Settings(weights="none", precision="int8"), calibration=sample)
+
+
+def forward_rate(embedder: Embedder, query: Path, batch: int = 32, rounds: int = 4) -> float:
     """Images per second of the model's forward pass alone at batch 32, in this process before the server
     starts: the ceiling for uploads on this machine today."""
-    embedder = create_embedder(Settings(weights="none"))
     pixels = np.stack([load_image(query, embedder.spec.input_size, 10**8)] * batch)
     embedder.embed(pixels)
     started = time.perf_counter()
@@ -110,12 +126,19 @@ def wall(command: list[str], runs: int = 5) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
-    count = parser.parse_args().count
-    index = build_index(count)
+    parser.add_argument("--precision", choices=("auto", "int8"), default="auto", help="of the index's ingest")
+    args = parser.parse_args()
+    count, precision = args.count, args.precision
+    embedder = the_embedder(precision)
+    runtime = embedder.runtime() if precision == "int8" else {}
+    if precision == "int8" and runtime["precision"] != "int8":
+        raise SystemExit(f"the int8 model did not pass its gate: {runtime['int8']}")
+    index = build_index(count, runtime)
     query = DATA / "query.jpg"
     photo(3, (1024, 768)).save(query, quality=90)
     body, content_type = multipart({"k": "10"}, [("q.jpg", query.read_bytes())])
-    forward = forward_rate(query)
+    forward = forward_rate(embedder, query)
+    del embedder
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -180,13 +203,15 @@ def main() -> None:
         "count": count,
         "index": Store.load(index).meta["index"]["factory"],
         "rows": rows,
+        "precision": precision,
         "forward_img_per_s": forward,
         "server_rss_mb": rss,
         "cold_query_s": cold,
         "query_server_s": remote,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "serve-int8" if precision == "int8" else "serve"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     host = result["machine"]
     lines = [
         "# Serving benchmark",
@@ -194,7 +219,8 @@ def main() -> None:
         f"Machine: {host['cpu']}, {host['cores']} cores (server and load generator share them); run {host['date']}.",
         f"{count:,} cone-family vectors, index {result['index']}; `retrieval serve` on 127.0.0.1, "
         "standard-library HTTP clients on keep-alive connections, one per thread.",
-        f"The model's forward pass alone (batch 32, bf16 where native) ran at {forward:.0f} img/s in the same run: "
+        f"The model's forward pass alone (batch 32, {'int8' if precision == 'int8' else 'bf16 where native'}) ran at "
+        f"{forward:.0f} img/s in the same run: "
         "the ceiling for uploads.",
         "",
         "| load | requests | clients | p50 ms | p99 ms | per second | errors |",
@@ -215,8 +241,8 @@ def main() -> None:
         f"A new 1024x768 image, median of 5 runs: cold `retrieval query` {cold:.2f} s, `retrieval query --server` "
         f"{remote:.2f} s ({cold / remote:.1f}x).",
     ]
-    (RESULTS / "serve.md").write_text("\n".join(lines) + "\n")
-    print((RESULTS / "serve.md").read_text())
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":
