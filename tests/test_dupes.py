@@ -179,3 +179,13 @@ def test_random_weights_with_an_absolute_threshold_warn_towards_relative(planted
     settings, _ = planted
     result = runner.invoke(cli, ["dupes", "--index", str(settings.index)])
     assert result.exit_code == 0 and "--relative" in result.output
+
+
+def test_an_l2_index_gives_the_same_groups_with_cosine_scores(tmp_path, embedder):
+    folder = tmp_path / "photos"
+    groups = planted_folder(folder)
+    settings = Settings(index=tmp_path / "index", weights="none", metric="l2")
+    ingest(folder, settings, embedder=embedder)
+    found_groups = find_groups(Store.load(settings.index), Rule(threshold=0.9995))
+    assert sorted(({m.path for m in g.members} for g in found_groups), key=sorted) == sorted(groups, key=sorted)
+    assert all(0.9995 <= m.score <= 1.0 + 1e-6 for g in found_groups for m in g.members)
