@@ -364,9 +364,10 @@ def dupes(
             )
         groups = found_dupes.find_groups(store, rule, tuple(k.strip() for k in keep.split(",") if k.strip()))
         moves = found_dupes.plan_moves(groups, store.root, move_to) if move_to else []
+        # drawn before anything moves: the collages show the extras where they were found
+        collages = _group_collages(groups, store.root, collage_dir, settings.max_pixels) if collage_dir else []
         if moves and apply:
             moves, store = found_dupes.apply_moves(store, settings.index, moves, move_to)
-        collages = _group_collages(groups, store.root, collage_dir, settings.max_pixels) if collage_dir else []
     extras = sum(len(g.extras) for g in groups)
     if as_json:
         _echo_json({"groups": found_dupes.as_json(groups), "moves": [asdict(m) for m in moves], "applied": apply})
