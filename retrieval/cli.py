@@ -22,7 +22,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .config import ENGINES, FAMILIES, INDEX_TYPES, METRICS, MODELS, POOLINGS, PRECISIONS, Settings, load_settings
+from .config import (
+    ENGINES,
+    EXECUTORS,
+    FAMILIES,
+    INDEX_TYPES,
+    METRICS,
+    MODELS,
+    POOLINGS,
+    PRECISIONS,
+    Settings,
+    load_settings,
+)
 from .errors import EXIT_INDEX, EXIT_USAGE, RetrievalError, UsageError
 from .files import list_images, printable
 from .results import QueryResult
@@ -110,6 +121,12 @@ def ingest(
     checkpoint_every: Annotated[
         int | None, typer.Option(min=1, help="Save progress every N embedded images (config: checkpoint_every).")
     ] = None,
+    executor: Annotated[
+        str | None, typer.Option(help=f"Where images are embedded: {' | '.join(EXECUTORS)} (config: executor).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A running Ray cluster's address; none starts a local one (config: ray_address).")
+    ] = None,
     full: Annotated[bool, typer.Option("--full", help="Embed everything again, e.g. to change the model.")] = False,
     wait: WaitOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -134,6 +151,8 @@ def ingest(
         decode_threads=decode_threads,
         checkpoint_every=checkpoint_every,
         index_type=index_type,
+        executor=executor,
+        ray_address=ray_address,
     )
     with _reported(), _progress(quiet) as progress:
         from .ingest import ingest as run_ingest

@@ -21,7 +21,8 @@ MODELS = ("resnet50", "vgg16")
 METRICS = ("cosine", "l2")
 ENGINES = ("openvino", "tensorflow")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-POOLINGS = ("avg", "max", "gem")  # of ResNet50's last feature map
+POOLINGS = ("avg", "max", "gem")
+EXECUTORS = ("local", "ray")  # where an ingest's embed step runs  # of ResNet50's last feature map
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 FAMILIES = ("clustered", "hard", "cone")  # synthetic feature families of `retrieval bench search`
 # Pillow's own default: a 10000 x 10000 image is over it and so treated as a decompression bomb.
@@ -48,6 +49,8 @@ class Settings:
     calibration_images: int = 300
     decode_threads: int = 0  # 0: decode_threads_for() decides, by cores and precision
     checkpoint_every: int = 1000
+    executor: str = "local"
+    ray_address: str = ""  # "" starts a local Ray instance for the run
     index_type: str = "auto"
     recall_target: float = 0.95
     memory_budget_gb: float = 0.0
@@ -63,6 +66,7 @@ class Settings:
         choices = (
             ("model", MODELS),
             ("pooling", POOLINGS),
+            ("executor", EXECUTORS),
             ("metric", METRICS),
             ("engine", ENGINES),
             ("precision", PRECISIONS),

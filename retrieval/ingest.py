@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
-from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +29,11 @@ from . import quantize
 from .ann import IndexChoice
 from .backbones import ModelSpec, spec_for
 from .checkpoints import Checkpoints
-from .config import Settings, decode_threads_for
+from .config import Settings
 from .durable import write_text_atomically
 from .embedders import Embedder, create_embedder, embedding_for
-from .errors import ImageError, IndexMismatch, IndexMissing, NothingToIndex, StoreError
+from .errors import IndexMismatch, IndexMissing, NothingToIndex, StoreError
+from .executors import Decoder, Embedded, Executor, LocalExecutor
 from .files import Skipped, list_images, sha256_file
 from .images import load_image
 from .lock import IndexLock
@@ -44,8 +42,6 @@ from .system import package_version
 
 ERROR_REPORT = "errors.jsonl"
 ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed)
-Decoder = Callable[[Path, tuple[int, int], int], np.ndarray]  # (path, (width, height), max_pixels) -> pixels
-T = TypeVar("T")
 
 
 @dataclass
@@ -166,65 +162,6 @@ def _moved(
     return replace(entry, sha256=digest), row
 
 
-@dataclass
-class Embedded:
-    """One batch back from an executor: vectors (unnormalized) for `done` (indices into the paths it was
-    given, with their files' SHA-256), and the files of that stretch it had to skip."""
-
-    done: list[int]
-    digests: list[str]
-    vectors: np.ndarray  # (len(done), dim)
-    skipped: list[tuple[int, Skipped]]
-
-
-class Executor(Protocol):
-    """Runs the embed step: decode and embed `paths` (relative to `root`), yielding batches in order."""
-
-    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]: ...
-
-
-class LocalExecutor:
-    """This machine: `decode_threads` threads decode a bounded number of images ahead, in order, into a
-    reused batch buffer, and one embedder (built lazily by `embedder()`) embeds each full batch."""
-
-    def __init__(self, settings: Settings, embedder: Callable[[], Embedder], spec: ModelSpec, decode: Decoder) -> None:
-        self._settings = settings
-        self._embedder = embedder
-        self._spec = spec
-        self._decode = decode
-
-    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]:
-        settings = self._settings
-        width, height = self._spec.input_size
-        batch = np.empty((settings.batch_size, height, width, 3), np.uint8)  # reused for every batch
-        pending = Embedded([], [], np.empty(0), [])
-        read = partial(_read, root, decode=self._decode, size=(width, height), max_pixels=settings.max_pixels)
-        # the model first: how many threads should decode depends on how fast it runs
-        threads = decode_threads_for(settings, self._embedder().runtime().get("precision", "") if paths else "")
-        ahead = 2 * settings.batch_size + threads
-        with closing(_in_threads(read, paths, threads, ahead)) as results:
-            for i, result in enumerate(results):
-                try:
-                    pixels, digest = result.result()
-                except ImageError as e:
-                    pending.skipped.append((i, Skipped(paths[i], e.reason, e.detail)))
-                    continue
-                except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
-                    pending.skipped.append((i, Skipped(paths[i], "decoder failed", f"{type(e).__name__}: {e}")))
-                    continue
-                batch[len(pending.done)] = pixels
-                pending.done.append(i)
-                pending.digests.append(digest)
-                if len(pending.done) == settings.batch_size:
-                    pending.vectors = self._embedder().embed(batch)
-                    yield pending
-                    pending = Embedded([], [], np.empty(0), [])
-        if pending.done or pending.skipped:
-            if pending.done:
-                pending.vectors = self._embedder().embed(batch[: len(pending.done)])
-            yield pending
-
-
 def ingest(
     folder: Path,
     settings: Settings,
@@ -260,7 +197,7 @@ def ingest(
             skipped=listing.errors + the_plan.skipped,
         )
         model.prepare_int8(the_plan, previous)
-        executor = LocalExecutor(settings, model.get, model.spec, decode)
+        executor = _executor(settings, model, decode)
         vectors = embed(the_plan, executor, checkpoints, report, settings.checkpoint_every, progress)
         write_error_report(settings.index, report.skipped)
         store = commit(
@@ -279,6 +216,14 @@ def ingest(
     report.model_seconds = model.load_seconds + model.calibration_seconds
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _executor(settings: Settings, model: _LazyEmbedder, decode: Decoder) -> Executor:
+    if settings.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(settings, settings.ray_address)
+    return LocalExecutor(settings, model.get, model.spec, decode)
 
 
 def embed(
@@ -476,37 +421,6 @@ def _previous(settings: Settings, embedding: dict[str, Any], folder: Path) -> St
             "use another --index, or pass --full to replace it"
         )
     return store
-
-
-def _in_threads(work: Callable[[str], T], items: list[str], threads: int, ahead: int) -> Iterator[Future[T]]:
-    """Futures of `work(item)` in the order of `items`, with at most `ahead` submitted but not yet consumed.
-
-    Closing the generator (Ctrl-C, an error downstream) cancels what has not started and waits only
-    for the few decodes under way, so no thread outlives the run.
-    """
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
-    queue: deque[Future[T]] = deque()
-    upcoming = iter(items)
-    try:
-        for item in islice(upcoming, ahead):
-            queue.append(pool.submit(work, item))
-        while queue:
-            head = queue.popleft()
-            for item in islice(upcoming, 1):
-                queue.append(pool.submit(work, item))
-            yield head
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _read(folder: Path, rel: str, *, decode: Decoder, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, str]:
-    """Decode one file and hash its bytes (the second read comes from the page cache)."""
-    path = folder / rel
-    pixels = decode(path, size, max_pixels)
-    try:
-        return pixels, sha256_file(path)
-    except OSError as e:
-        raise ImageError("unreadable", e.strerror or str(e)) from e
 
 
 def write_error_report(index: Path, skipped: list[Skipped]) -> None:

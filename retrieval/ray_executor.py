@@ -1,0 +1,134 @@
+"""The embed step on a Ray cluster: `executor: ray`. Only this step changes; planning, checkpoints and the
+commit stay on the driver, exactly as in a local ingest.
+
+The planned files become a Ray Dataset of (index, path) rows; an actor pool of the same embedder the local
+pipeline uses (same engine, precision and pooling; one GPU per actor where the cluster has GPUs) decodes and
+embeds them in `map_batches`, and the vectors stream back to the driver in order. Paths stay relative to
+the ingested root, which every node must reach at the same place (shared storage); file facts come from the
+driver's plan. Without an address, a local Ray instance is started for the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Settings
+from .embedders import create_embedder
+from .errors import ImageError
+from .executors import Embedded, read_image
+from .files import Skipped
+from .images import load_image
+
+CPUS_PER_ACTOR = 2  # one engine uses every core it is given: actors are sized to whole pairs of cores
+
+
+class _EmbedBatch:
+    """One actor: the embedder, built once, then each batch of rows decoded, hashed and embedded."""
+
+    def __init__(self, settings: Settings, root: str) -> None:
+        # int8 needs the driver's calibration sample: a Ray run embeds in the float precision auto picks
+        precision = "auto" if settings.precision == "int8" else settings.precision
+        self._settings = replace(settings, precision=precision)
+        self._root = Path(root)
+        self._embedder = create_embedder(self._settings)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels, facts = [], []  # facts: (digest, skip reason, detail) per row, reason "" when embedded
+        for rel in batch["path"]:
+            try:
+                image, digest = read_image(
+                    self._root, str(rel), decode=load_image, size=self._embedder.spec.input_size,
+                    max_pixels=self._settings.max_pixels,
+                )  # fmt: skip
+            except ImageError as e:
+                facts.append(("", e.reason, e.detail))
+                continue
+            except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
+                facts.append(("", "decoder failed", f"{type(e).__name__}: {e}"))
+                continue
+            pixels.append(image)
+            facts.append((digest, "", ""))
+        ok = np.array([not reason for _, reason, _ in facts], bool)
+        vectors = np.zeros((len(facts), self._embedder.spec.dim), np.float32)
+        if pixels:
+            vectors[ok] = self._embedder.embed(np.stack(pixels))
+        digests, reasons, details = (np.array(column, object) for column in zip(*facts))
+        return {"index": batch["index"], "path": batch["path"], "ok": ok, "digest": digests, "reason": reasons,
+                "detail": details, "vector": vectors}  # fmt: skip
+
+
+class RayExecutor:
+    """The embed step over Ray (see the module docstring); `address` "" starts a local instance."""
+
+    def __init__(self, settings: Settings, address: str = "") -> None:
+        self._settings = settings
+        self._address = address
+
+    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]:
+        if not paths:
+            return
+        import ray
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(
+                address=self._address or None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                runtime_env=_runtime_env(),
+            )
+        try:
+            yield from self._stream(ray, root, paths)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _stream(self, ray: Any, root: Path, paths: list[str]) -> Iterator[Embedded]:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+        resources = ray.cluster_resources()
+        cpus = int(resources.get("CPU", 1))
+        per_actor = min(CPUS_PER_ACTOR, cpus)
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        actors = max(1, int(resources.get("GPU", 0)) if gpus else cpus // per_actor)
+        rows = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
+        embedded = rows.map_batches(
+            _EmbedBatch,
+            fn_constructor_kwargs={"settings": self._settings, "root": str(root)},
+            batch_size=self._settings.batch_size,
+            batch_format="numpy",
+            concurrency=actors,
+            num_cpus=per_actor,
+            num_gpus=gpus,
+        )
+        for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+            ok = batch["ok"]
+            indices = [int(i) for i in batch["index"]]
+            skipped = [
+                (i, Skipped(str(p), str(r), str(d)))
+                for i, p, r, d, good in zip(indices, batch["path"], batch["reason"], batch["detail"], ok)
+                if not good
+            ]
+            yield Embedded(
+                [i for i, good in zip(indices, ok) if good],
+                [str(d) for d, good in zip(batch["digest"], ok) if good],
+                np.asarray(batch["vector"])[ok],
+                skipped,
+            )
+
+
+def _runtime_env() -> dict[str, Any]:
+    """Workers import this package from where the driver does, and find converted models where it does."""
+    import os
+
+    package = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k in ("RETRIEVAL_CACHE", "KERAS_HOME", "XDG_CACHE_HOME")}
+    python_path = os.pathsep.join(filter(None, [str(package), os.environ.get("PYTHONPATH", "")]))
+    return {"env_vars": {**env, "PYTHONPATH": python_path}}
