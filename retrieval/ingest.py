@@ -370,11 +370,18 @@ class _LazyEmbedder:
         the run that made it), else, for precision int8, or auto on a CPU with integer dot products and a run
         of at least INT8_MIN_IMAGES images, a seeded calibration sample of the listing (see quantize.py)."""
         settings = self._settings
-        if self._embedder is not None or settings.engine != "openvino" or settings.precision not in ("auto", "int8"):
+        # Ray's actors build their own embedders, in a float precision: no sample to take for them
+        on_ray = settings.executor == "ray"
+        if (
+            self._embedder is not None
+            or on_ray
+            or settings.engine != "openvino"
+            or settings.precision not in ("auto", "int8")
+        ):
             return
-        recorded = previous.meta.get("runtime", {}) if previous else {}
-        if recorded.get("precision") == "int8":
-            self._int8 = {"calibrated": (recorded.get("int8") or {}).get("calibration")}
+        calibrated = quantize.recorded_calibration(previous.meta.get("runtime", {})) if previous else None
+        if calibrated:
+            self._int8 = {"calibrated": calibrated}
             return
         wanted = settings.precision == "int8" or (
             quantize.int8_capable() and len(the_plan.to_embed) >= quantize.INT8_MIN_IMAGES

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-from .errors import UsageError
+from .errors import ImageError, UsageError
 from .images import load_thumbnail
 from .search import Searcher
 
@@ -214,7 +214,7 @@ def evaluate_augmented(
             path = store.entry(row).path
             try:
                 original = load_thumbnail(store.root / path, EDGE, max_pixels)
-            except Exception:  # noqa: BLE001 - a file gone or broken since it was indexed is reported, not fatal
+            except ImageError:  # gone or broken since it was indexed: reported, not fatal
                 report.skipped.append(path)
                 continue
             report.sample.append(path)

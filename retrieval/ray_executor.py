@@ -10,6 +10,7 @@ driver's plan. Without an address, a local Ray instance is started for the run a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -126,8 +127,6 @@ class RayExecutor:
 
 def _runtime_env() -> dict[str, Any]:
     """Workers import this package from where the driver does, and find converted models where it does."""
-    import os
-
     package = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k in ("RETRIEVAL_CACHE", "KERAS_HOME", "XDG_CACHE_HOME")}
     python_path = os.pathsep.join(filter(None, [str(package), os.environ.get("PYTHONPATH", "")]))

@@ -16,6 +16,7 @@ from .config import Settings
 from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex, UsageError
 from .images import load_image
+from .quantize import recorded_calibration
 from .results import Hit, QueryResult
 from .store import Store, current_generation
 
@@ -132,12 +133,11 @@ class Searcher:
 
 
 def _int8_model(store: Store, settings: Settings) -> dict[str, str]:
-    """For an index embedded in int8, the sample digest its queries' int8 model is found by (queries of an
-    int8 index embed with the same model where it is cached), unless the settings ask for a float precision."""
-    runtime = store.meta.get("runtime", {})
-    calibration = (runtime.get("int8") or {}).get("calibration")
+    """create_embedder's `calibrated` for an index embedded in int8, unless the settings ask for a float
+    precision: its queries then embed with the same int8 model where it is cached."""
+    calibration = recorded_calibration(store.meta.get("runtime", {}))
     wanted = settings.engine == "openvino" and settings.precision in ("auto", "int8")
-    return {"calibrated": calibration} if wanted and runtime.get("precision") == "int8" and calibration else {}
+    return {"calibrated": calibration} if wanted and calibration else {}
 
 
 def _hits(store: Store, pairs: list[tuple[int, float]]) -> list[Hit]:
