@@ -121,7 +121,6 @@ class Capabilities:
 
     exact: bool  # results equal exhaustive search
     range_search: bool  # every row within a score threshold (near-duplicate groups)
-    remove: bool  # rows removed in place (faiss remove_ids); others are rebuilt without them
 
 
 class VectorIndex:
@@ -168,9 +167,7 @@ class VectorIndex:
 
     @property
     def capabilities(self) -> Capabilities:
-        refined = isinstance(self.faiss, faiss.IndexRefine)
-        flat_or_lists = self.choice.kind == "flat" or (self.choice.kind == "ivf" and not refined)
-        return Capabilities(exact=self.choice.kind == "flat", range_search=True, remove=flat_or_lists)
+        return Capabilities(exact=self.choice.kind == "flat", range_search=True)
 
     def tune(self, choice: IndexChoice) -> None:
         """Change the search parameters (efSearch, nprobe, re-rank factor) of the built index."""

@@ -23,6 +23,7 @@ import numpy as np
 from .ann import IndexChoice, VectorIndex, describe, overlap
 from .durable import write_atomically, write_text_atomically
 from .manifest import Entry, Manifest
+from .segments import Segment
 from .store import FORMAT_VERSION, Store
 from .synthetic import feature_vectors
 from .system import machine, memory_bytes
@@ -147,8 +148,8 @@ def measure_set(
 
 def searchable(index: VectorIndex, entries: Manifest, description: dict[str, Any]) -> Store:
     """A Store around a benchmark's index, so that the project's own search path can be timed on it."""
-    meta = {"metric": "cosine", "format_version": FORMAT_VERSION, "root": "/", "index": description}
-    return Store(index, entries, meta)
+    meta = {"metric": "cosine", "format_version": FORMAT_VERSION, "root": "/", "dim": index.dim, "index": description}
+    return Store([Segment("bench", index, entries, description)], meta)
 
 
 def _latency(index: faiss.Index, store: Store, queries: np.ndarray) -> dict[str, float]:

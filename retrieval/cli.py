@@ -264,6 +264,7 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
         "precision": meta.get("runtime", {}).get("precision"),
         "int8": _int8_summary(meta.get("runtime", {}).get("int8")),
         "index_type": meta["index"]["factory"],
+        "segments": _segments_summary(meta.get("segments")),
         "recall_at_10": meta["index"].get("recall_at_10"),
         "recall_target": meta["index"].get("recall_target"),
         "warning": store.warning(meta),
@@ -281,6 +282,14 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
         if value is not None and key != "warning":
             typer.echo(f"{key:<15} {printable(str(value))}")
     _warn(facts["warning"])
+
+
+def _segments_summary(segments: list[dict[str, Any]] | None) -> str:
+    """How many segments hold the rows, and how many rows are marked deleted (`compact` drops them)."""
+    if not segments:
+        return "1 (format 5: converted by the next ingest or compact)"
+    deleted = sum(s["deleted"] for s in segments)
+    return f"{len(segments)}, {deleted} rows marked deleted"
 
 
 def _int8_summary(int8: dict[str, Any] | None) -> str | None:
@@ -329,6 +338,22 @@ def verify(
     typer.echo("healthy" if health.healthy or health.repaired else "damaged")
     if not (health.healthy or health.repaired):
         raise typer.Exit(EXIT_INDEX)
+
+
+@app.command()
+def compact(index: IndexOption = None, wait: WaitOption = False, config: ConfigOption = None) -> None:
+    """Merge the index's segments into one and drop its deleted rows (ingest merges by tiers on its own)."""
+    settings = _settings(config, index=index)
+    with _reported():
+        from .ingest import compact as run_compact
+        from .store import warning
+
+        merged, store = run_compact(settings.index, wait=wait)
+    if merged:
+        typer.echo(f"{printable(settings.index)}: merged {merged + 1} segments into one; {store.count} vectors")
+    else:
+        typer.echo(f"{printable(settings.index)}: already one segment with no deleted rows; nothing written")
+    _warn(warning(store.meta))
 
 
 @app.command()

@@ -246,7 +246,7 @@ def apply_moves(store: Store, index: Path, moves: list[Move], target: Path) -> t
                 done.append(move)
         moved = {m.row for m in done if m.done}
         if moved:
-            live = live.select([row for row in range(live.count) if row not in moved])
+            live.delete(sorted(moved))
             live.save(index)
         return done, live
 

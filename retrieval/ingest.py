@@ -8,8 +8,9 @@ Three steps, each testable alone:
 - `embed`: an `Executor` decodes and embeds the planned files in batches and streams the vectors back
   (`LocalExecutor`: decoding threads ahead of one engine). The driver checkpoints them every
   `checkpoint_every` images, so a killed run loses at most that much work.
-- `commit`: assemble every vector in listing order and save a new generation, under the writer lock.
-  The old index stays live until the new one is completely written.
+- `commit`: save a new generation, under the writer lock: the new and moved files' vectors as a new
+  segment, the rows of changed and removed files marked deleted, segments merged when due (store.py,
+  segments.py). The old index stays live until the new one is completely written.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Plan:
     resumed: dict[int, np.ndarray] = field(default_factory=dict)  # slot -> vector (dim,)
     to_embed: list[int] = field(default_factory=list)  # slots, in listing order
     unchanged: int = 0
-    moved: int = 0
+    moved: set[int] = field(default_factory=set)  # slots of `kept` whose file moved: same vector, new path
     removed: int = 0  # previous rows whose files are gone (and not moved)
     previous_paths: frozenset[str] = frozenset()  # to tell an added file from an updated one
     skipped: list[Skipped] = field(default_factory=list)  # listed, but gone or unreadable at stat time
@@ -122,7 +123,7 @@ def plan(folder: Path, paths: list[str], previous: Store | None, checkpointed: l
             result.unchanged += 1
         elif (source := _moved(folder, entry, vanished, vanished_sizes)) is not None:
             entry, result.kept[slot] = source
-            result.moved += 1
+            result.moved.add(slot)
         else:
             result.to_embed.append(slot)
         result.entries.append(entry)
@@ -191,7 +192,7 @@ def ingest(
         report = IngestReport(
             settings.index,
             unchanged=the_plan.unchanged,
-            moved=the_plan.moved,
+            moved=len(the_plan.moved),
             removed=the_plan.removed,
             resumed=len(the_plan.resumed),
             skipped=listing.errors + the_plan.skipped,
@@ -296,13 +297,17 @@ def commit(
     listing_count: int,
     report: IngestReport,
 ) -> Store:
-    """Assemble every planned vector in listing order and save it as a new generation of vectors made
-    by `embedding` (backbones.describe_embedding; `runtime` is recorded beside it); or, when nothing
-    changed (same files, same kind, current format), keep the previous one and write nothing.
-    NothingToIndex when no file gave a vector: the existing index, if any, stays as it is."""
+    """Save the plan's outcome as a new generation of vectors made by `embedding`
+    (backbones.describe_embedding; `runtime` is recorded beside it).
+
+    Into a current index of the same kind, only the change is written: one new segment with the new,
+    changed and moved files' vectors, and deletion markers for the rows they replace or that are gone;
+    then merges, when the policy says they are due. Otherwise (a first run, --full, another kind asked
+    for, an older format) every vector is assembled in listing order into a new index. When nothing
+    changed, the previous index is kept and nothing is written. NothingToIndex when no file gave a
+    vector: the existing index, if any, stays as it is."""
     slots = [s for s in range(len(the_plan.entries)) if s in the_plan.kept or s in the_plan.resumed or s in embedded]
-    entries = [the_plan.entries[s] for s in slots]
-    if not entries:
+    if not slots:
         raise NothingToIndex(
             f"none of the {listing_count} image files in {the_plan.root} could be read "
             f"({report.reasons()}); the existing index, if any, is unchanged. "
@@ -310,20 +315,19 @@ def commit(
         )
     kind = index_choice(settings)
     requested = {**asdict(kind), "recall_target": settings.recall_target, "memory_budget_gb": settings.memory_budget_gb}
-    if (
-        previous is not None
-        and not previous.stale
-        and entries == previous.entries()
-        and previous.requested_kind == requested
-    ):
+    if previous is not None and not previous.stale and previous.requested_kind == requested:
+        in_place = {row for slot, row in the_plan.kept.items() if slot not in the_plan.moved}
+        new = [s for s in slots if s not in the_plan.kept or s in the_plan.moved]
+        gone = np.setdiff1d(np.arange(previous.count), np.fromiter(in_place, np.int64, len(in_place)))
+        if not new and not len(gone):
+            return previous
+        vectors = _vectors_of(new, previous, the_plan, embedded, embedding["dim"])
+        previous.delete(gone)
+        previous.add(vectors, [the_plan.entries[s] for s in new])
+        previous.merge()
+        previous.record_runtime(runtime)
+        previous.save(settings.index)
         return previous
-    # the one full-size copy of the vectors this run makes, (len(entries), dim)
-    vectors = np.empty((len(entries), embedding["dim"]), np.float32)
-    for i, slot in enumerate(slots):
-        if slot in the_plan.kept:
-            vectors[i] = previous.vector(the_plan.kept[slot])
-        else:
-            vectors[i] = the_plan.resumed[slot] if slot in the_plan.resumed else embedded.pop(slot)
     store = Store.create(
         dim=embedding["dim"],
         metric=settings.metric,
@@ -334,9 +338,39 @@ def commit(
         recall_target=settings.recall_target,
         memory_budget_gb=settings.memory_budget_gb,
     )
-    store.add(vectors, entries)
+    store.add(_vectors_of(slots, previous, the_plan, embedded, embedding["dim"]), [the_plan.entries[s] for s in slots])
     store.save(settings.index)
     return store
+
+
+def _vectors_of(
+    slots: list[int], previous: Store | None, the_plan: Plan, embedded: dict[int, np.ndarray], dim: int
+) -> np.ndarray:
+    """The vectors of `slots`, (len(slots), dim), from wherever the plan found them; embedded ones are
+    released as they are copied, so the run holds one full-size copy at a time."""
+    vectors = np.empty((len(slots), dim), np.float32)
+    kept = [i for i, slot in enumerate(slots) if slot in the_plan.kept]
+    if kept:
+        vectors[kept] = previous.vectors_of([the_plan.kept[slots[i]] for i in kept])
+    for i, slot in enumerate(slots):
+        if slot in the_plan.resumed:
+            vectors[i] = the_plan.resumed[slot]
+        elif slot not in the_plan.kept:
+            vectors[i] = embedded.pop(slot)
+    return vectors
+
+
+def compact(index: Path, *, wait: bool = False) -> tuple[int, Store]:
+    """Merge every segment of the index into one without its deleted rows and save it as a new generation,
+    under the write lock (what an ingest's merge policy does by tiers, all at once). Returns how many
+    segments were merged away (0: already compact, nothing written) and the store."""
+    with IndexLock(index, wait=wait):
+        store = Store.load(index)
+        if len(store.segments) == 1 and not store.segments[0]["deleted"]:
+            return 0, store
+        merged = store.merge(everything=True)
+        store.save(index)
+        return merged, store
 
 
 def index_choice(settings: Settings) -> IndexChoice:

@@ -1,28 +1,38 @@
-"""The index on disk: FAISS vectors, a row-aligned manifest and metadata, saved and loaded as one unit.
+"""The index on disk: segments of FAISS vectors with row-aligned manifests, deletion markers and metadata,
+saved and loaded as one unit.
 
 Layout of an index folder::
 
-    CURRENT            name of the live generation, replaced atomically
+    CURRENT                   name of the live generation, replaced atomically
     gen-000007/
-        vectors.faiss  row i is the vector of manifest row i
-        manifest.npy   the manifest, columnar (manifest.py): per row the file's size, mtime and SHA-256,
-        paths.bin        its path relative to the ingested root, and the rows in path order
-        order.npy
-        meta.json      format version, embedding (model, weights, preprocessing), metric, count,
-                       file sizes and hashes, versions
+        meta.json             format version, embedding (model, weights, preprocessing), metric, count,
+                              the segments in row order, the size and SHA-256 of every file, versions
+        seg-000001/           a segment (segments.py), never changed once written:
+            vectors.faiss       its vectors in an index of its own kind
+            manifest.npy        its manifest, columnar (manifest.py): per row the file's size, mtime and
+            paths.bin           SHA-256, its path relative to the ingested root, and the rows in path order
+            order.npy
+        seg-000001.deleted.npy  the rows of seg-000001 this generation has deleted (only if any)
+        seg-000004/ ...
 
-Format 4 kept the manifest as JSON lines (manifest.jsonl), which took seconds to parse at a million rows:
-such indexes load as they are, and their next save writes the columnar form.
+A save writes a new generation and switches CURRENT to it only once it is complete and on disk
+(generations.py), so a crash at any moment leaves the previous index loadable. Segments it shares with
+the previous generation are hard links to the same files: a commit writes only its new segment and the
+deletion markers, in proportion to the change.
 
-A save writes a whole new generation and switches CURRENT to it only once it is complete and on disk
-(generations.py), so a crash at any moment leaves the previous index loadable.
+Format 5 kept one segment's files directly in the generation folder, and format 4 its manifest as JSON
+lines (manifest.jsonl, seconds to parse at a million rows): such indexes load as they are, and their next
+save moves them into a segment (format 5's files by hard link, format 4's written anew).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -33,22 +43,25 @@ import numpy as np
 
 from . import ann
 from .ann import IndexChoice
-from .durable import fsync_file
+from .durable import fsync_dir, fsync_file
 from .errors import EmptyIndex, IndexMismatch, StoreError, UsageError
 from .files import sha256_file
 from .generations import corrupt, current_generation, on_live_generation, publish
 from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
+from .segments import Segment, merges_due
 
 FORMAT = "retrieval-index"
-FORMAT_VERSION = 5
-# Version 4 differs only in its manifest's layout (JSON lines): it loads as it is.
-JSONL_VERSION = 4
+FORMAT_VERSION = 6
+# Versions 5 and 4 differ only in their layout (one segment; version 4's manifest as JSON lines): they load as
+# they are.
+SINGLE_VERSIONS = (5, 4)
 # Version 3 searched approximate kinds by inner product, which misranks real features (see ann.py); its
 # flat indexes are unchanged and load as they are, its approximate ones are rebuilt by the next ingest.
 LEGACY_VERSION = 3
 VECTORS = "vectors.faiss"
 MANIFEST = "manifest.jsonl"  # versions 3 and 4
+_NONE = np.empty(0, np.int64)
 META = "meta.json"
 FLAT = IndexChoice("flat")
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
@@ -73,15 +86,23 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class Store:
-    """An in-memory index with its manifest and metadata; `save` and `load` move it to and from disk."""
+    """An index as segments (segments.py) with metadata; `save` and `load` move it to and from disk.
 
-    def __init__(
-        self, index: ann.VectorIndex, manifest: Manifest, meta: dict[str, Any], generation: str | None = None
-    ) -> None:
-        self._ann = index
-        self._manifest = manifest
+    Rows are numbered 0..count-1 over the live rows of every segment, in segment order. `add` writes a
+    new segment, `delete` marks rows, `merge` applies the merge policy; none of them touches a segment
+    already written, and `save` writes only what is new, linking the rest into the new generation.
+    """
+
+    def __init__(self, segments: list[Segment], meta: dict[str, Any], generation: Path | None = None) -> None:
+        self._segments = segments
         self._meta = meta
-        self.generation = generation  # the folder name it was loaded from or last saved to; None if neither
+        self._folder = generation  # where the segments with files lie: the generation loaded or last saved
+        self._starts = np.cumsum([0] + [s.live for s in segments])
+
+    @property
+    def generation(self) -> str | None:
+        """The folder name it was loaded from or last saved to; None if neither."""
+        return self._folder.name if self._folder else None
 
     @property
     def stale(self) -> bool:
@@ -104,7 +125,8 @@ class Store:
     ) -> Store:
         """An empty store. `embedding` says how vectors are made; a later query must embed the same way.
         `runtime` (engine, precision, versions) is recorded for the record, never compared. `kind` is
-        the index kind asked for; it is built, and for `auto` chosen and tuned, at the first `add`."""
+        the index kind asked for; each segment is built with it, and for `auto` chosen and tuned, when
+        its vectors arrive."""
         if metric not in _FAISS_METRICS:
             raise UsageError(f"metric must be one of {', '.join(_FAISS_METRICS)}, not {metric!r}")
         meta = {
@@ -121,17 +143,17 @@ class Store:
                 "factory": "Flat",
             },
         }
-        return cls(ann.VectorIndex.empty(dim, _FAISS_METRICS[metric]), Manifest.of([]), meta)
+        return cls([], meta)
 
     # --- facts -----------------------------------------------------------------------------------
 
     @property
     def count(self) -> int:
-        return self._ann.count
+        return int(self._starts[-1])
 
     @property
     def dim(self) -> int:
-        return self._ann.dim
+        return int(self._meta["dim"])
 
     @property
     def metric(self) -> str:
@@ -145,45 +167,54 @@ class Store:
     def meta(self) -> dict[str, Any]:
         return dict(self._meta)
 
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        """Each segment's name, rows written, rows deleted and index kind, in row order."""
+        return [_summary(s) for s in self._segments]
+
     def entry(self, row: int) -> Entry:
-        return self._manifest.entry(row)
+        [(i, _, local)] = self._split([row])
+        return self._segments[i].manifest.entry(int(local[0]))
 
     def entries(self) -> list[Entry]:
-        return self._manifest.entries()
+        """Every live row's entry, in row order."""
+        return _live_entries(self._segments)
 
     def vectors(self) -> np.ndarray:
         """Every stored (normalized) vector in row order, (count, dim)."""
-        return self._ann.reconstruct_all()
+        return _live_vectors(self._segments) if self._segments else np.empty((0, self.dim), np.float32)
 
     def find(self, path: str) -> int | None:
-        """Row of a manifest path (relative, POSIX), or None: a binary search, nothing built first."""
-        return self._manifest.find(path)
+        """Row of a manifest path (relative, POSIX), or None: a binary search per segment, nothing built."""
+        for start, segment in zip(self._starts, self._segments):
+            local = segment.manifest.find(path)
+            if local is not None and not segment.is_deleted(np.array([local]))[0]:
+                return int(start + segment.positions(np.array([local]))[0])
+        return None
 
     def vector(self, row: int) -> np.ndarray:
         """The stored (normalized) vector of `row`: a query by an indexed image needs no model."""
-        return self._ann.reconstruct(row)
+        [(i, _, local)] = self._split([row])
+        return self._segments[i].index.reconstruct(int(local[0]))
 
     def vectors_of(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """The stored (normalized) vectors of `rows`, (len(rows), dim): a chunk of a large index at a time."""
-        return self._ann.reconstruct_batch(np.asarray(rows))
+        out = np.empty((len(rows), self.dim), np.float32)
+        for i, where, local in self._split(rows):
+            out[where] = self._segments[i].index.reconstruct_batch(local)
+        return out
 
-    def select(self, rows: list[int]) -> Store:
-        """A new store holding only `rows`, in that order, with the same metadata and kind of index."""
-        requested = self._meta["index"]["requested"]
-        meta = self._meta
-        store = Store.create(
-            dim=self.dim,
-            metric=self.metric,
-            embedding=meta["embedding"],
-            root=self.root,
-            runtime=meta["runtime"],
-            kind=ann.choice_from(requested),
-            recall_target=requested["recall_target"],
-            memory_budget_gb=requested["memory_budget_gb"],
-        )
-        if rows:
-            store.add(self.vectors_of(rows), [self._manifest.entry(r) for r in rows])
-        return store
+    def _split(self, rows: np.ndarray | list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(segment number, positions in `rows`, local rows of that segment) for each segment `rows` touch."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
+            raise UsageError(f"row out of range: the index holds rows 0 to {self.count - 1}")
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        out = []
+        for s in np.unique(which).tolist():
+            where = np.flatnonzero(which == s)
+            out.append((s, where, self._segments[s].local(rows[where] - self._starts[s])))
+        return out
 
     @property
     def requested_kind(self) -> dict[str, Any]:
@@ -201,49 +232,99 @@ class Store:
         diffs = "; ".join(f"{k}: index has {stored.get(k)!r}, now {embedding.get(k)!r}" for k in keys)
         raise IndexMismatch(f"the index was built with another model or preprocessing ({diffs}); {remedy}")
 
-    # --- vectors ---------------------------------------------------------------------------------
+    def record_runtime(self, runtime: dict[str, Any]) -> None:
+        """Record the engine and versions of the run that last changed the vectors."""
+        self._meta["runtime"] = runtime
+
+    # --- changes ---------------------------------------------------------------------------------
 
     def add(self, vectors: np.ndarray, entries: Iterable[Entry]) -> None:
+        """Add rows as a new segment, its index built (and for `auto` chosen and tuned) on them alone."""
         entries = list(entries)
         x = normalize(vectors)
         if x.shape != (len(entries), self.dim):
             raise UsageError(f"got {x.shape[0]} vectors of dim {x.shape[1]} for {len(entries)} entries, dim {self.dim}")
-        if self.count == 0:
-            self._build(x)
-            self._manifest = Manifest.of(entries)
-        else:
-            self._ann.add(x)
-            self._manifest = Manifest.of(self._manifest.entries() + entries)
+        if entries:
+            self._segments.append(self._build(x, entries))
+            self._changed()
 
-    def _build(self, x: np.ndarray) -> None:
-        """The first vectors decide the index: built (trained, for PCA and IVF) and, for auto, tuned on them."""
+    def delete(self, rows: np.ndarray | list[int]) -> None:
+        """Mark `rows` deleted (row numbers as they are before this call); their segments stay as written."""
+        for i, _, local in self._split(rows):
+            self._segments[i] = self._segments[i].with_deleted(local)
+        self._changed()
+
+    def merge(self, *, everything: bool = False) -> int:
+        """Merge what the merge policy says is due (segments.merges_due), or with `everything` all segments
+        into one without its deleted rows, and drop segments with no live rows; rows keep their order.
+        Returns how many segments were merged away."""
+        before = len(self._segments)
+        live = [i for i, s in enumerate(self._segments) if s.live]
+        groups = [live] if everything and live else merges_due(self._segments)
+        merged = {i: group for group in groups for i in group}
+        segments = []
+        for i, segment in enumerate(self._segments):
+            if i in merged and i == merged[i][0]:
+                members = [self._segments[j] for j in merged[i]]
+                segments.append(self._build(_live_vectors(members), _live_entries(members)))
+            elif i not in merged and segment.live:
+                segments.append(segment)
+        self._segments = segments
+        self._changed()
+        return before - len(segments)
+
+    def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
+        """A new segment over `x`: its kind built (trained, for PCA and IVF) and, for auto, tuned on it."""
         requested = self._meta["index"]["requested"]
-        self._ann, description = ann.build_measured(
+        index, description = ann.build_measured(
             ann.choice_from(requested),
             x,
             _FAISS_METRICS[self.metric],
             requested["recall_target"],
             requested["memory_budget_gb"] * 2**30,
         )
-        self._meta["index"] = {"requested": requested, **description}
+        number = self._meta.get("next_segment", 1)
+        self._meta["next_segment"] = number + 1
+        return Segment(f"seg-{number:06d}", index, Manifest.of(entries), description)
+
+    def _changed(self) -> None:
+        self._starts = np.cumsum([0] + [s.live for s in self._segments])
+        self._meta["index"] = index_facts(self._meta["index"]["requested"], self._segments)
 
     @property
     def capabilities(self) -> ann.Capabilities:
-        return self._ann.capabilities
+        return ann.Capabilities(exact=all(s.index.capabilities.exact for s in self._segments), range_search=True)
+
+    # --- search ----------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
 
-        Fewer than k pairs come back when the index holds fewer vectors; faiss's -1 fillers never do.
+        Each segment's top-k, merged: exact scores compare across segments. Fewer than k pairs come back
+        when the index holds fewer vectors; faiss's -1 fillers never do.
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, not {k}")
-        return self._ann.search(self._checked(queries), k)
+        q = self._checked(queries)
+        return self._merged([s.search(q, k) for s in self._segments], k)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
         """Every (row, score) per query with a cosine of at least `threshold` (for l2: a distance of at
         most it), best first, scores exact; approximate kinds may miss some, as in `search`."""
-        return self._ann.range_search(self._checked(queries), threshold)
+        q = self._checked(queries)
+        return self._merged([s.range_search(q, threshold) for s in self._segments], None)
+
+    def _merged(self, per_segment: list[list[list[tuple[int, float]]]], k: int | None) -> list[list[tuple[int, float]]]:
+        """Per query, the segments' hits as store rows, best first (ties by row), the first `k` (or all)."""
+        if len(per_segment) == 1:
+            return per_segment[0]
+        better = -1.0 if self.metric == "cosine" else 1.0  # sort key: higher cosine first, lower distance first
+        merged = []
+        for hits in zip(*per_segment):
+            rows = [(int(start) + at, score) for start, found in zip(self._starts, hits) for at, score in found]
+            rows.sort(key=lambda hit: (better * hit[1], hit[0]))
+            merged.append(rows[:k] if k is not None else rows)
+        return merged
 
     def _checked(self, queries: np.ndarray) -> np.ndarray:
         """Queries normalized and checked here, not by faiss, whose own checks are `assert`s."""
@@ -259,28 +340,62 @@ class Store:
     # --- disk ------------------------------------------------------------------------------------
 
     def save(self, folder: Path) -> Path:
-        """Write a new generation and switch to it atomically (generations.publish). Returns its folder."""
+        """Write a new generation and switch to it atomically (generations.publish). Returns its folder.
+
+        Only new segments and the deletion markers are written; segments already on disk are hard-linked
+        from the generation they were loaded from (the same bytes, not a copy)."""
         try:
             final = publish(folder, self._write_generation)
         except (OSError, RuntimeError) as e:  # faiss raises RuntimeError for a failed write
             raise StoreError(f"cannot save the index in {folder} ({e}); the previous index is untouched") from e
-        self.generation = final.name
+        self._segments, self._meta = self._staged
+        self._folder = final
         return final
 
     def _write_generation(self, staging: Path) -> None:
-        self._ann.write(staging / VECTORS)
-        self._manifest.write(staging)
+        files: dict[str, Any] = {}
+        segments = []
+        for segment in self._segments:
+            segment = self._place(segment, staging)
+            files.update({f"{segment.name}/{name}": facts for name, facts in segment.files.items()})
+            if len(segment.deleted):
+                marker = f"{segment.name}{DELETED}"
+                np.save(staging / marker, segment.deleted)
+                fsync_file(staging / marker)
+                files[marker] = file_facts(staging / marker)
+            segments.append(segment)
         meta = dict(self._meta)
         meta.update(
             format_version=FORMAT_VERSION,
             count=self.count,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            files={name: file_facts(staging / name) for name in (VECTORS, *MANIFEST_FILES)},
+            files=files,
+            segments=[_summary(s) for s in segments],
         )
         (staging / META).write_text(json.dumps(meta, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
-        for name in (VECTORS, *MANIFEST_FILES, META):
-            fsync_file(staging / name)
-        self._meta = meta
+        fsync_file(staging / META)
+        self._staged = segments, meta  # taken on by `save` once the generation is live
+
+    def _place(self, segment: Segment, staging: Path) -> Segment:
+        """Put `segment`'s files in the generation being staged: written if new, else hard-linked (or, on a
+        file system without hard links, copied). A segment of a format 5 index gets its own folder here."""
+        target = staging / (segment.name or f"seg-{self._meta.get('next_segment', 1):06d}")
+        target.mkdir()
+        if segment.files is None:
+            segment.index.write(target / VECTORS)
+            segment.manifest.write(target)
+            for name in SEGMENT_FILES:
+                fsync_file(target / name)
+            files = {name: file_facts(target / name) for name in SEGMENT_FILES}
+        else:
+            source = self._folder / segment.name
+            for name in segment.files:
+                _link(source / name, target / name)
+            files = segment.files
+        fsync_dir(target)
+        if not segment.name:
+            self._meta["next_segment"] = self._meta.get("next_segment", 1) + 1
+        return replace(segment, name=target.name, files=files)
 
     @classmethod
     def load(cls, folder: Path, *, check_hashes: bool = False) -> Store:
@@ -302,19 +417,95 @@ class Store:
                 raise corrupt(folder, f"{name} does not have the size recorded in {META}")
             if check_hashes and sha256_file(generation / name) != facts.get("sha256"):
                 raise corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
-        choice, metric = ann.choice_from(meta["index"]), _FAISS_METRICS.get(meta["metric"])
+        if "segments" in meta:
+            segments = [_read_segment(generation, s, meta) for s in meta["segments"]]
+        else:  # format 5 or older: one segment, its files in the generation folder itself
+            segments = [_read_segment(generation, {"name": "", "index": meta["index"]}, meta)]
+            if meta["count"] != segments[0].rows:
+                raise corrupt(folder, f"row counts disagree: {meta['count']} in {META}, {segments[0].rows} stored")
+        store = cls(segments, meta, generation)
+        if store.count != meta["count"]:
+            raise corrupt(folder, f"row counts disagree: {meta['count']} in {META}, {store.count} in its segments")
+        return store
+
+
+DELETED = ".deleted.npy"  # beside a segment's folder: the sorted local rows this generation has deleted
+SEGMENT_FILES = (VECTORS, *MANIFEST_FILES)
+
+
+def _read_segment(generation: Path, recorded: dict[str, Any], meta: dict[str, Any]) -> Segment:
+    """One segment of a generation, memory-mapped and checked against what `meta` records of it."""
+    folder, name = generation.parent, recorded["name"]
+    where = generation / name
+    choice, metric = ann.choice_from(recorded["index"]), _FAISS_METRICS.get(meta["metric"])
+    try:
+        index = ann.VectorIndex.read(where / VECTORS, choice, metric)
+    except RuntimeError as e:
+        raise corrupt(folder, f"faiss cannot read {name or '.'}/{VECTORS}: {e}") from e
+    manifest = _read_manifest(where, folder)
+    counts = {"index": index.count, "manifest": len(manifest), "meta": recorded.get("rows", index.count)}
+    if len(set(counts.values())) != 1:
+        raise corrupt(folder, f"row counts disagree in {name or 'the index'}: {counts}")
+    searched = ann.searched_metric(choice, metric) if meta["format_version"] == FORMAT_VERSION else metric
+    if index.dim != meta["dim"] or index.faiss.metric_type != searched:
+        raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
+    deleted = _NONE
+    if recorded.get("deleted"):
         try:
-            index = ann.VectorIndex.read(generation / VECTORS, choice, metric)
-        except RuntimeError as e:
-            raise corrupt(folder, f"faiss cannot read {VECTORS}: {e}") from e
-        manifest = _read_manifest(generation, folder)
-        counts = {"index": index.count, "manifest": len(manifest), "meta": meta["count"]}
-        if len(set(counts.values())) != 1:
-            raise corrupt(folder, f"row counts disagree: {counts}")
-        searched = ann.searched_metric(choice, metric) if meta["format_version"] == FORMAT_VERSION else metric
-        if index.dim != meta["dim"] or index.faiss.metric_type != searched:
-            raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
-        return cls(index, manifest, meta, generation.name)
+            deleted = np.load(generation / f"{name}{DELETED}")
+        except (OSError, ValueError) as e:
+            raise corrupt(folder, f"the deletion markers of {name} are unreadable ({e})") from e
+        shaped = deleted.ndim == 1 and len(deleted) == recorded["deleted"] and deleted.dtype == np.int64
+        if not shaped or deleted[0] < 0 or deleted[-1] >= index.count or (np.diff(deleted) <= 0).any():
+            raise corrupt(folder, f"the deletion markers of {name} do not fit its rows")
+    # a format 5 generation's files are linked into a segment folder by the next save; format 4's are rewritten
+    recorded_files = {n: meta["files"].get(f"{name}/{n}" if name else n) for n in SEGMENT_FILES}
+    files = recorded_files if all(recorded_files.values()) else None
+    description = {k: v for k, v in recorded["index"].items() if k != "requested"}
+    return Segment(name, index, manifest, description, deleted, files)
+
+
+def _link(source: Path, target: Path) -> None:
+    """Share an immutable file between generations: a hard link, or a copy where links are not supported."""
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(source, target)
+        fsync_file(target)
+
+
+def _summary(segment: Segment) -> dict[str, Any]:
+    return {"name": segment.name, "rows": segment.rows, "deleted": len(segment.deleted), "index": segment.description}
+
+
+def _live_vectors(segments: list[Segment]) -> np.ndarray:
+    return np.concatenate([np.delete(s.index.reconstruct_all(), s.deleted, axis=0) for s in segments])
+
+
+def _live_entries(segments: list[Segment]) -> list[Entry]:
+    out = []
+    for s in segments:
+        dead = set(s.deleted.tolist())
+        out += [e for i, e in enumerate(s.manifest.entries()) if i not in dead]
+    return out
+
+
+def index_facts(requested: dict[str, Any], segments: list[Segment]) -> dict[str, Any]:
+    """What meta.json says of the index as a whole: the kind asked for, the largest segment's kind and
+    parameters, and the lowest recall@10 measured on any segment (a search is at most as good as its
+    weakest part)."""
+    if not segments:
+        return {"requested": requested, "kind": "flat", "factory": "Flat"}
+    largest = max(segments, key=lambda s: s.live)
+    facts = {"requested": requested, **largest.description}
+    recalls = [s.description["recall_at_10"] for s in segments if "recall_at_10" in s.description]
+    if recalls:
+        facts["recall_at_10"] = min(recalls)
+    if len(segments) > 1:
+        facts["segments"] = len(segments)
+    return facts
 
 
 def warning(meta: dict[str, Any]) -> str | None:
@@ -346,7 +537,7 @@ def read_meta(generation: Path) -> dict[str, Any]:
     legacy_flat = (
         version == LEGACY_VERSION and isinstance(meta.get("index"), dict) and meta["index"].get("kind") == "flat"
     )
-    if legacy_flat or version == JSONL_VERSION:
+    if legacy_flat or version in SINGLE_VERSIONS:
         meta["format_version"] = FORMAT_VERSION  # the same search; only the manifest's layout differs
     elif version not in (FORMAT_VERSION, LEGACY_VERSION):
         raise IndexMismatch(
@@ -363,8 +554,8 @@ def read_meta(generation: Path) -> dict[str, Any]:
 
 
 def disk_size(folder: Path) -> int:
-    """Bytes used by the live generation."""
-    return sum(p.stat().st_size for p in current_generation(folder).iterdir())
+    """Bytes used by the live generation (its segments included, even those it shares with the previous)."""
+    return sum(p.stat().st_size for p in current_generation(folder).rglob("*") if p.is_file())
 
 
 def _read_manifest(generation: Path, folder: Path) -> Manifest:

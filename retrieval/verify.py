@@ -40,20 +40,20 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
 def _check(index: Path, *, repair: bool) -> Health:
     store = Store.load(index, check_hashes=True)
     health = Health(store.count, warning=warning(store.meta))
-    keep = []
+    gone = []
     for row, entry in enumerate(store.entries()):
         try:
             st = (store.root / entry.path).stat()
         except FileNotFoundError:
             health.missing.append(entry.path)
+            gone.append(row)
             continue
-        keep.append(row)
         if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
             health.changed.append(entry.path)
-    if repair and health.missing:
-        kept = store.select(keep)
-        kept.save(index)
-        health.repaired = len(health.missing)
-        health.count = len(keep)
-        health.warning = warning(kept.meta)
+    if repair and gone:
+        store.delete(gone)
+        store.save(index)
+        health.repaired = len(gone)
+        health.count = store.count
+        health.warning = warning(store.meta)
     return health

@@ -11,6 +11,7 @@ import pytest
 from retrieval.backbones import spec_for
 from retrieval.config import Settings
 from retrieval.embedders import Embedder, create_embedder
+from retrieval.generations import current_generation
 from retrieval.ingest import ingest
 from retrieval.synthetic import write_photos
 from retrieval.tensorflow_engine import KerasEmbedder
@@ -94,3 +95,9 @@ def real_index(tmp_path_factory) -> tuple[Settings, Embedder]:
     embedder = create_embedder(settings)
     ingest(folder, settings, embedder=embedder)
     return settings, embedder
+
+
+def segment_file(index: Path, name: str) -> Path:
+    """A file of the live generation's first segment (vectors.faiss, manifest.npy, ...)."""
+    segments = sorted(p for p in current_generation(index).iterdir() if p.is_dir())
+    return segments[0] / name

@@ -17,6 +17,7 @@ from retrieval.generations import current_generation
 from retrieval.store import VECTORS, Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
 
+from .conftest import segment_file
 from .test_images import png_header_only
 
 runner = CliRunner()
@@ -101,7 +102,7 @@ def test_a_missing_or_corrupt_index_exits_3(tmp_path, cli_index, photos):
     assert run("query", photos / "photo-0000.jpg", "--index", tmp_path / "none").exit_code == 3
     damaged = tmp_path / "damaged"
     shutil.copytree(cli_index, damaged)
-    vectors = current_generation(damaged) / VECTORS
+    vectors = segment_file(damaged, VECTORS)
     vectors.write_bytes(vectors.read_bytes()[:100])
     result = run("query", photos / "photo-0000.jpg", "--index", damaged)
     assert result.exit_code == 3 and "corrupt" in result.output

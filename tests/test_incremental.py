@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -24,22 +25,40 @@ from retrieval.lock import IndexLock
 from retrieval.store import Store
 from retrieval.synthetic import photo, write_photos
 
-from .conftest import Counting
+from .conftest import Counting, segment_file
 from .test_ann import as_written_by_format_3
 
 runner = CliRunner()
 
 
-def snapshot(index: Path) -> tuple[list, np.ndarray]:
+def snapshot(index: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """path -> (content hash, vector): an index's rows, whatever their order."""
     store = Store.load(index)
-    return store.entries(), store.vectors()
+    return {e.path: (e.sha256, v) for e, v in zip(store.entries(), store.vectors())}
 
 
-def assert_same_index(a: Path, b: Path) -> None:
-    (entries_a, vectors_a), (entries_b, vectors_b) = snapshot(a), snapshot(b)
-    assert [e.path for e in entries_a] == [e.path for e in entries_b]
-    assert [e.sha256 for e in entries_a] == [e.sha256 for e in entries_b]
-    np.testing.assert_allclose(vectors_a, vectors_b, atol=1e-5)
+def neighbours(index: Path, k: int = 5) -> list[dict[str, float]]:
+    """For each row in path order, its top-k by the index's own search: path -> score."""
+    store = Store.load(index)
+    rows = sorted(range(store.count), key=lambda r: store.entry(r).path)
+    return [{store.entry(r).path: s for r, s in hits} for hits in store.search(store.vectors_of(rows), k)]
+
+
+def assert_same_index(a: Path, b: Path, atol: float = 1e-5) -> None:
+    """The same rows (paths, hashes), the same vectors and the same search results: every hit found by
+    both with the same score, and any hit found by one only tied (within `atol`) with the last one kept,
+    since vectors equal within `atol` may order near ties either way."""
+    rows_a, rows_b = snapshot(a), snapshot(b)
+    assert sorted(rows_a) == sorted(rows_b)
+    assert {p: h for p, (h, _) in rows_a.items()} == {p: h for p, (h, _) in rows_b.items()}
+    for path, (_, vector) in rows_a.items():
+        np.testing.assert_allclose(vector, rows_b[path][1], atol=atol)
+    for hits_a, hits_b in zip(neighbours(a), neighbours(b), strict=True):
+        for path in hits_a.keys() & hits_b.keys():
+            assert hits_a[path] == pytest.approx(hits_b[path], abs=atol)
+        last = min(min(hits_a.values()), min(hits_b.values()))
+        for path in hits_a.keys() ^ hits_b.keys():
+            assert {**hits_a, **hits_b}[path] == pytest.approx(last, abs=2 * atol), "not a tie"
 
 
 @pytest.fixture
@@ -71,6 +90,25 @@ def test_add_change_delete_move_embeds_exactly_what_changed(tmp_path, folder, em
     assert report.indexed == 10
     ingest(folder, settings_for(tmp_path, "fresh"), embedder=embedder, full=True)
     assert_same_index(settings.index, tmp_path / "fresh")
+
+
+def test_an_update_is_a_new_segment_with_deletion_markers_and_compact_merges_them(tmp_path, folder, embedder):
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    photo(700).save(folder / "photo-0001.jpg", quality=90)  # changed: its old row is marked deleted
+    photo(701).save(folder / "added.jpg", quality=90)
+    ingest(folder, settings, embedder=embedder)
+    info = json.loads(runner.invoke(app, ["info", "--index", str(settings.index), "--json"]).output)
+    assert info["count"] == 9 and info["segments"] == "2, 1 rows marked deleted"
+    ingest(folder, settings_for(tmp_path, "fresh"), embedder=embedder, full=True)
+    assert_same_index(settings.index, tmp_path / "fresh")
+    result = runner.invoke(app, ["compact", "--index", str(settings.index)])
+    assert result.exit_code == 0 and "merged 2 segments into one; 9 vectors" in result.output
+    info = json.loads(runner.invoke(app, ["info", "--index", str(settings.index), "--json"]).output)
+    assert info["segments"] == "1, 0 rows marked deleted"
+    assert_same_index(settings.index, tmp_path / "fresh")
+    again = runner.invoke(app, ["compact", "--index", str(settings.index)])
+    assert again.exit_code == 0 and "nothing written" in again.output
 
 
 def test_an_unchanged_folder_embeds_nothing_and_loads_no_model(tmp_path, folder, embedder):
@@ -231,7 +269,7 @@ def test_verify_reports_and_repairs(tmp_path, folder, embedder):
 def test_verify_of_a_corrupt_index_exits_3(tmp_path, folder, embedder):
     settings = settings_for(tmp_path)
     ingest(folder, settings, embedder=embedder)
-    (current_generation(settings.index) / "manifest.npy").write_text("garbage\n")
+    segment_file(settings.index, "manifest.npy").write_text("garbage\n")
     result = runner.invoke(app, ["verify", "--index", str(settings.index)])
     assert result.exit_code == 3 and "corrupt" in result.output
 

@@ -57,7 +57,7 @@ def test_plan_sorts_every_file_into_kept_resumed_or_to_embed(folder):
     assert result.kept == {3: 2}  # renamed.jpg keeps row 2's vector
     assert list(result.resumed) == [1] and np.array_equal(result.resumed[1], unit(30))
     assert result.to_embed == [0, 2]  # the changed file and the new one
-    assert (result.unchanged, result.moved, result.removed) == (0, 1, 1)
+    assert (result.unchanged, result.moved, result.removed) == (0, {3}, 1)
     assert result.previous_paths == set(names[:3])
 
 

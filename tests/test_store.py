@@ -159,7 +159,9 @@ def saved(tmp_path) -> Path:
 
 
 def live(folder: Path, name: str) -> Path:
-    return current_generation(folder) / name
+    """A file of the live generation: meta.json, or a file of its first segment."""
+    generation = current_generation(folder)
+    return generation / name if name == META else generation / "seg-000001" / name
 
 
 @pytest.mark.parametrize(
@@ -192,14 +194,30 @@ def test_a_manifest_with_a_row_more_or_fewer_is_refused(saved, delta):
         path = live(saved, name)
         rows = np.load(path)
         np.save(path, np.concatenate([rows, rows[-1:]]) if delta > 0 else rows[:-1])
-        meta["files"][name] = file_facts(path)
+        meta["files"][f"seg-000001/{name}"] = file_facts(path)
     live(saved, META).write_text(json.dumps(meta))
     with pytest.raises(IndexCorrupt, match="row counts"):
         Store.load(saved)
 
 
+def as_written_by_format_5(index: Path) -> None:
+    """Rewrite a single-segment live generation as format 5 laid it out: the segment's files in the
+    generation folder itself, no segment list."""
+    generation = current_generation(index)
+    meta = json.loads((generation / META).read_text())
+    [segment] = meta.pop("segments")
+    del meta["next_segment"]
+    for name in (VECTORS, *MANIFEST_FILES):
+        (generation / segment["name"] / name).rename(generation / name)
+        meta["files"][name] = meta["files"].pop(f"{segment['name']}/{name}")
+    (generation / segment["name"]).rmdir()
+    meta["format_version"] = 5
+    (generation / META).write_text(json.dumps(meta))
+
+
 def as_written_by_format_4(index: Path) -> None:
     """Rewrite the live generation's manifest as format 4 kept it: JSON lines, in place of the columns."""
+    as_written_by_format_5(index)
     generation = current_generation(index)
     store = Store.load(index)
     lines = [json.dumps(asdict(e), ensure_ascii=True) + "\n" for e in store.entries()]
@@ -214,8 +232,9 @@ def as_written_by_format_4(index: Path) -> None:
 
 
 def test_a_format_4_index_loads_as_it_is_and_its_next_save_is_columnar(tmp_path):
-    store = make_store(30)
-    store.add(vectors(1, seed=9), [Entry("caf\udce9.jpg", 7, 8, "ab" * 32)])  # a file name that is not UTF-8
+    store = make_store(0)
+    rows = [*entries(30), Entry("caf\udce9.jpg", 7, 8, "ab" * 32)]  # the last file name is not UTF-8
+    store.add(np.concatenate([vectors(30), vectors(1, seed=9)]), rows)
     store.save(tmp_path / "index")
     as_written_by_format_4(tmp_path / "index")
     old = Store.load(tmp_path / "index")
@@ -224,9 +243,26 @@ def test_a_format_4_index_loads_as_it_is_and_its_next_save_is_columnar(tmp_path)
     np.testing.assert_array_equal(old.search(vectors(1, seed=9), 1)[0][0][0], 30)
     old.save(tmp_path / "index")
     generation = current_generation(tmp_path / "index")
-    assert not (generation / MANIFEST).exists() and all((generation / n).is_file() for n in MANIFEST_FILES)
-    assert json.loads((generation / META).read_text())["format_version"] == 5
+    assert not (generation / MANIFEST).exists()
+    assert all((generation / "seg-000001" / n).is_file() for n in MANIFEST_FILES)
+    assert json.loads((generation / META).read_text())["format_version"] == 6
     assert Store.load(tmp_path / "index").entries() == store.entries()
+
+
+def test_a_format_5_index_loads_and_its_next_save_links_its_files_into_a_segment(tmp_path):
+    store = make_store(30)
+    store.save(tmp_path / "index")
+    as_written_by_format_5(tmp_path / "index")
+    old_generation = current_generation(tmp_path / "index")
+    old = Store.load(tmp_path / "index")
+    assert old.entries() == store.entries() and not old.stale
+    assert old.search(vectors(3, seed=4), 5) == store.search(vectors(3, seed=4), 5)
+    old.delete([0])
+    old.save(tmp_path / "index")
+    generation = current_generation(tmp_path / "index")
+    [segment] = json.loads((generation / META).read_text())["segments"]
+    assert (generation / segment["name"] / VECTORS).stat().st_ino == (old_generation / VECTORS).stat().st_ino
+    assert Store.load(tmp_path / "index").entries() == store.entries()[1:]
 
 
 def test_the_manifest_round_trips_and_finds_paths_by_binary_search(tmp_path):

@@ -1,0 +1,184 @@
+"""Segments and deletion markers (issue 14): search over several segments equals brute force over the live
+rows, deleted rows never come back, a commit writes only what changed, and merges keep the answers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.ann import IndexChoice
+from retrieval.errors import IndexCorrupt
+from retrieval.generations import current_generation
+from retrieval.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
+from retrieval.store import DELETED, META, Entry, Store
+
+from .test_store import DIM, EMBEDDING
+
+RNG_SEED = 14
+
+
+def unit(n: int, rng: np.random.Generator) -> np.ndarray:
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def empty(kind: str = "flat") -> Store:
+    choice = IndexChoice(kind)
+    return Store.create(dim=DIM, metric="cosine", embedding=EMBEDDING, root=Path("/p"), runtime={}, kind=choice)
+
+
+class Reference:
+    """What the store should hold, kept in plain numpy: live rows in order, each a path and a vector."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.vectors = np.empty((0, DIM), np.float32)
+
+    def add(self, paths: list[str], vectors: np.ndarray) -> None:
+        self.paths += paths
+        self.vectors = np.concatenate([self.vectors, vectors])
+
+    def delete(self, rows: list[int]) -> None:
+        keep = np.setdiff1d(np.arange(len(self.paths)), rows)
+        self.paths = [self.paths[i] for i in keep]
+        self.vectors = self.vectors[keep]
+
+
+def assert_answers_like_brute_force(store: Store, ref: Reference, queries: np.ndarray, k: int = 7) -> None:
+    assert store.count == len(ref.paths) and [e.path for e in store.entries()] == ref.paths
+    np.testing.assert_allclose(store.vectors(), ref.vectors, atol=1e-6)
+    scores = queries @ ref.vectors.T
+    for q, hits in zip(scores, store.search(queries, k)):
+        expected = np.argsort(-q, kind="stable")[:k]
+        assert [store.entry(r).path for r, _ in hits] == [ref.paths[i] for i in expected]
+        np.testing.assert_allclose([s for _, s in hits], q[expected], atol=1e-5)
+    for row in range(0, store.count, max(1, store.count // 10)):
+        assert store.find(ref.paths[row]) == row
+        np.testing.assert_allclose(store.vector(row), ref.vectors[row], atol=1e-6)
+
+
+def test_a_seeded_sequence_of_adds_deletes_merges_and_reloads_answers_like_brute_force(tmp_path):
+    """Forty steps of seeded random sizes (adds, deletes, merges, save-and-load in turn); after each, the store
+    equals the reference: rows, vectors, search, find."""
+    rng = np.random.default_rng(RNG_SEED)
+    store, ref, made = empty(), Reference(), 0
+    queries = unit(5, rng)
+    steps = {"add": 0, "delete": 0, "merge": 0, "reload": 0}
+    for i in range(40):
+        step = ("add", "delete", "add", "merge", "reload")[i % 5] if store.count > 20 else "add"
+        steps[step] += 1
+        if step == "add":
+            n = int(rng.integers(1, 60))
+            paths = [f"img-{made + i:05d}.jpg" for i in range(n)]
+            made += n
+            vectors = unit(n, rng)
+            store.add(vectors, [Entry(p, 1, 1) for p in paths])
+            ref.add(paths, vectors)
+        elif step == "delete":
+            rows = sorted(rng.choice(store.count, int(rng.integers(1, store.count // 3)), replace=False).tolist())
+            gone = [ref.paths[r] for r in rows]
+            store.delete(rows)
+            ref.delete(rows)
+            assert all(store.find(p) is None for p in gone)
+        elif step == "merge":
+            store.merge()
+        else:
+            store.save(tmp_path / "index")
+            store = Store.load(tmp_path / "index")
+        assert_answers_like_brute_force(store, ref, queries)
+    assert min(steps.values()) >= 7, steps
+
+
+def test_the_nearest_rows_once_deleted_are_never_returned(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = unit(300, rng)
+    store = empty()
+    store.add(vectors, [Entry(f"{i}.jpg", 1, 1) for i in range(300)])
+    queries = vectors[:40]  # each query's nearest row is itself
+    store.delete(list(range(40)))
+    store.save(tmp_path / "index")
+    for loaded in (store, Store.load(tmp_path / "index")):
+        for hits in loaded.search(queries, 10):
+            paths = [loaded.entry(r).path for r, _ in hits]
+            assert len(paths) == 10 and not {f"{i}.jpg" for i in range(40)} & set(paths)
+        for hits in loaded.range_search(queries, -1.0):
+            assert len(hits) == 260
+
+
+def test_an_approximate_segment_with_deletions_skips_them_and_keeps_its_recall():
+    rng = np.random.default_rng(2)
+    centres = unit(20, rng)
+    vectors = centres[rng.integers(0, 20, 3000)] + 0.3 * unit(3000, rng)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = empty("hnsw")
+    store.add(vectors, [Entry(f"{i}.jpg", 1, 1) for i in range(3000)])
+    deleted = np.arange(0, 3000, 3)
+    store.delete(deleted)
+    live = np.setdiff1d(np.arange(3000), deleted)
+    queries = vectors[deleted[:100]]  # deleted rows' own vectors: the nearest answers are all gone
+    truth = np.argsort(-(queries @ vectors[live].T), axis=1)[:, :10]
+    found = [[r for r, _ in hits] for hits in store.search(queries, 10)]
+    assert all(len(f) == 10 for f in found)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.9, recall
+
+
+def test_a_commit_writes_its_new_segment_and_links_the_unchanged_one(tmp_path):
+    rng = np.random.default_rng(3)
+    store = empty()
+    store.add(unit(2000, rng), [Entry(f"a/{i}.jpg", 1, 1) for i in range(2000)])
+    first = store.save(tmp_path / "index")
+    store.delete([5, 6, 7])
+    store.add(unit(10, rng), [Entry(f"b/{i}.jpg", 1, 1) for i in range(10)])
+    second = store.save(tmp_path / "index")
+    meta = json.loads((second / META).read_text())
+    assert [(s["name"], s["rows"], s["deleted"]) for s in meta["segments"]] == [
+        ("seg-000001", 2000, 3),
+        ("seg-000002", 10, 0),
+    ]
+    old, new = first / "seg-000001", second / "seg-000001"
+    assert all(os.path.samefile(old / f.name, new / f.name) for f in old.iterdir()), "shared, not copied"
+    assert np.load(second / f"seg-000001{DELETED}").tolist() == [5, 6, 7]
+    written = sum(p.stat().st_size for p in second.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
+    assert written < 10 * DIM * 4 + 20_000, written  # the new rows, the markers and the metadata
+
+
+def test_damaged_deletion_markers_are_refused(tmp_path):
+    store = empty()
+    store.add(unit(50, np.random.default_rng(4)), [Entry(f"{i}.jpg", 1, 1) for i in range(50)])
+    store.delete([1, 2])
+    store.save(tmp_path / "index")
+    marker = current_generation(tmp_path / "index") / f"seg-000001{DELETED}"
+    np.save(marker, np.array([2, 99], np.int64))  # same size, a row out of range
+    with pytest.raises(IndexCorrupt, match="deletion markers"):
+        Store.load(tmp_path / "index")
+
+
+def test_tiers_merge_when_full_and_worn_segments_are_rewritten():
+    rng = np.random.default_rng(5)
+    store, ref = empty(), Reference()
+    for i in range(MERGE_FACTOR - 1):
+        vectors = unit(100, rng)
+        store.add(vectors, [Entry(f"{i}-{j}.jpg", 1, 1) for j in range(100)])
+        ref.add([f"{i}-{j}.jpg" for j in range(100)], vectors)
+    assert store.merge() == 0 and len(store.segments) == MERGE_FACTOR - 1
+    vectors = unit(100, rng)
+    store.add(vectors, [Entry(f"last-{j}.jpg", 1, 1) for j in range(100)])
+    ref.add([f"last-{j}.jpg" for j in range(100)], vectors)
+    assert store.merge() == MERGE_FACTOR - 1 and len(store.segments) == 1
+    assert_answers_like_brute_force(store, ref, unit(5, rng))
+    store.delete(list(range(0, 400, 3)))
+    ref.delete(list(range(0, 400, 3)))
+    assert [len(group) for group in merges_due(store._segments)] == [1]  # a third deleted: rewritten
+    store.merge()
+    assert [(s["rows"], s["deleted"]) for s in store.segments] == [(len(ref.paths), 0)]
+    assert_answers_like_brute_force(store, ref, unit(5, rng))
+
+
+def test_tiers_grow_by_the_merge_factor():
+    assert tier(1) == tier(MERGE_FLOOR) == tier(MERGE_FACTOR * MERGE_FLOOR - 1) == 0
+    assert tier(MERGE_FACTOR * MERGE_FLOOR) == 1 and tier(MERGE_FACTOR**3 * MERGE_FLOOR) == 3
