@@ -92,13 +92,22 @@ def build(
     vectors: np.ndarray,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 20_000,
+    pca: faiss.VectorTransform | None = None,
 ) -> faiss.Index:
     """A trained index of `choice` holding `vectors` (n, dim), normalized, float32, for scores of `metric`.
 
     Vectors are added `chunk` at a time (the same index as one call) so that `progress(added, total)`
-    can report on builds that take minutes.
+    can report on builds that take minutes. `pca`: a trained PCA (of another index of the same choice,
+    trained_pca) to use instead of training one; it is copied.
     """
-    index = faiss.index_factory(dim, choice.factory(dim, len(vectors)), searched_metric(choice, metric))
+    if pca is not None and 0 < choice.pca < dim:  # the factory's structure, around a copy of `pca`
+        inner = replace(choice, pca=0).factory(choice.pca, len(vectors)).removesuffix(",RFlat")
+        transform = faiss.Cloner().clone_VectorTransform(pca)
+        index = faiss.IndexRefineFlat(
+            faiss.IndexPreTransform(transform, faiss.index_factory(choice.pca, inner, faiss.METRIC_L2))
+        )
+    else:
+        index = faiss.index_factory(dim, choice.factory(dim, len(vectors)), searched_metric(choice, metric))
     if not index.is_trained:
         rng = np.random.default_rng(0)  # a fixed sample: the same vectors give the same index
         sample = (
@@ -138,9 +147,22 @@ class VectorIndex:
 
     @classmethod
     def build(
-        cls, choice: IndexChoice, metric: int, vectors: np.ndarray, progress: Callable[[int, int], None] | None = None
+        cls,
+        choice: IndexChoice,
+        metric: int,
+        vectors: np.ndarray,
+        progress: Callable[[int, int], None] | None = None,
+        pca: faiss.VectorTransform | None = None,
     ) -> VectorIndex:
-        return cls(build(choice, vectors.shape[1], metric, vectors, progress), choice, metric)
+        return cls(build(choice, vectors.shape[1], metric, vectors, progress, pca=pca), choice, metric)
+
+    @property
+    def trained_pca(self) -> faiss.VectorTransform | None:
+        """The trained PCA inside this index (PCA + graph or lists, re-ranked), or None."""
+        base = faiss.downcast_index(self.faiss.base_index) if isinstance(self.faiss, faiss.IndexRefine) else self.faiss
+        if isinstance(base, faiss.IndexPreTransform) and base.chain.size():
+            return base.chain.at(0)
+        return None
 
     @classmethod
     def empty(cls, dim: int, metric: int) -> VectorIndex:
@@ -280,18 +302,20 @@ def candidates(base: IndexChoice, dim: int, count: int, memory_budget: float) ->
     """The approximate kinds `auto` tries, fastest first (benchmarks/results/search.md): PCA-256 + HNSW32,
     HNSW32 on the full vectors, then IVF with 64-byte PQ codes. With a memory budget (bytes; 0: none),
     only those whose searched data fits in it."""
-    graph = (16, 32, 64, 128, 256, 512)
     found = [
-        Candidate(replace(base, kind="hnsw", pca=base.pca or (256 if dim > 512 else 0)), "ef_search", graph),
-        Candidate(replace(base, kind="hnsw", pca=0), "ef_search", graph),
-        Candidate(
-            replace(base, kind="ivf", pq_bytes=base.pq_bytes or 64, rerank=max(base.rerank, 8)),
-            "nprobe",
-            (4, 8, 16, 32, 64, 128, 256),
-        ),
+        tunable(replace(base, kind="hnsw", pca=base.pca or (256 if dim > 512 else 0))),
+        tunable(replace(base, kind="hnsw", pca=0)),
+        tunable(replace(base, kind="ivf", pq_bytes=base.pq_bytes or 64, rerank=max(base.rerank, 8))),
     ]
     unique = list({c.choice.factory(dim, count): c for c in found}.values())  # PCA off: the first two agree
     return [c for c in unique if not memory_budget or resident_bytes(c.choice, dim, count) <= memory_budget]
+
+
+def tunable(choice: IndexChoice) -> Candidate:
+    """`choice` with the search parameter auto raises for its kind, and the values it tries."""
+    if choice.kind == "hnsw":
+        return Candidate(choice, "ef_search", (16, 32, 64, 128, 256, 512))
+    return Candidate(choice, "nprobe", (4, 8, 16, 32, 64, 128, 256))
 
 
 def held_out_rows(count: int, sample: int = 200) -> np.ndarray:
@@ -305,14 +329,15 @@ def measure(
     metric: int,
     target_recall: float,
     candidate: Candidate | None = None,
+    pca: faiss.VectorTransform | None = None,
 ) -> tuple[VectorIndex, IndexChoice, float]:
     """Build `choice` and measure its recall@10 on held-out stored vectors. With a `candidate`, raise its
     search parameter until the recall reaches `target_recall`, then one value further (HEADROOM_STEPS):
     200 sampled queries estimate recall only to about ±0.01, and new images (a mirrored copy, say) are
     found a little less well than stored vectors; on 5,000 real embeddings the first value reaching 0.95
     still missed a mirrored copy's original that the next one found. Returns the index, the parameters
-    it was left with and the recall measured with them."""
-    index = VectorIndex.build(choice, metric, vectors)
+    it was left with and the recall measured with them. `pca`: a trained PCA to reuse (see `build`)."""
+    index = VectorIndex.build(choice, metric, vectors, pca=pca)
     rows = held_out_rows(len(vectors))
     recall, reached = 0.0, 0
     for value in candidate.values if candidate else (None,):
@@ -346,23 +371,14 @@ def build_measured(
         flat = replace(choice, kind="flat")
         return VectorIndex.build(flat, metric, vectors), {**describe(flat, dim, count), "recall_at_10": 1.0}
     facts: dict[str, Any] = {"recall_target": target_recall, "recall_queries": len(held_out_rows(count))}
-
-    def measured(tuned: IndexChoice, recall: float) -> dict[str, Any]:
-        return {
-            **describe(tuned, dim, count),
-            **facts,
-            "recall_at_10": recall,
-            "resident_bytes": resident_bytes(tuned, dim, count),
-        }
-
     if choice.kind != "auto":
         index, choice, recall = measure(choice, vectors, metric, target_recall)
-        return index, measured(choice, recall)
+        return index, measured(choice, dim, count, target_recall, recall)
     tried = []
     for candidate in candidates(choice, dim, count, memory_budget):
         index, tuned, recall = measure(candidate.choice, vectors, metric, target_recall, candidate)
         if recall >= target_recall:
-            return index, measured(tuned, recall)
+            return index, measured(tuned, dim, count, target_recall, recall)
         tried.append(
             f"{tuned.factory(dim, count)} {recall:.3f} at {candidate.parameter}={getattr(tuned, candidate.parameter)}"
         )
@@ -377,6 +393,36 @@ def build_measured(
         "recall_at_10": 1.0,
         "fallback": fallback,
     }
+
+
+def measured(choice: IndexChoice, dim: int, count: int, target_recall: float, recall: float) -> dict[str, Any]:
+    """The facts recorded of an approximate index: factory, parameters, the recall@10 measured and on how
+    many held-out queries, and the memory its search keeps busy."""
+    return {
+        **describe(choice, dim, count),
+        "recall_target": target_recall,
+        "recall_queries": len(held_out_rows(count)),
+        "recall_at_10": recall,
+        "resident_bytes": resident_bytes(choice, dim, count),
+    }
+
+
+def build_like(
+    template: VectorIndex, vectors: np.ndarray, metric: int, target_recall: float, tune: bool
+) -> tuple[VectorIndex, dict[str, Any]] | None:
+    """An index over `vectors` of the kind and parameters of `template` (a larger segment's index), its
+    trained PCA reused instead of trained again (about 9 s for 2048-d here, more than the rest of a small
+    build) and, with `tune`, its search parameter raised as auto does. Returns None when the recall
+    measured on `vectors` stays below the target: the trained parts no longer fit the data, and the
+    caller builds afresh."""
+    count, dim = vectors.shape
+    choice = template.choice
+    index, tuned, recall = measure(
+        choice, vectors, metric, target_recall, tunable(choice) if tune else None, pca=template.trained_pca
+    )
+    if recall < target_recall:
+        return None
+    return index, {**measured(tuned, dim, count, target_recall, recall), "reused": template.trained_pca is not None}
 
 
 def recall_warning(facts: dict[str, Any]) -> str | None:

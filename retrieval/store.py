@@ -64,6 +64,9 @@ MANIFEST = "manifest.jsonl"  # versions 3 and 4
 _NONE = np.empty(0, np.int64)
 META = "meta.json"
 FLAT = IndexChoice("flat")
+# a segment this small is searched exactly even in an approximate index: scanning 256 vectors of 2048-d
+# costs about what a graph search does, and finds every neighbour
+SMALL_FLAT = 256
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -274,18 +277,25 @@ class Store:
         return before - len(segments)
 
     def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
-        """A new segment over `x`: its kind built (trained, for PCA and IVF) and, for auto, tuned on it."""
+        """A new segment over `x`. Smaller than the largest approximate segment, it takes that one's kind and
+        parameters with its trained PCA (ann.build_like), or exact search when tiny (SMALL_FLAT rows);
+        otherwise, or when the reused parts no longer reach the recall target on `x`, its kind is built
+        (trained, for PCA and IVF) and, for auto, chosen and tuned on `x` alone."""
         requested = self._meta["index"]["requested"]
-        index, description = ann.build_measured(
-            ann.choice_from(requested),
-            x,
-            _FAISS_METRICS[self.metric],
-            requested["recall_target"],
-            requested["memory_budget_gb"] * 2**30,
-        )
+        metric, target = _FAISS_METRICS[self.metric], requested["recall_target"]
+        largest = max(self._segments, key=lambda s: s.live, default=None)
+        built = None
+        if largest and not largest.index.capabilities.exact and len(x) < largest.live:
+            if len(x) < SMALL_FLAT:
+                built = ann.build_measured(FLAT, x, metric, target)
+            else:
+                built = ann.build_like(largest.index, x, metric, target, tune=requested["kind"] == "auto")
+        if built is None:
+            budget = requested["memory_budget_gb"] * 2**30
+            built = ann.build_measured(ann.choice_from(requested), x, metric, target, budget)
         number = self._meta.get("next_segment", 1)
         self._meta["next_segment"] = number + 1
-        return Segment(f"seg-{number:06d}", index, Manifest.of(entries), description)
+        return Segment(f"seg-{number:06d}", built[0], Manifest.of(entries), built[1])
 
     def _changed(self) -> None:
         self._starts = np.cumsum([0] + [s.live for s in self._segments])
@@ -480,8 +490,17 @@ def _summary(segment: Segment) -> dict[str, Any]:
     return {"name": segment.name, "rows": segment.rows, "deleted": len(segment.deleted), "index": segment.description}
 
 
-def _live_vectors(segments: list[Segment]) -> np.ndarray:
-    return np.concatenate([np.delete(s.index.reconstruct_all(), s.deleted, axis=0) for s in segments])
+def _live_vectors(segments: list[Segment], chunk: int = 50_000) -> np.ndarray:
+    """The live rows' vectors of `segments`, in order, read into one array a chunk at a time: no second
+    full-size copy (a million 2048-d vectors are 8 GB)."""
+    out = np.empty((sum(s.live for s in segments), segments[0].index.dim), np.float32)
+    at = 0
+    for segment in segments:
+        for start in range(0, segment.live, chunk):
+            rows = segment.local(np.arange(start, min(start + chunk, segment.live)))
+            out[at : at + len(rows)] = segment.index.reconstruct_batch(rows)
+            at += len(rows)
+    return out
 
 
 def _live_entries(segments: list[Segment]) -> list[Entry]:

@@ -15,6 +15,7 @@ from retrieval.errors import IndexCorrupt
 from retrieval.generations import current_generation
 from retrieval.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
 from retrieval.store import DELETED, META, Entry, Store
+from retrieval.synthetic import feature_vectors
 
 from .test_store import DIM, EMBEDDING
 
@@ -182,3 +183,21 @@ def test_tiers_merge_when_full_and_worn_segments_are_rewritten():
 def test_tiers_grow_by_the_merge_factor():
     assert tier(1) == tier(MERGE_FLOOR) == tier(MERGE_FACTOR * MERGE_FLOOR - 1) == 0
     assert tier(MERGE_FACTOR * MERGE_FLOOR) == 1 and tier(MERGE_FACTOR**3 * MERGE_FLOOR) == 3
+
+
+def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keeps_the_recall(tmp_path):
+    """auto over 6,000 cone vectors picks PCA + HNSW; 1,500 more become a segment of the same kind around a
+    copy of the first one's PCA, tuned and measured on its own vectors; 100 more are searched exactly."""
+    vectors, queries = feature_vectors("cone", 7_600, dim=768, queries=50, seed=7)
+    store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
+    names = [f"{i}.jpg" for i in range(7_600)]
+    for part in (slice(0, 6_000), slice(6_000, 7_500), slice(7_500, 7_600)):
+        store.add(vectors[part], [Entry(n, 1, 1) for n in names[part]])
+    store.save(tmp_path / "index")
+    store = Store.load(tmp_path / "index")
+    big, small, tiny = (s["index"] for s in store.segments)
+    assert big["factory"] == small["factory"] == "PCA256,HNSW32,RFlat" and tiny["factory"] == "Flat"
+    assert small["reused"] and small["recall_at_10"] >= 0.95 and store.meta["index"]["recall_at_10"] >= 0.95
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = [[r for r, _ in hits] for hits in store.search(queries, 10)]
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.9
