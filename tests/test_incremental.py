@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,38 @@ def test_an_update_is_a_new_segment_with_deletion_markers_and_compact_merges_the
     assert_same_index(settings.index, tmp_path / "fresh")
     again = runner.invoke(app, ["compact", "--index", str(settings.index)])
     assert again.exit_code == 0 and "nothing written" in again.output
+
+
+def test_a_seeded_sequence_of_adds_changes_moves_and_deletes_equals_a_fresh_build_after_each_step(
+    tmp_path, folder, embedder
+):
+    """Six ingests, each after three seeded random changes to the folder; after each, the updated index
+    equals a full build of the folder (rows, vectors, search results)."""
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    rng, made = random.Random(14), 0
+    done = {"add": 0, "change": 0, "move": 0, "delete": 0}
+    for step in range(6):
+        for _ in range(3):
+            files = sorted(p for p in folder.rglob("*.jpg"))
+            operation = rng.choice(list(done)) if len(files) > 4 else "add"
+            target = rng.choice(files)
+            made += 1
+            if operation == "add":
+                photo(1000 + made).save(folder / f"added-{made}.jpg", quality=90)
+            elif operation == "change":
+                photo(2000 + made).save(target, quality=90)
+            elif operation == "move":
+                (folder / f"dir-{made}").mkdir()
+                target.rename(folder / f"dir-{made}" / target.name)
+            else:
+                target.unlink()
+            done[operation] += 1
+        ingest(folder, settings, embedder=embedder)
+        fresh = tmp_path / f"fresh-{step}"
+        ingest(folder, settings_for(tmp_path, fresh.name), embedder=embedder, full=True)
+        assert_same_index(settings.index, fresh)
+    assert min(done.values()) >= 2, done
 
 
 def test_an_unchanged_folder_embeds_nothing_and_loads_no_model(tmp_path, folder, embedder):

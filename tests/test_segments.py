@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +208,109 @@ def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keep
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     found = [[r for r, _ in hits] for hits in store.search(queries, 10)]
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.9
+
+
+# --- crashes and readers -------------------------------------------------------------------------
+
+CHANGE = """
+import sys
+import time
+from pathlib import Path
+import numpy as np
+from retrieval.store import Entry, Store
+
+index, mode = Path(sys.argv[1]), sys.argv[2]
+store = Store.load(index)
+if mode == "commit":
+    store.delete(list(range(0, store.count, 7)))
+    x = np.random.default_rng(9).normal(size=(30_000, 128)).astype(np.float32)
+    store.add(x, [Entry(f"new/{i}.jpg", 1, 1) for i in range(30_000)])
+else:
+    store.merge(everything=True)
+print("saving", flush=True)
+began = time.perf_counter()
+store.save(index)
+print(time.perf_counter() - began, flush=True)
+"""
+
+
+def state(index: Path) -> tuple[list[str], list[list[str]]]:
+    """What a reader sees: every path in row order, and the paths of the top 5 for a few fixed queries."""
+    store = Store.load(index)
+    queries = np.random.default_rng(0).normal(size=(4, store.dim)).astype(np.float32)
+    return [e.path for e in store.entries()], [[store.entry(r).path for r, _ in h] for h in store.search(queries, 5)]
+
+
+@pytest.fixture
+def three_segments(tmp_path) -> Path:
+    """An index of three flat segments of 128-d vectors (40,000 rows), one with deleted rows."""
+    rng = np.random.default_rng(8)
+    store = Store.create(dim=128, metric="cosine", embedding={}, root=Path("/p"), runtime={})
+    for part, rows in enumerate((20_000, 10_000, 10_000)):
+        store.add(rng.normal(size=(rows, 128)), [Entry(f"{part}/{i}.jpg", 1, 1) for i in range(rows)])
+    store.delete(list(range(0, 20_000, 5)))
+    store.save(tmp_path / "pristine")
+    return tmp_path / "pristine"
+
+
+@pytest.mark.parametrize("mode", ["commit", "merge"])
+def test_sigkill_during_a_commit_or_a_merge_leaves_one_side_of_it_10_times(tmp_path, three_segments, mode):
+    """Ten kills at seeded moments within the save (timed from the child's "saving" line over the save's own
+    duration); after each, the index loads and reads exactly as before the change or exactly as after it."""
+
+    def fresh_copy() -> Path:
+        index = tmp_path / "index"
+        shutil.rmtree(index, ignore_errors=True)
+        shutil.copytree(three_segments, index)
+        return index
+
+    before = state(three_segments)
+    index = fresh_copy()
+    done = subprocess.run([sys.executable, "-c", CHANGE, str(index), mode], check=True, capture_output=True, text=True)
+    took = float(done.stdout.split()[-1])
+    after = state(index)
+    assert after != before or mode == "merge"
+    seen, rng = {"before": 0, "after": 0}, random.Random(14)
+    for _ in range(10):
+        index = fresh_copy()
+        child = subprocess.Popen([sys.executable, "-c", CHANGE, str(index), mode], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "saving"
+        time.sleep(rng.uniform(0, took))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        now = state(index)
+        assert now in (before, after)
+        seen["before" if now == before else "after"] += 1
+    assert sum(seen.values()) == 10
+    print(f"{mode}: {seen} of 10 kills (the save took {took:.2f} s)")
+
+
+def test_readers_during_merges_see_one_whole_generation(tmp_path, three_segments):
+    index = tmp_path / "index"
+    shutil.copytree(three_segments, index)
+    expected = state(index)
+    errors, reads, done = [], [0], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                assert state(index) == expected
+                reads[0] += 1
+            except Exception as e:  # noqa: BLE001 - any failure is the test's finding
+                errors.append(e)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(3):
+            store = Store.load(index)
+            store.add(np.ones((1, 128), np.float32), [Entry("x.jpg", 1, 1)])
+            store.delete([store.count - 1])  # the rows stay the same; the segments change
+            store.save(index)
+            store.merge(everything=True)
+            store.save(index)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, errors[:3]
+    assert reads[0] >= 3
