@@ -199,11 +199,20 @@ class VectorIndex:
     def add(self, vectors: np.ndarray) -> None:
         self.faiss.add(vectors)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        """Top-k (row, score) per query, best first; fewer when the index holds fewer."""
-        distances, rows = self.faiss.search(queries, min(k, self.count))
+    def search(
+        self, queries: np.ndarray, k: int, skipping: faiss.SearchParameters | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Top-k (row, score) per query, best first; fewer when the index holds fewer. `skipping`: from
+        `skipping`, rows the search passes over (FAISS filters them inside the graph or list scan)."""
+        distances, rows = self.faiss.search(queries, min(k, self.count), params=skipping)
         found = scores(distances, self.faiss.metric_type, self.metric)
         return [[(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, found)]
+
+    def skipping(self, rows: np.ndarray) -> faiss.SearchParameters:
+        """Search parameters that make `search` pass over `rows` (deleted ones), with this index's own
+        efSearch, nprobe and re-rank factor: FAISS takes those from the parameters once any are given."""
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(rows, np.int64)))
+        return _parameters(self.faiss, selector)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
         """Every (row, score) within `threshold` of each query (cosine at least, or distance at most),
@@ -232,6 +241,29 @@ class VectorIndex:
 
     def reconstruct_all(self) -> np.ndarray:
         return self.faiss.reconstruct_n(0, self.count) if self.count else np.empty((0, self.dim), np.float32)
+
+
+def _parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters for `index` and each index it wraps, the innermost one filtering by `selector`."""
+    if isinstance(index, faiss.IndexRefine):
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = index.k_factor
+        inner = params.base_index_params = _parameters(faiss.downcast_index(index.base_index), selector)
+    elif isinstance(index, faiss.IndexPreTransform):
+        params = faiss.SearchParametersPreTransform()
+        inner = params.index_params = _parameters(faiss.downcast_index(index.index), selector)
+    else:
+        if isinstance(index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = index.hnsw.efSearch
+        elif isinstance(index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF()
+            params.nprobe = index.nprobe
+        else:
+            params = faiss.SearchParameters()
+        params.sel = inner = selector
+    params.referenced_objects = [inner]  # FAISS holds bare pointers: keep what they point at alive
+    return params
 
 
 def apply_search_parameters(index: faiss.Index, choice: IndexChoice) -> None:

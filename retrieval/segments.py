@@ -3,8 +3,8 @@
 A segment is some vectors in a FAISS index of its own kind (ann.py) with their manifest rows; once
 written it never changes. An ingest that adds images writes a new segment holding only them, and a
 change or removal marks rows of older segments deleted: the cost of a commit follows the size of the
-change, not of the index. Deleted rows are never returned: each segment's search filters them out,
-fetching more candidates until it has k live ones.
+change, not of the index. Deleted rows are never returned: each segment's search passes over them inside
+FAISS (an ID selector), and its range search drops them.
 
 A store numbers its live rows 0..count-1, segment after segment, skipping deleted ones. A row number
 therefore names an image within one generation (ids handed out by a server name their generation).
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+import faiss
 import numpy as np
 
 from . import ann
@@ -88,27 +89,18 @@ class Segment:
         return self.deleted[at] == local_rows
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        """Top-k (live position, score) per query among live rows, best first.
-
-        With deletions, asks the index for more candidates than k, and for twice as many again for any
-        query left short, until k live ones are found or the segment is exhausted.
-        """
+        """Top-k (live position, score) per query among live rows, best first: deleted rows are filtered
+        inside FAISS's own search (ann.VectorIndex.skipping), so no more candidates are fetched than k."""
         k = min(k, self.live)
         if k < 1:
             return [[] for _ in queries]
         if not len(self.deleted):
             return self.index.search(queries, k)
-        found: list[list[tuple[int, float]]] = [[] for _ in queries]
-        pending, fetch = list(range(len(queries))), min(self.rows, k + min(len(self.deleted), max(k, 16)))
-        while pending:
-            short = []
-            for i, hits in zip(pending, self.index.search(queries[pending], fetch)):
-                kept = self._live_hits(hits)[:k]
-                if len(kept) < k and fetch < self.rows:
-                    short.append(i)
-                found[i] = kept
-            pending, fetch = short, min(self.rows, 2 * fetch)
-        return found
+        return [self._live_hits(hits) for hits in self.index.search(queries, k, self._skipping)]
+
+    @cached_property
+    def _skipping(self) -> faiss.SearchParameters:
+        return self.index.skipping(self.deleted)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
         """Every (live position, score) within `threshold` of each query, best first (ann.range_search)."""

@@ -221,3 +221,22 @@ def test_a_format_3_flat_index_loads_and_searches_as_before(tmp_path, synthetic)
     old = Store.load(tmp_path / "index")
     assert not old.stale and warning(old.meta) is None
     assert old.search(synthetic[1], 5) == store.search(synthetic[1], 5)
+
+
+def test_every_kind_passes_over_deleted_rows_and_keeps_its_recall(tmp_path, kind_and_store, data):
+    """A third of the rows deleted, among them each query's true top 3: none of them comes back, and the
+    live top-10 is found as well as the whole one was (a selector inside FAISS, not a filter after it)."""
+    name, built = kind_and_store
+    vectors, queries = data
+    built.save(tmp_path / "index")
+    store = Store.load(tmp_path / "index")  # a copy: the module's store stays as it is
+    nearest = faiss.knn(queries, vectors, 3, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    deleted = np.union1d(np.arange(0, len(vectors), 3), nearest.ravel())
+    store.delete(deleted)
+    live = np.setdiff1d(np.arange(len(vectors)), deleted)
+    truth = faiss.knn(queries, vectors[live], 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    found = [[row for row, _ in hits] for hits in store.search(queries, 10)]
+    assert all(len(f) == 10 for f in found), name
+    assert not set(store.entry(r).path for f in found for r in f) & {f"{i}.jpg" for i in deleted.tolist()}
+    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
+    assert recall == 1.0 if store.capabilities.exact else recall >= 0.9, (name, recall)
