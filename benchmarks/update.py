@@ -11,8 +11,9 @@ plan an ingest would make (every previous row kept but the deleted ones, the new
 calls ingest.commit. Reported per commit: the seconds of the commit itself and of loading + planning; the
 bytes of the files the new generation does not share with the previous one, and the bytes the process wrote
 (/proc/self/io); the peak anonymous memory of the process (what is not the memory-mapped index) and its
-peak resident set. Queries: one at a time on one thread through Store.search, p50/p99 over 1,000; recall@10
-against exact search over the live vectors, for 200 of them. Writes benchmarks/results/update.json and
+peak resident set. Queries: one at a time on one thread through Store.search, on a warm file cache (every file of the
+generation read once first), p50/p99 over 1,000; recall@10 against exact search over the live vectors, for
+200 of them. Writes benchmarks/results/update.json and
 update.md.
 """
 
@@ -153,16 +154,28 @@ def compact_child(index: Path) -> dict:
     }
 
 
+def warm(generation: Path) -> None:
+    """Read every file of the generation once, so that queries are timed on a warm file cache (as a
+    served index is), not on page faults of a freshly written one."""
+    for path in generation.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
 def query_child(index: Path, queries: Path) -> dict:
     """Latency (one thread, one query at a time) and recall@10 against exact search over the live rows."""
     import faiss
 
+    from retrieval.generations import current_generation
     from retrieval.store import Store
 
     faiss.omp_set_num_threads(1)
     store = Store.load(index)
     q = np.load(queries)
-    for query in q[:50]:  # warm the pages a search touches
+    warm(current_generation(index))
+    for query in q[:50]:
         store.search(query, 10)
     times = []
     for query in q[:QUERIES]:

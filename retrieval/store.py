@@ -31,7 +31,8 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -43,7 +44,7 @@ import numpy as np
 
 from . import ann
 from .ann import IndexChoice
-from .durable import fsync_dir, fsync_file
+from .durable import TEMPORARY, fsync_dir, fsync_file
 from .errors import EmptyIndex, IndexMismatch, StoreError, UsageError
 from .files import sha256_file
 from .generations import corrupt, current_generation, on_live_generation, publish
@@ -67,6 +68,7 @@ FLAT = IndexChoice("flat")
 # a segment this small is searched exactly even in an approximate index: scanning 256 vectors of 2048-d
 # costs about what a graph search does, and finds every neighbour
 SMALL_FLAT = 256
+MAPPED_MERGE = 100_000  # a merge of at least this many rows reads its vectors through a memory-mapped file
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -269,12 +271,31 @@ class Store:
         for i, segment in enumerate(self._segments):
             if i in merged and i == merged[i][0]:
                 members = [self._segments[j] for j in merged[i]]
-                segments.append(self._build(_live_vectors(members), _live_entries(members)))
+                with self._merged_vectors(members) as vectors:
+                    segments.append(self._build(vectors, _live_entries(members)))
             elif i not in merged and segment.live:
                 segments.append(segment)
         self._segments = segments
         self._changed()
         return before - len(segments)
+
+    @contextmanager
+    def _merged_vectors(self, members: list[Segment]) -> Iterator[np.ndarray]:
+        """The live vectors of `members`: in memory when small; for a large merge, written chunk by chunk to
+        a temporary file in the index folder and memory-mapped, so that the merge holds in memory only the
+        index it builds (a million 2048-d vectors are 8 GB, and the new index keeps its own copy)."""
+        live = sum(s.live for s in members)
+        if live < MAPPED_MERGE or self._folder is None:
+            yield _live_vectors(members)
+            return
+        path = self._folder.parent / f"{TEMPORARY}merge-{os.getpid()}.npy"
+        try:
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(live, self.dim))
+            _live_vectors(members, out)
+            out.flush()
+            yield np.load(path, mmap_mode="r")
+        finally:
+            path.unlink(missing_ok=True)
 
     def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
         """A new segment over `x`. Smaller than the largest approximate segment, it takes that one's kind and
@@ -490,10 +511,11 @@ def _summary(segment: Segment) -> dict[str, Any]:
     return {"name": segment.name, "rows": segment.rows, "deleted": len(segment.deleted), "index": segment.description}
 
 
-def _live_vectors(segments: list[Segment], chunk: int = 50_000) -> np.ndarray:
-    """The live rows' vectors of `segments`, in order, read into one array a chunk at a time: no second
-    full-size copy (a million 2048-d vectors are 8 GB)."""
-    out = np.empty((sum(s.live for s in segments), segments[0].index.dim), np.float32)
+def _live_vectors(segments: list[Segment], out: np.ndarray | None = None, chunk: int = 50_000) -> np.ndarray:
+    """The live rows' vectors of `segments`, in order, read into one array (`out`, or a new one) a chunk
+    at a time: no second full-size copy."""
+    if out is None:
+        out = np.empty((sum(s.live for s in segments), segments[0].index.dim), np.float32)
     at = 0
     for segment in segments:
         for start in range(0, segment.live, chunk):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval import store as store_module
 from retrieval.ann import IndexChoice
 from retrieval.errors import IndexCorrupt
 from retrieval.generations import current_generation
@@ -314,3 +315,24 @@ def test_readers_during_merges_see_one_whole_generation(tmp_path, three_segments
         thread.join()
     assert not errors, errors[:3]
     assert reads[0] >= 3
+
+
+def test_a_large_merge_goes_through_a_memory_mapped_file_and_answers_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "MAPPED_MERGE", 100)  # "large" from 100 rows on
+    opened = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **kw: opened.append(Path(path).name) or real_load(path, *a, **kw))
+    rng = np.random.default_rng(6)
+    store, ref = empty(), Reference()
+    for part in range(3):
+        vectors = unit(200, rng)
+        store.add(vectors, [Entry(f"{part}/{i}.jpg", 1, 1) for i in range(200)])
+        ref.add([f"{part}/{i}.jpg" for i in range(200)], vectors)
+    store.save(tmp_path / "index")
+    store = Store.load(tmp_path / "index")
+    store.delete([0, 250, 599])
+    ref.delete([0, 250, 599])
+    assert store.merge(everything=True) == 2
+    assert any(name.startswith(".tmp-merge-") for name in opened)
+    assert not [p for p in (tmp_path / "index").iterdir() if p.name.startswith(".tmp-")], "the file is removed"
+    assert_answers_like_brute_force(store, ref, unit(5, rng))
