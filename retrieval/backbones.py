@@ -134,6 +134,14 @@ def weights_fingerprint(spec: ModelSpec, weights: str, seed: int) -> dict[str, A
     return {"source": "file", "path": str(path), "sha256": sha256_file(path)}
 
 
+def identity(embedding: dict[str, Any]) -> dict[str, Any]:
+    """What makes vectors comparable: the embedding without a weights file's path, which only says where
+    the file was found. A file is its SHA-256, so the same weights may lie elsewhere on another machine (a
+    Ray worker, a query host) and still embed like the index."""
+    weights = {k: v for k, v in embedding.get("weights", {}).items() if k != "path"}
+    return {**embedding, "weights": weights}
+
+
 def weights_setting(embedding: dict[str, Any]) -> tuple[str, int]:
     """The (weights, seed) settings that rebuild the embedder an index's `embedding` records."""
     weights = embedding["weights"]

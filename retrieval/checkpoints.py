@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .backbones import identity
 from .durable import TEMPORARY, write_atomically
 from .store import Entry
 
@@ -26,7 +27,7 @@ PENDING = "pending"
 
 
 def embedding_key(embedding: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(embedding, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(identity(embedding), sort_keys=True).encode()).hexdigest()
 
 
 class Checkpoints:

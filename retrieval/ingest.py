@@ -223,7 +223,7 @@ def _executor(settings: Settings, model: _LazyEmbedder, decode: Decoder) -> Exec
     if settings.executor == "ray":
         from .ray_executor import RayExecutor
 
-        return RayExecutor(settings, settings.ray_address)
+        return RayExecutor(settings, model.embedding, settings.ray_address)
     return LocalExecutor(settings, model.get, model.spec, decode)
 
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from .backbones import identity
 from .config import Settings
 from .embedders import create_embedder
-from .errors import ImageError
+from .errors import ImageError, IndexMismatch
 from .executors import Embedded, read_image
 from .files import Skipped
 from .images import load_image
@@ -31,12 +32,18 @@ CPUS_PER_ACTOR = 2  # one engine uses every core it is given: actors are sized t
 class _EmbedBatch:
     """One actor: the embedder, built once, then each batch of rows decoded, hashed and embedded."""
 
-    def __init__(self, settings: Settings, root: str) -> None:
+    def __init__(self, settings: Settings, root: str, embedding: dict[str, Any]) -> None:
         # int8 needs the driver's calibration sample: a Ray run embeds in the float precision auto picks
         precision = "auto" if settings.precision == "int8" else settings.precision
         self._settings = replace(settings, precision=precision)
         self._root = Path(root)
         self._embedder = create_embedder(self._settings)
+        if identity(self._embedder.embedding()) != identity(embedding):
+            raise IndexMismatch(
+                f"the Ray worker on {os.uname().nodename} would embed otherwise than the driver (its weights "
+                f"{self._embedder.embedding()['weights']}, the driver's {embedding['weights']}); give every "
+                "node the same weights file (the same SHA-256, at the path in the settings)"
+            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels, facts = [], []  # facts: (digest, skip reason, detail) per row, reason "" when embedded
@@ -66,8 +73,9 @@ class _EmbedBatch:
 class RayExecutor:
     """The embed step over Ray (see the module docstring); `address` "" starts a local instance."""
 
-    def __init__(self, settings: Settings, address: str = "") -> None:
+    def __init__(self, settings: Settings, embedding: dict[str, Any], address: str = "") -> None:
         self._settings = settings
+        self._embedding = embedding  # the driver's: every actor checks that it embeds the same way
         self._address = address
 
     def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]:
@@ -102,7 +110,7 @@ class RayExecutor:
         rows = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
         embedded = rows.map_batches(
             _EmbedBatch,
-            fn_constructor_kwargs={"settings": self._settings, "root": str(root)},
+            fn_constructor_kwargs={"settings": self._settings, "root": str(root), "embedding": self._embedding},
             batch_size=self._settings.batch_size,
             batch_format="numpy",
             concurrency=actors,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import Pooling, weights_setting
+from .backbones import Pooling, identity, weights_setting
 from .config import Settings
 from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex, UsageError
@@ -63,7 +63,8 @@ class Searcher:
             return False
         store = Store.load(self._settings.index)
         with self._lock:
-            if self._embedder is not None and store.meta["embedding"] != self._store.meta["embedding"]:
+            same = identity(store.meta["embedding"]) == identity(self._store.meta["embedding"])
+            if self._embedder is not None and not same:
                 self._embedder = None
             self._store = store
         return True

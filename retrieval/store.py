@@ -44,6 +44,7 @@ import numpy as np
 
 from . import ann
 from .ann import IndexChoice
+from .backbones import identity
 from .durable import TEMPORARY, fsync_dir, fsync_file
 from .errors import EmptyIndex, IndexMismatch, StoreError, UsageError
 from .files import sha256_file
@@ -230,7 +231,7 @@ class Store:
         self, embedding: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
     ) -> None:
         """Refuse vectors made differently from the stored ones, naming what differs and `remedy`."""
-        stored = self._meta["embedding"]
+        stored, embedding = identity(self._meta["embedding"]), identity(embedding)
         if embedding == stored:
             return
         keys = sorted(k for k in set(stored) | set(embedding) if stored.get(k) != embedding.get(k))

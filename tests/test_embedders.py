@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from retrieval.backbones import caffe_preprocess, keras_cache_file, spec_for
-from retrieval.errors import UsageError, WeightsUnavailable
+from retrieval.backbones import caffe_preprocess, keras_cache_file, spec_for, weights_fingerprint
+from retrieval.errors import IndexMismatch, UsageError, WeightsUnavailable
 from retrieval.openvino_engine import OpenVinoEmbedder
+from retrieval.store import Store
 from retrieval.synthetic import photo
 from retrieval.tensorflow_engine import KerasEmbedder
 
@@ -67,6 +69,17 @@ def test_a_weights_file_is_loaded_and_identified_by_hash(tmp_path, embedder, bat
     np.testing.assert_allclose(from_file.embed(batch), embedder.embed(batch), rtol=1e-5, atol=1e-6)
     weights = from_file.embedding()["weights"]
     assert weights["source"] == "file" and weights["path"] == str(path) and len(weights["sha256"]) == 64
+    # the same bytes elsewhere (another machine's copy) embed like the index; other bytes are refused
+    index = Store.create(dim=2048, metric="cosine", embedding=from_file.embedding(), root=tmp_path, runtime={})
+    elsewhere = tmp_path / "elsewhere" / "copy.weights.h5"
+    elsewhere.parent.mkdir()
+    shutil.copyfile(path, elsewhere)
+    index.check_embedding(KerasEmbedder(RESNET, str(elsewhere)).embedding())
+    with open(elsewhere, "ab") as f:
+        f.write(b"\0")
+    other = {**from_file.embedding(), "weights": weights_fingerprint(RESNET, str(elsewhere), 0)}
+    with pytest.raises(IndexMismatch, match="sha256"):
+        index.check_embedding(other)
 
 
 def test_a_missing_or_broken_weights_file_says_what_to_do(tmp_path):
