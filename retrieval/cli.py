@@ -163,6 +163,9 @@ def ingest(
     typer.echo(f"embedded {report.embedded} images" + (f" at {report.rate:.1f} img/s" if report.embedded else ""))
     counts = ("added", "updated", "removed", "moved", "unchanged", "resumed")
     typer.echo(", ".join(f"{getattr(report, name)} {name}" for name in counts))
+    if report.nodes:
+        spread = ", ".join(f"{node[:8]} {n}" for node, n in report.nodes.most_common())
+        typer.echo(f"embedded on {len(report.nodes)} Ray nodes: {spread}")
     if report.skipped:
         typer.echo(f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.error_report)}")
     _warn(report.warning)

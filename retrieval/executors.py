@@ -38,6 +38,7 @@ class Embedded:
     digests: list[str]
     vectors: np.ndarray  # (len(done), dim)
     skipped: list[tuple[int, Skipped]]
+    node: str = ""  # the Ray node that embedded it; "" when local
 
 
 class Executor(Protocol):

@@ -38,6 +38,9 @@ class _EmbedBatch:
         self._settings = replace(settings, precision=precision)
         self._root = Path(root)
         self._embedder = create_embedder(self._settings)
+        import ray
+
+        self._node = ray.get_runtime_context().get_node_id()  # where Ray placed this actor, for the report
         if identity(self._embedder.embedding()) != identity(embedding):
             raise IndexMismatch(
                 f"the Ray worker on {os.uname().nodename} would embed otherwise than the driver (its weights "
@@ -66,8 +69,9 @@ class _EmbedBatch:
         if pixels:
             vectors[ok] = self._embedder.embed(np.stack(pixels))
         digests, reasons, details = (np.array(column, object) for column in zip(*facts))
+        node = np.full(len(facts), self._node, object)
         return {"index": batch["index"], "path": batch["path"], "ok": ok, "digest": digests, "reason": reasons,
-                "detail": details, "vector": vectors}  # fmt: skip
+                "detail": details, "vector": vectors, "node": node}  # fmt: skip
 
 
 class RayExecutor:
@@ -102,11 +106,7 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
-        resources = ray.cluster_resources()
-        cpus = int(resources.get("CPU", 1))
-        per_actor = min(CPUS_PER_ACTOR, cpus)
-        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        actors = max(1, int(resources.get("GPU", 0)) if gpus else cpus // per_actor)
+        per_actor, gpus, actors = _actor_pool([n["Resources"] for n in ray.nodes() if n["Alive"]])
         rows = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
         embedded = rows.map_batches(
             _EmbedBatch,
@@ -130,7 +130,19 @@ class RayExecutor:
                 [str(d) for d, good in zip(batch["digest"], ok) if good],
                 np.asarray(batch["vector"])[ok],
                 skipped,
+                str(batch["node"][0]) if len(batch["node"]) else "",
             )
+
+
+def _actor_pool(nodes: list[dict[str, float]]) -> tuple[int, int, int]:
+    """(CPUs per actor, GPUs per actor, actors) for a cluster of `nodes` (each node's resources): an actor
+    takes up to CPUS_PER_ACTOR cores but never more than the largest node has, and as many actors as fit
+    node by node; with GPUs, one actor per GPU."""
+    per_actor = max(1, min(CPUS_PER_ACTOR, max((int(n.get("CPU", 0)) for n in nodes), default=1)))
+    gpus = sum(int(n.get("GPU", 0)) for n in nodes)
+    if gpus:
+        return per_actor, 1, gpus
+    return per_actor, 0, max(1, sum(int(n.get("CPU", 0)) // per_actor for n in nodes))
 
 
 def _runtime_env() -> dict[str, Any]:

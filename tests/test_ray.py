@@ -1,7 +1,19 @@
 """`executor: ray`: the embed step on a real local Ray instance (started and stopped by the ingest itself,
-on 2 CPUs), giving the same index as a local ingest, first and incremental runs alike."""
+on 2 CPUs), giving the same index as a local ingest, first and incremental runs alike; and on a two-node
+cluster on loopback (`ray start`, stopped by the tests), where the work spreads over both nodes, a killed
+worker is retried, and a killed driver's checkpoints are resumed by a local run."""
 
 from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +22,9 @@ from retrieval.config import Settings
 from retrieval.ingest import ingest
 from retrieval.store import Store
 from retrieval.synthetic import write_photos
+
+from .test_faults import checkpointed_paths, pieces
+from .test_incremental import assert_same_index
 
 pytest.importorskip("ray")
 
@@ -33,3 +48,99 @@ def test_a_ray_ingest_gives_the_index_a_local_one_gives_and_updates_it_the_same_
         a, b = ours.vectors(), theirs.vectors()
         assert (a * b).sum(axis=1).min() >= 0.9999, run  # unit vectors: their cosines
     assert np.isfinite(ours.vectors()).all()
+
+
+# --- a two-node cluster on loopback: placement, a killed worker, a killed driver ----------------------
+
+
+def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    ray = Path(sys.executable).parent / "ray"
+    return subprocess.run([str(ray), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> str:
+    """`ray start --head` and a second `ray start --address`, one CPU each, on 127.0.0.1, with Ray's token
+    authentication (a token file of the test's own, named in the environment every process here inherits);
+    both stopped afterwards, also when a test fails."""
+    address = f"127.0.0.1:{free_port()}"
+    common = ("--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats")
+    token = tmp_path_factory.mktemp("ray") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    try:
+        head = ray_cli("start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", *common)
+        assert head.returncode == 0, head.stderr
+        worker = ray_cli("start", f"--address={address}", *common)
+        assert worker.returncode == 0, worker.stderr
+        yield address
+    finally:
+        ray_cli("stop", "--force")
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+
+
+def ray_ingest(folder: Path, index: Path, address: str | None) -> list[str]:
+    """A real `retrieval ingest` in fp32 (vectors independent of batching), checkpointing every batch of 4."""
+    executor = ["--executor", "ray", "--ray-address", address] if address else []
+    return [
+        sys.executable, "-m", "retrieval", "ingest", str(folder), "--index", str(index), "--weights", "none",
+        "--precision", "fp32", "--batch-size", "4", "--checkpoint-every", "4", *executor,
+    ]  # fmt: skip
+
+
+def start_on_cluster(
+    tmp_path: Path, photos: int, address: str, pieces_first: int
+) -> tuple[Path, Path, subprocess.Popen]:
+    """Write `photos` photos and start an ingest of them on the cluster; return once it has checkpointed
+    `pieces_first` batches (mid-run, whatever its start-up took): (folder, index, the running ingest)."""
+    folder, index = tmp_path / "photos", tmp_path / "index"
+    write_photos(folder, photos, seed=1400 + photos)
+    run = subprocess.Popen(
+        ray_ingest(folder, index, address), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while len(pieces(index)) < pieces_first and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return folder, index, run
+
+
+def actor_pids() -> list[int]:
+    """The processes of Ray Data's embedding actors (their process title names the map function)."""
+    found = subprocess.run(["pgrep", "-f", "MapBatches\\(_EmbedBatch\\)"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_on_two_nodes_the_work_spreads_a_killed_worker_is_retried_and_the_index_equals_a_local_one(tmp_path, cluster):
+    folder, index, run = start_on_cluster(tmp_path, 48, cluster, pieces_first=1)
+    victims = actor_pids()
+    assert run.poll() is None and victims, "the ingest is running on its actors"
+    os.kill(victims[0], signal.SIGKILL)
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    nodes = re.search(r"embedded on (\d+) Ray nodes: (.*)", out)
+    assert nodes and nodes.group(1) == "2", out  # node ids as Ray's runtime context gives them to the actors
+    assert sum(int(n) for n in re.findall(r" (\d+)(?:,|$)", nodes.group(2))) == 48
+    print(f"killed actor process {victims[0]} of {len(victims)}; {nodes.group(0)}")
+    subprocess.run(ray_ingest(folder, tmp_path / "local", None), check=True, capture_output=True)
+    assert_same_index(index, tmp_path / "local")
+
+
+def test_a_driver_killed_mid_run_leaves_the_index_and_a_local_run_resumes_from_its_checkpoints(tmp_path, cluster):
+    folder, index, run = start_on_cluster(tmp_path, 40, cluster, pieces_first=2)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    held = checkpointed_paths(index)
+    assert held and len(held) == len(set(held))
+    resumed = subprocess.run(ray_ingest(folder, index, None), check=True, capture_output=True, text=True).stdout
+    assert f"{len(held)} resumed" in resumed and f"embedded {40 - len(held)} images" in resumed, resumed
+    print(f"the killed driver had checkpointed {len(held)} of 40; the local run embedded the other {40 - len(held)}")
+    subprocess.run(ray_ingest(folder, tmp_path / "reference", None), check=True, capture_output=True)
+    assert_same_index(index, tmp_path / "reference")
