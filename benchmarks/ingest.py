@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             job.get("jpeg_draft", True),
             job.get("decode_threads"),
             job.get("calibration", "excluded"),
+            job.get("executor", "local"),
+            job.get("ray_address", ""),
         )
     from retrieval.system import memory_bytes
 
@@ -100,11 +104,11 @@ def _decode(folder: Path, jpeg_draft: bool) -> dict[str, Any]:
     return {"images": len(paths), "seconds": seconds, "img_per_s": len(paths) / seconds}
 
 
-def _settings(engine: str, precision: str, index: Path, decode_threads: int | None = None) -> Any:
+def _settings(engine: str, precision: str, index: Path, decode_threads: int | None = None, **more: Any) -> Any:
     from retrieval.config import Settings
 
     threads = {"decode_threads": decode_threads} if decode_threads else {}
-    return Settings(index=index, weights="none", engine=engine, precision=precision, **threads)
+    return Settings(index=index, weights="none", engine=engine, precision=precision, **threads, **more)
 
 
 def _embedder(settings: Any, folder: Path | None) -> Any:
@@ -148,10 +152,19 @@ def _forward(engine: str, precision: str, folder: str | None, batch: int = 32, r
 
 
 def _pipeline(
-    folder: Path, engine: str, precision: str, jpeg_draft: bool, decode_threads: int | None, calibration: str
+    folder: Path,
+    engine: str,
+    precision: str,
+    jpeg_draft: bool,
+    decode_threads: int | None,
+    calibration: str,
+    executor: str = "local",
+    ray_address: str = "",
 ) -> dict[str, Any]:
     """One ingest of `folder`. calibration "included": the ingest builds its own embedder, so an int8 run's
-    sampling, quantizing (no cached model) and gate are timed with it; else the embedder is built first."""
+    sampling, quantizing (no cached model) and gate are timed with it; else the embedder is built first.
+    On Ray the actors build their own embedders: starting Ray (without an address) and the actors' model
+    builds are inside the timed run, as a user pays them."""
     from retrieval.config import decode_threads_for
     from retrieval.images import load_image
     from retrieval.ingest import ingest
@@ -159,11 +172,14 @@ def _pipeline(
     from retrieval.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = _settings(engine, precision, Path(tmp) / "index", decode_threads)
+        settings = _settings(
+            engine, precision, Path(tmp) / "index", decode_threads, executor=executor, ray_address=ray_address
+        )
         decode = partial(load_image, jpeg_draft=jpeg_draft)
         if calibration == "included":
             for quantized in (cache_dir() / "openvino").glob("*-int8-*"):
                 shutil.rmtree(quantized)
+        if calibration == "included" or executor == "ray":
             embedder = None
         else:
             embedder = _embedder(settings, folder)
@@ -298,6 +314,44 @@ def plan_int8() -> list[dict[str, Any]]:
     return jobs
 
 
+def plan_ray(address: str) -> list[dict[str, Any]]:
+    """The same 512 JPEGs through the local pipeline and through `executor: ray` (a local instance the
+    ingest starts itself, and the two-node loopback cluster at `address`), beside the forward-only rate."""
+    small = str(photo_set((1024, 768), 512))
+    baseline = str(photo_set((1024, 768), 96))
+    common = {"engine": "openvino", "precision": "bf16", "set": "1024x768", "folder": small}
+    return [
+        {"name": "prototype loop (baseline)", "kind": "prototype", "folder": baseline, "set": "1024x768"},
+        {"name": "forward only, openvino bf16", "kind": "forward", **common},
+        {"name": "pipeline, local executor", "kind": "pipeline", **common},
+        {"name": "pipeline, ray, local instance (2 CPUs)", "kind": "pipeline", **common, "executor": "ray"},
+        {"name": "pipeline, ray, two-node loopback cluster (1 CPU each)", "kind": "pipeline", **common,
+         "executor": "ray", "ray_address": address},
+    ]  # fmt: skip
+
+
+@contextmanager
+def two_node_cluster() -> Iterator[str]:
+    """`ray start --head` and a second `ray start --address`, one CPU each, on 127.0.0.1, with token
+    authentication (a token file of its own, named in the environment the jobs inherit); stopped after."""
+    ray = str(Path(sys.executable).parent / "ray")
+    with tempfile.TemporaryDirectory() as tmp:
+        token = Path(tmp) / "auth_token"
+        token.write_text(os.urandom(32).hex())
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        address = "127.0.0.1:46379"
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+        try:
+            subprocess.run([ray, "start", "--head", "--port=46379", "--include-dashboard=false", *common], check=True,
+                           capture_output=True)  # fmt: skip
+            subprocess.run([ray, "start", f"--address={address}", *common], check=True, capture_output=True)
+            yield address
+        finally:
+            subprocess.run([ray, "stop", "--force"], capture_output=True)
+            for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+                os.environ.pop(key)
+
+
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     baseline = next(r["img_per_s"] for r in results if r["kind"] == "prototype")
     ceilings = {(r["engine"], r["precision"]): r["img_per_s"] for r in results if r["kind"] == "forward"}
@@ -336,6 +390,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images, no memory runs")
     parser.add_argument("--int8", action="store_true", help="only the int8 rows and what they are judged by")
+    parser.add_argument("--ray", action="store_true", help="only the Ray rows and what they are judged by")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -345,11 +400,15 @@ def main() -> None:
     from retrieval.system import machine
 
     host = machine()
-    host["command"] = "benchmarks/ingest.py" + (" --quick" if args.quick else "") + (" --int8" if args.int8 else "")
+    flags = [flag for flag, on in (("--quick", args.quick), ("--int8", args.int8), ("--ray", args.ray)) if on]
+    host["command"] = " ".join(["benchmarks/ingest.py", *flags])
     print(f"{host['cpu']}, {host['cores']} cores; generating images under {DATA} ...")
-    jobs = plan_int8() if args.int8 else plan(args.quick)
-    results = summarize([run_in_subprocess(job) for job in jobs])
-    name = "ingest-int8" if args.int8 else "ingest"
+    if args.ray:
+        with two_node_cluster() as address:
+            results = summarize([run_in_subprocess(job) for job in plan_ray(address)])
+    else:
+        results = summarize([run_in_subprocess(job) for job in (plan_int8() if args.int8 else plan(args.quick))])
+    name = "ingest-int8" if args.int8 else "ingest-ray" if args.ray else "ingest"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": host, "results": results}, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(results, host))
