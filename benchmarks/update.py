@@ -143,11 +143,12 @@ def compact_child(index: Path) -> dict:
 
     with Peak() as peak:
         began = time.perf_counter()
-        merged, store = compact(index)
+        done = compact(index)
         seconds = time.perf_counter() - began
+    store = done.store
     return {
         "compact_s": seconds,
-        "merged": merged,
+        "merged": done.segments,
         "new_file_bytes": new_files_bytes(current_generation(index)),
         "peak_anon_mb": peak.anon / 1024,
         "recall_at_10_recorded": store.meta["index"].get("recall_at_10"),

@@ -290,7 +290,7 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
 def _segments_summary(segments: list[dict[str, Any]] | None) -> str:
     """How many segments hold the rows, and how many rows are marked deleted (`compact` drops them)."""
     if not segments:
-        return "1 (format 5: converted by the next ingest or compact)"
+        return "1 (format 5 or older: moved into a segment by the next change, or by `retrieval compact`)"
     deleted = sum(s["deleted"] for s in segments)
     return f"{len(segments)}, {deleted} rows marked deleted"
 
@@ -351,12 +351,17 @@ def compact(index: IndexOption = None, wait: WaitOption = False, config: ConfigO
         from .ingest import compact as run_compact
         from .store import warning
 
-        merged, store = run_compact(settings.index, wait=wait)
-    if merged:
-        typer.echo(f"{printable(settings.index)}: merged {merged + 1} segments into one; {store.count} vectors")
+        done = run_compact(settings.index, wait=wait)
+    where, count = printable(settings.index), done.store.count
+    if done.segments > 1 or done.deleted:
+        typer.echo(
+            f"{where}: merged {done.segments} segments into one, {done.deleted} deleted rows dropped; {count} vectors"
+        )
+    elif done.written:
+        typer.echo(f"{where}: saved in the current layout (one segment, files linked); {count} vectors")
     else:
-        typer.echo(f"{printable(settings.index)}: already one segment with no deleted rows; nothing written")
-    _warn(warning(store.meta))
+        typer.echo(f"{where}: already one segment with no deleted rows; nothing written")
+    _warn(warning(done.store.meta))
 
 
 @app.command()

@@ -367,17 +367,30 @@ def _vectors_of(
     return vectors
 
 
-def compact(index: Path, *, wait: bool = False) -> tuple[int, Store]:
+@dataclass(frozen=True)
+class Compaction:
+    """What `compact` found and did."""
+
+    segments: int  # before
+    deleted: int  # rows marked deleted before, now gone
+    written: bool  # whether a new generation was saved
+    store: Store
+
+
+def compact(index: Path, *, wait: bool = False) -> Compaction:
     """Merge every segment of the index into one without its deleted rows and save it as a new generation,
-    under the write lock (what an ingest's merge policy does by tiers, all at once). Returns how many
-    segments were merged away (0: already compact, nothing written) and the store."""
+    under the write lock (what an ingest's merge policy does by tiers, all at once). An index of format 5
+    or older, one segment already, is only saved in the current layout (its files hard-linked into a
+    segment, nothing rebuilt)."""
     with IndexLock(index, wait=wait):
         store = Store.load(index)
-        if len(store.segments) == 1 and not store.segments[0]["deleted"]:
-            return 0, store
-        merged = store.merge(everything=True)
+        segments, deleted = len(store.segments), sum(s["deleted"] for s in store.segments)
+        if segments == 1 and not deleted and "segments" in store.meta:
+            return Compaction(segments, deleted, False, store)
+        if segments > 1 or deleted:
+            store.merge(everything=True)
         store.save(index)
-        return merged, store
+        return Compaction(segments, deleted, True, store)
 
 
 def index_choice(settings: Settings) -> IndexChoice:

@@ -104,7 +104,7 @@ def test_an_update_is_a_new_segment_with_deletion_markers_and_compact_merges_the
     ingest(folder, settings_for(tmp_path, "fresh"), embedder=embedder, full=True)
     assert_same_index(settings.index, tmp_path / "fresh")
     result = runner.invoke(app, ["compact", "--index", str(settings.index)])
-    assert result.exit_code == 0 and "merged 2 segments into one; 9 vectors" in result.output
+    assert result.exit_code == 0 and "merged 2 segments into one, 1 deleted rows dropped; 9 vectors" in result.output
     info = json.loads(runner.invoke(app, ["info", "--index", str(settings.index), "--json"]).output)
     assert info["segments"] == "1, 0 rows marked deleted"
     assert_same_index(settings.index, tmp_path / "fresh")

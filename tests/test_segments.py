@@ -336,3 +336,24 @@ def test_a_large_merge_goes_through_a_memory_mapped_file_and_answers_the_same(tm
     assert any(name.startswith(".tmp-merge-") for name in opened)
     assert not [p for p in (tmp_path / "index").iterdir() if p.name.startswith(".tmp-")], "the file is removed"
     assert_answers_like_brute_force(store, ref, unit(5, rng))
+
+
+def test_compact_moves_a_format_5_index_into_a_segment_by_linking_and_then_has_nothing_to_do(tmp_path):
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    from .test_store import as_written_by_format_5, make_store
+
+    make_store(30).save(tmp_path / "index")
+    as_written_by_format_5(tmp_path / "index")
+    old = current_generation(tmp_path / "index")
+    runner = CliRunner()
+    first = runner.invoke(app, ["compact", "--index", str(tmp_path / "index")])
+    assert first.exit_code == 0
+    assert "saved in the current layout (one segment, files linked); 30 vectors" in first.output
+    new = current_generation(tmp_path / "index")
+    [segment] = json.loads((new / META).read_text())["segments"]
+    assert os.path.samefile(new / segment["name"] / "vectors.faiss", old / "vectors.faiss")
+    again = runner.invoke(app, ["compact", "--index", str(tmp_path / "index")])
+    assert again.exit_code == 0 and "nothing written" in again.output
