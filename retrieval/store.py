@@ -73,6 +73,9 @@ MAPPED_MERGE = 100_000  # a merge of at least this many rows reads its vectors t
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
+CHECKED_ROWS = 65_536  # rows `normalize` checks at a time
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """L2-normalize rows: the one place vectors are normalized, for stored and query vectors alike.
 
@@ -81,9 +84,12 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise UsageError(f"vectors must be a 2-d array (n, dim), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise UsageError("vectors contain NaN or infinity")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.empty((len(x), 1), np.float32)
+    for start in range(0, len(x), CHECKED_ROWS):  # a chunk at a time: whole-array temporaries would be 8 GB at 1M
+        part = x[start : start + CHECKED_ROWS]
+        if not np.isfinite(part).all():
+            raise UsageError("vectors contain NaN or infinity")
+        norms[start : start + CHECKED_ROWS] = np.linalg.norm(part, axis=1, keepdims=True)
     if (norms == 0).any():
         raise UsageError("a vector is all zeros and has no direction")
     if np.allclose(norms, 1.0, rtol=0, atol=1e-6):

@@ -351,3 +351,17 @@ def test_damage_that_keeps_the_size_is_found_by_the_hash_check(saved):
     Store.load(saved)  # a query's load checks sizes only: it reads nothing it does not search
     with pytest.raises(IndexCorrupt, match="SHA-256"):
         Store.load(saved, check_hashes=True)  # what `retrieval verify` does
+
+
+@pytest.mark.parametrize("bad, message", [(np.nan, "NaN"), (0.0, "zeros")])
+def test_normalize_checks_every_chunk_of_a_large_array(monkeypatch, bad, message):
+    """Checked a few rows at a time (8 GB of temporaries at a million rows otherwise): a bad row in the
+    last chunk is still found, and good rows come back unit length."""
+    from retrieval import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKED_ROWS", 4)
+    x = vectors(14)
+    np.testing.assert_allclose(np.linalg.norm(store_module.normalize(x), axis=1), 1.0, rtol=1e-6)
+    x[13] = bad
+    with pytest.raises(UsageError, match=message):
+        store_module.normalize(x)
