@@ -11,11 +11,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class Embedded:
     vectors: np.ndarray  # (len(done), dim)
     skipped: list[tuple[int, Skipped]]
     node: str = ""  # the Ray node that embedded it; "" when local
+    runtime: dict[str, Any] = field(default_factory=dict)  # engine, precision... of a remote embedder
 
 
 class Executor(Protocol):

@@ -60,6 +60,7 @@ class IngestReport:
     moved: int = 0
     resumed: int = 0  # taken from the checkpoints of an interrupted run
     nodes: Counter[str] = field(default_factory=Counter)  # images embedded per Ray node (executor ray)
+    worker_runtime: dict[str, Any] = field(default_factory=dict)  # engine, precision of Ray's actors
     model_seconds: float = 0.0  # spent loading (or, once, converting) the model
     skipped: list[Skipped] = field(default_factory=list)
     warning: str | None = None  # about the saved index's search (store.warning), e.g. recall below target
@@ -208,7 +209,7 @@ def ingest(
             vectors,
             settings,
             embedding=model.embedding,
-            runtime=model.runtime(previous),
+            runtime=model.runtime(previous, report.worker_runtime),
             listing_count=len(listing.paths),
             report=report,
         )
@@ -276,6 +277,7 @@ def _account(
     report.skipped += [skipped for _, skipped in batch.skipped]
     if batch.node:
         report.nodes[batch.node] += len(batch.done)
+        report.worker_runtime = batch.runtime
     if batch.done:
         for i, digest, vector in zip(batch.done, batch.digests, normalize(batch.vectors)):
             slot = slots[i]
@@ -456,12 +458,14 @@ class _LazyEmbedder:
             self.load_seconds = time.perf_counter() - started
         return self._embedder
 
-    def runtime(self, previous: Store | None) -> dict[str, Any]:
-        """Engine and versions of this run's embedder, or of the run that made the vectors if none ran."""
-        if self._embedder is None and previous is not None:
+    def runtime(self, previous: Store | None, workers: dict[str, Any]) -> dict[str, Any]:
+        """Engine and versions of this run's embedder (here, or `workers`' on Ray), or of the run that made
+        the vectors if none ran."""
+        here = self._embedder.runtime() if self._embedder else workers
+        if not here and previous is not None:
             return previous.meta.get("runtime", {})
         versions = {n: v for n in ("retrieval", "pillow", "numpy", "faiss-cpu") if (v := package_version(n))}
-        return {**(self._embedder.runtime() if self._embedder else {}), **versions}
+        return {**here, **versions}
 
 
 def _previous(settings: Settings, embedding: dict[str, Any], folder: Path) -> Store | None:

@@ -10,6 +10,7 @@ driver's plan. Without an address, a local Ray instance is started for the run a
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -70,8 +71,9 @@ class _EmbedBatch:
             vectors[ok] = self._embedder.embed(np.stack(pixels))
         digests, reasons, details = (np.array(column, object) for column in zip(*facts))
         node = np.full(len(facts), self._node, object)
+        runtime = np.full(len(facts), json.dumps(self._embedder.runtime()), object)
         return {"index": batch["index"], "path": batch["path"], "ok": ok, "digest": digests, "reason": reasons,
-                "detail": details, "vector": vectors, "node": node}  # fmt: skip
+                "detail": details, "vector": vectors, "node": node, "runtime": runtime}  # fmt: skip
 
 
 class RayExecutor:
@@ -131,6 +133,7 @@ class RayExecutor:
                 np.asarray(batch["vector"])[ok],
                 skipped,
                 str(batch["node"][0]) if len(batch["node"]) else "",
+                json.loads(str(batch["runtime"][0])) if len(batch["runtime"]) else {},
             )
 
 
