@@ -119,3 +119,25 @@ def test_inner_product_after_pca_misranks_these_vectors(store):
         found = index.search(vectors[rows], 11)[1][:, 1:]
         recalls[name] = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
     assert recalls["l2"] >= 0.9 and recalls["ip"] < 0.5, recalls
+
+
+def test_an_update_segment_reusing_the_trained_pca_keeps_recall_and_near_duplicates(real_index, copies, copy_vectors):
+    """The last 1,000 rows deleted and added back, as an update writes them: a second segment of the same kind
+    around a copy of the first one's PCA. On the model's own vectors, new queries' recall@10 across both
+    segments stays at least 0.95 against exact numpy cosine, and the near-duplicate copies find their
+    originals first (all but at most two of 40, as the single-segment index)."""
+    updated = Store.load(real_index[0].index)  # a copy in memory: the module's store stays as it is
+    vectors, last = updated.vectors(), np.arange(REAL_COUNT - 1_000, REAL_COUNT)
+    entries = [updated.entry(int(row)) for row in last]
+    updated.delete(last)
+    updated.add(vectors[last], entries)
+    first, second = (s["index"] for s in updated.segments)
+    assert second["reused"] and second["factory"] == first["factory"] != "Flat"
+    truth = np.argsort(-(vectors @ copy_vectors.T), axis=0, kind="stable")[:10].T  # rows kept their order
+    found = [[row for row, _ in hits] for hits in updated.search(copy_vectors, 10)]
+    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
+    assert recall >= 0.95, recall
+    firsts = sum(
+        updated.entry(hits[0][0]).path == name for hits, (name, _) in zip(updated.search(copy_vectors, 1), copies)
+    )
+    assert firsts >= len(copies) - 2, f"{firsts} of {len(copies)} copies found their original first"
