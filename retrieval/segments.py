@@ -31,7 +31,7 @@ from .manifest import Manifest
 MERGE_FACTOR = 4  # segments per tier before they are merged, and the size ratio between tiers
 MERGE_FLOOR = 1_000  # segments smaller than this count as this size: tiny commits share tier 0
 MAX_DELETED = 0.25  # a segment with more than this share of its rows deleted is rewritten without them
-_NONE = np.empty(0, np.int64)
+NO_ROWS = np.empty(0, np.int64)  # a segment with nothing deleted
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Segment:
     index: ann.VectorIndex
     manifest: Manifest
     description: dict[str, Any]  # kind, factory, parameters and measured recall (ann.build_measured)
-    deleted: np.ndarray = field(default_factory=lambda: _NONE)  # local rows, sorted, unique
+    deleted: np.ndarray = field(default_factory=lambda: NO_ROWS)  # local rows, sorted, unique
     files: dict[str, dict[str, Any]] | None = None  # facts of its files as written; None until it is
 
     @property
@@ -96,7 +96,7 @@ class Segment:
             return [[] for _ in queries]
         if not len(self.deleted):
             return self.index.search(queries, k)
-        return [self._live_hits(hits) for hits in self.index.search(queries, k, self._skipping)]
+        return [self._as_positions(hits) for hits in self.index.search(queries, k, self._skipping)]
 
     @cached_property
     def _skipping(self) -> faiss.SearchParameters:
@@ -108,12 +108,14 @@ class Segment:
 
     def _live_hits(self, hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
         """Hits on live rows, their local rows turned into live positions, order kept."""
-        if not hits:
-            return []
         rows = np.fromiter((r for r, _ in hits), np.int64, len(hits))
         live = ~self.is_deleted(rows)
-        positions = self.positions(rows[live]).tolist()
-        return list(zip(positions, (s for (_, s), keep in zip(hits, live) if keep)))
+        return self._as_positions([hit for hit, keep in zip(hits, live) if keep])
+
+    def _as_positions(self, hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """Hits on live rows with their local rows turned into live positions, order kept."""
+        rows = np.fromiter((r for r, _ in hits), np.int64, len(hits))
+        return list(zip(self.positions(rows).tolist(), (s for _, s in hits)))
 
 
 def tier(live: int) -> int:

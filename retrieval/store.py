@@ -51,7 +51,7 @@ from .files import sha256_file
 from .generations import corrupt, current_generation, on_live_generation, publish
 from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
-from .segments import Segment, merges_due
+from .segments import NO_ROWS, Segment, merges_due
 
 FORMAT = "retrieval-index"
 FORMAT_VERSION = 6
@@ -63,7 +63,6 @@ SINGLE_VERSIONS = (5, 4)
 LEGACY_VERSION = 3
 VECTORS = "vectors.faiss"
 MANIFEST = "manifest.jsonl"  # versions 3 and 4
-_NONE = np.empty(0, np.int64)
 META = "meta.json"
 FLAT = IndexChoice("flat")
 # a segment this small is searched exactly even in an approximate index: scanning 256 vectors of 2048-d
@@ -487,7 +486,7 @@ def _read_segment(generation: Path, recorded: dict[str, Any], meta: dict[str, An
     searched = ann.searched_metric(choice, metric) if meta["format_version"] == FORMAT_VERSION else metric
     if index.dim != meta["dim"] or index.faiss.metric_type != searched:
         raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
-    deleted = _NONE
+    deleted = NO_ROWS
     if recorded.get("deleted"):
         try:
             deleted = np.load(generation / f"{name}{DELETED}")
