@@ -4,6 +4,9 @@ built from them with the real pipeline. Built once per session: TensorFlow is th
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,26 @@ def segment_file(index: Path, name: str) -> Path:
     """A file of the live generation's first segment (vectors.faiss, manifest.npy, ...)."""
     segments = sorted(p for p in current_generation(index).iterdir() if p.is_dir())
     return segments[0] / name
+
+
+@contextmanager
+def reading_in_a_thread(read: Callable[[], None]) -> Iterator[list[Exception]]:
+    """Call `read` over and over in a thread while the block runs (a reader beside a writer); yields the
+    list of what it raised, filled once the block is done."""
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                read()
+            except Exception as e:  # noqa: BLE001 - any failure is the test's finding
+                errors.append(e)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield errors
+    finally:
+        done.set()
+        thread.join()

@@ -26,7 +26,7 @@ from retrieval.lock import IndexLock
 from retrieval.store import Store
 from retrieval.synthetic import photo, write_photos
 
-from .conftest import Counting, segment_file
+from .conftest import Counting, reading_in_a_thread, segment_file
 from .test_ann import as_written_by_format_3
 
 runner = CliRunner()
@@ -253,32 +253,22 @@ def test_queries_during_ingests_see_one_whole_generation(tmp_path, folder, embed
     settings = settings_for(tmp_path)
     ingest(folder, settings, embedder=embedder)
     extra = folder / "extra.jpg"
-    errors, seen = [], set()
-    done = threading.Event()
+    seen = set()
 
-    def reader():
-        while not done.is_set():
-            try:
-                store = Store.load(settings.index)
-                hits = store.search(store.vector(0), 20)[0]
-                assert len(hits) == store.count
-                assert {store.entry(r).path for r, _ in hits} == {e.path for e in store.entries()}
-                seen.add(store.count)
-            except Exception as e:  # noqa: BLE001 - any failure is the test's finding
-                errors.append(e)
+    def read() -> None:
+        store = Store.load(settings.index)
+        hits = store.search(store.vector(0), 20)[0]
+        assert len(hits) == store.count
+        assert {store.entry(r).path for r, _ in hits} == {e.path for e in store.entries()}
+        seen.add(store.count)
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with reading_in_a_thread(read) as errors:
         for i in range(6):
             if i % 2 == 0:
                 photo(700 + i).save(extra)
             else:
                 extra.unlink()
             ingest(folder, settings, embedder=embedder)
-    finally:
-        done.set()
-        thread.join()
     assert not errors, errors[:3]
     assert seen <= {8, 9} and len(seen) == 2
 

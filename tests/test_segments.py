@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from retrieval.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
 from retrieval.store import DELETED, META, Entry, Store
 from retrieval.synthetic import feature_vectors
 
+from .conftest import reading_in_a_thread
 from .test_store import DIM, EMBEDDING
 
 RNG_SEED = 14
@@ -290,19 +290,13 @@ def test_readers_during_merges_see_one_whole_generation(tmp_path, three_segments
     index = tmp_path / "index"
     shutil.copytree(three_segments, index)
     expected = state(index)
-    errors, reads, done = [], [0], threading.Event()
+    reads = [0]
 
-    def reader() -> None:
-        while not done.is_set():
-            try:
-                assert state(index) == expected
-                reads[0] += 1
-            except Exception as e:  # noqa: BLE001 - any failure is the test's finding
-                errors.append(e)
+    def read() -> None:
+        assert state(index) == expected
+        reads[0] += 1
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with reading_in_a_thread(read) as errors:
         for _ in range(3):
             store = Store.load(index)
             store.add(np.ones((1, 128), np.float32), [Entry("x.jpg", 1, 1)])
@@ -310,9 +304,6 @@ def test_readers_during_merges_see_one_whole_generation(tmp_path, three_segments
             store.save(index)
             store.merge(everything=True)
             store.save(index)
-    finally:
-        done.set()
-        thread.join()
     assert not errors, errors[:3]
     assert reads[0] >= 3
 
