@@ -14,13 +14,11 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from .config import (
     ENGINES,
@@ -39,11 +37,14 @@ from .files import list_images, printable
 from .results import QueryResult
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from .dupes import Group, Move
     from .ingest import ProgressCallback
 
 # The library is imported inside each command, not here: `retrieval query --server` and `--help` then
-# start without numpy, Pillow or FAISS, in the time of a small client.
+# start without numpy, Pillow or FAISS, in the time of a small client. Rich (messages and progress bars on
+# stderr, about 40 ms to import) waits for the first message.
 
 app = typer.Typer(
     help="Content-based image search: index a folder of images, then find the ones most like a query image.",
@@ -51,7 +52,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@cache
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _say(message: str, label: str = "", style: str = "") -> None:
+    """A line on stderr: `label` ("error: ", "warning: ") styled, then `message` as plain text, never read
+    as Rich markup (a file name may hold brackets)."""
+    from rich.text import Text
+
+    _stderr().print(Text(label, style=style) + Text(message))
 
 
 @app.callback()
@@ -83,10 +98,10 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except RetrievalError as e:
-        err.print(Text("error: ", style="bold red") + Text(printable(str(e))))
+        _say(printable(str(e)), "error: ", "bold red")
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        err.print("interrupted; the index on disk is unchanged (an interrupted ingest resumes when run again)")
+        _say("interrupted; the index on disk is unchanged (an interrupted ingest resumes when run again)")
         raise typer.Exit(130) from None
 
 
@@ -173,7 +188,7 @@ def ingest(
 
 def _warn(warning: str | None) -> None:
     if warning:
-        err.print(Text("warning: ", style="bold yellow") + Text(warning))
+        _say(warning, "warning: ", "bold yellow")
 
 
 @app.command()
@@ -397,7 +412,7 @@ def dupes(
     """
     settings = _settings(config, index=index)
     if apply and move_to is None:
-        err.print(Text("error: ", style="bold red") + Text("--apply needs --move-to DIR"))
+        _say("--apply needs --move-to DIR", "error: ", "bold red")
         raise typer.Exit(EXIT_USAGE)
     with _reported():
         from . import dupes as found_dupes
@@ -448,7 +463,7 @@ def dupes(
             for member in group.extras:
                 typer.echo(f"  {member.score:.4f}  {printable(member.path)}")
     for path in collages:
-        err.print(f"collage: {printable(str(path))}")
+        _say(f"collage: {printable(str(path))}")
     _report_moves(moves, apply, move_to)
 
 
@@ -471,13 +486,11 @@ def _report_moves(moves: list[Move], applied: bool, target: Path | None) -> None
     problems = [m for m in moves if m.problem]
     if applied:
         moved = sum(m.done for m in moves)
-        err.print(f"moved {moved} files to {printable(str(target))}; log: {printable(str(target / 'dupes-log.jsonl'))}")
+        _say(f"moved {moved} files to {printable(str(target))}; log: {printable(str(target / 'dupes-log.jsonl'))}")
     else:
-        err.print(
-            f"dry run: {len(moves) - len(problems)} files would move to {printable(str(target))} (--apply moves them)"
-        )
+        _say(f"dry run: {len(moves) - len(problems)} files would move to {printable(str(target))} (--apply moves them)")
     for m in problems:
-        err.print(f"not moved: {printable(m.source)}: {m.problem}")
+        _say(f"not moved: {printable(m.source)}: {m.problem}")
 
 
 @app.command("eval")
@@ -536,7 +549,7 @@ def evaluate(
     typer.echo(f"{len(augmented.sample)} indexed images (seed {seed}), each changed {len(augmented.recall_at_1)} ways:")
     typer.echo(quality.markdown(augmented))
     if augmented.skipped:
-        err.print(f"skipped {len(augmented.skipped)} sampled images that could not be read")
+        _say(f"skipped {len(augmented.skipped)} sampled images that could not be read")
 
 
 @app.command()
@@ -567,7 +580,7 @@ def serve(
         from .server import ServeOptions, create_app
 
         app_ = create_app(Searcher(settings), ServeOptions(token=token))
-    err.print(f"serving {printable(settings.index)} on http://{host}:{port}/ (Ctrl-C stops)")
+    _say(f"serving {printable(settings.index)} on http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
@@ -626,7 +639,7 @@ def bench_search(
                 raise UsageError(f"--sizes must be at least 100 and --families among {', '.join(FAMILIES)}")
             sets = bench.synthetic_sets(families.split(","), counts)
         with _bars("vectors") as progress:
-            bench.run(sets, wanted, out, log=lambda line: err.print(Text(line)), progress=progress)
+            bench.run(sets, wanted, out, log=_say, progress=progress)
     typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'} and {out / 'search.png'}")
 
 
@@ -654,7 +667,7 @@ def _progress(quiet: bool) -> Iterator[ProgressCallback | None]:
     every LOG_EVERY seconds. Both on stderr, so that stdout stays parseable."""
     if quiet:
         yield None
-    elif err.is_terminal:
+    elif _stderr().is_terminal:
         with _bars("img") as start:
             yield start("embedding")
     else:
@@ -676,7 +689,7 @@ def _log_lines() -> ProgressCallback:
         last = now
         rate = done / (now - started) if now > started else 0.0
         left = f", about {(total - done) / rate:.0f} s left" if rate and done < total else ""
-        err.print(f"ingest: {done}/{total} files ({rate:.1f} files/s{left})")
+        _say(f"ingest: {done}/{total} files ({rate:.1f} files/s{left})")
 
     return update
 
@@ -685,13 +698,15 @@ def _log_lines() -> ProgressCallback:
 def _bars(unit: str) -> Iterator[Callable[[str], ProgressCallback]]:
     """Progress bars on stderr: `start(label)` adds one (done/total, `unit`s per second, time left)
     and returns the callback that moves it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
-        console=err,
+        console=_stderr(),
     )
 
     def start(label: str) -> ProgressCallback:
