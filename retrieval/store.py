@@ -461,6 +461,7 @@ class Store:
             segments = [_read_segment(generation, {"name": "", "index": meta["index"]}, meta)]
             if meta["count"] != segments[0].rows:
                 raise corrupt(folder, f"row counts disagree: {meta['count']} in {META}, {segments[0].rows} stored")
+        ann.share_pca([s.index for s in segments])
         store = cls(segments, meta, generation)
         if store.count != meta["count"]:
             raise corrupt(folder, f"row counts disagree: {meta['count']} in {META}, {store.count} in its segments")

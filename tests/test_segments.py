@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
+from retrieval import ann
 from retrieval import store as store_module
 from retrieval.ann import IndexChoice
 from retrieval.errors import IndexCorrupt
@@ -195,20 +197,33 @@ def test_tiers_grow_by_the_merge_factor():
 
 def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keeps_the_recall(tmp_path):
     """auto over 6,000 cone vectors picks PCA + HNSW; 1,500 more become a segment of the same kind around a
-    copy of the first one's PCA, tuned and measured on its own vectors; 100 more are searched exactly."""
+    copy of the first one's PCA, tuned and measured on its own vectors; 100 more are searched exactly.
+    Loaded, the small segment searches through the big one's copy of the PCA, with the same answers."""
     vectors, queries = feature_vectors("cone", 7_600, dim=768, queries=50, seed=7)
     store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
     names = [f"{i}.jpg" for i in range(7_600)]
     for part in (slice(0, 6_000), slice(6_000, 7_500), slice(7_500, 7_600)):
         store.add(vectors[part], [Entry(n, 1, 1) for n in names[part]])
+    before = store.search(queries, 10), store.range_search(queries[:5], 0.9)
     store.save(tmp_path / "index")
     store = Store.load(tmp_path / "index")
     big, small, tiny = (s["index"] for s in store.segments)
     assert big["factory"] == small["factory"] == "PCA256,HNSW32,RFlat" and tiny["factory"] == "Flat"
     assert small["reused"] and small["recall_at_10"] >= 0.95 and store.meta["index"]["recall_at_10"] >= 0.95
+    pcas = [s.index.trained_pca for s in store._segments[:2]]
+    assert int(pcas[0].this) == int(pcas[1].this)  # one PCA object, searched by both
+    assert (store.search(queries, 10), store.range_search(queries[:5], 0.9)) == before
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     found = [[r for r, _ in hits] for hits in store.search(queries, 10)]
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.9
+
+
+def test_segments_with_pcas_trained_apart_keep_their_own():
+    """Two indexes of the same kind, each with a PCA trained on its own vectors: neither is rewired."""
+    vectors = feature_vectors("cone", 4_000, dim=768, queries=0, seed=8)[0]
+    choice = IndexChoice("hnsw", pca=64)
+    first, second = (ann.VectorIndex.build(choice, faiss.METRIC_INNER_PRODUCT, part) for part in np.split(vectors, 2))
+    assert not second.share_pca_of(first) and int(second.trained_pca.this) != int(first.trained_pca.this)
 
 
 # --- crashes and readers -------------------------------------------------------------------------
