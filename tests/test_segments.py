@@ -212,6 +212,7 @@ def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keep
     assert small["reused"] and small["recall_at_10"] >= 0.95 and store.meta["index"]["recall_at_10"] >= 0.95
     pcas = [s.index.trained_pca for s in store._segments[:2]]
     assert int(pcas[0].this) == int(pcas[1].this)  # one PCA object, searched by both
+    assert pcas[0].PCAMat.size() == 0  # written without the training's full eigenvector matrix
     assert (store.search(queries, 10), store.range_search(queries[:5], 0.9)) == before
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     found = [[r for r, _ in hits] for hits in store.search(queries, 10)]
