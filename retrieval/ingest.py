@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from .executors import Decoder, Embedded, Executor, LocalExecutor
 from .files import Skipped, list_images, sha256_file
 from .images import load_image
 from .lock import IndexLock
-from .store import Entry, Store, normalize, warning
+from .store import Entry, Store, assembled, normalize, warning
 from .system import package_version
 
 ERROR_REPORT = "errors.jsonl"
@@ -238,8 +239,9 @@ def embed(
     progress: ProgressCallback | None = None,
 ) -> dict[int, np.ndarray]:
     """Run the plan's `to_embed` slots through `executor`, normalize, checkpoint every `checkpoint_every`
-    (and on Ctrl-C or any error), fill in each embedded entry's hash, and count into `report`.
-    Returns slot -> vector for what was embedded; skipped slots get no vector."""
+    (and at the end, and on Ctrl-C or any error), fill in each embedded entry's hash, and count into
+    `report`. Returns slot -> vector for what was embedded, each vector memory-mapped from its checkpoint
+    piece: the run holds at most `checkpoint_every` vectors in memory. Skipped slots get no vector."""
     slots = the_plan.to_embed
     paths = [the_plan.entries[s].path for s in slots]
     vectors: dict[int, np.ndarray] = {}
@@ -247,8 +249,10 @@ def embed(
 
     def checkpoint() -> None:
         if unsaved:
-            checkpoints.save([the_plan.entries[s] for s in unsaved], np.stack([vectors[s] for s in unsaved]))
-            unsaved.clear()
+            slots = unsaved.copy()
+            unsaved.clear()  # first: a piece is written once, even when Ctrl-C lands while it is being written
+            saved = checkpoints.save([the_plan.entries[s] for s in slots], np.stack([vectors[s] for s in slots]))
+            vectors.update(zip(slots, saved))
 
     done = 0
     try:
@@ -261,9 +265,8 @@ def embed(
                     checkpoint()
                 if progress:
                     progress(done, len(slots))
-    except BaseException:
-        checkpoint()  # Ctrl-C or a fatal error: what was embedded is kept for the next run
-        raise
+    finally:
+        checkpoint()  # the rest; after Ctrl-C or a fatal error, what was embedded is kept for the next run
     if progress and not slots:
         progress(0, 0)
     return vectors
@@ -329,9 +332,10 @@ def commit(
         new = sorted([*the_plan.resumed, *embedded, *the_plan.moved])
         if not new and not len(gone):
             return previous
-        vectors = _vectors_of(new, previous, the_plan, embedded, embedding["dim"])
-        previous.delete(gone)
-        previous.add(vectors, [the_plan.entries[s] for s in new])
+        fill = partial(_vectors_of, new, previous, the_plan, embedded)
+        with assembled(len(new), previous.dim, fill, settings.index) as x:  # read before rows are renumbered
+            previous.delete(gone)
+            previous.add(x, [the_plan.entries[s] for s in new])
         previous.merge()
         previous.record_runtime(runtime)
         previous.save(settings.index)
@@ -347,26 +351,30 @@ def commit(
         memory_budget_gb=settings.memory_budget_gb,
     )
     slots = [s for s in range(len(the_plan.entries)) if s in the_plan.kept or s in the_plan.resumed or s in embedded]
-    store.add(_vectors_of(slots, previous, the_plan, embedded, embedding["dim"]), [the_plan.entries[s] for s in slots])
+    fill = partial(_vectors_of, slots, previous, the_plan, embedded)
+    with assembled(len(slots), store.dim, fill, settings.index) as x:
+        store.add(x, [the_plan.entries[s] for s in slots])
     store.save(settings.index)
     return store
 
 
 def _vectors_of(
-    slots: list[int], previous: Store | None, the_plan: Plan, embedded: dict[int, np.ndarray], dim: int
-) -> np.ndarray:
-    """The vectors of `slots`, (len(slots), dim), from wherever the plan found them; embedded ones are
-    released as they are copied, so the run holds one full-size copy at a time."""
-    vectors = np.empty((len(slots), dim), np.float32)
+    slots: list[int], previous: Store | None, the_plan: Plan, embedded: dict[int, np.ndarray], out: np.ndarray
+) -> None:
+    """Fill `out` (len(slots), dim) with the vectors of `slots`, from wherever the plan found them: the
+    previous index a chunk at a time, the checkpoints, or this run (released as they are copied)."""
     kept = [i for i, slot in enumerate(slots) if slot in the_plan.kept]
-    if kept:
-        vectors[kept] = previous.vectors_of([the_plan.kept[slots[i]] for i in kept])
+    for start in range(0, len(kept), KEPT_CHUNK):
+        part = kept[start : start + KEPT_CHUNK]
+        out[part] = previous.vectors_of([the_plan.kept[slots[i]] for i in part])
     for i, slot in enumerate(slots):
         if slot in the_plan.resumed:
-            vectors[i] = the_plan.resumed[slot]
+            out[i] = the_plan.resumed[slot]
         elif slot not in the_plan.kept:
-            vectors[i] = embedded.pop(slot)
-    return vectors
+            out[i] = embedded.pop(slot)
+
+
+KEPT_CHUNK = 50_000  # vectors of the previous index read at a time into a new build
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -69,7 +69,7 @@ FLAT = IndexChoice("flat")
 # flat scan of 1,000 vectors of 2048-d took 0.14 ms here against 0.09 ms for PCA-256 + HNSW32 + re-rank,
 # so below a quarter of that the scan is the cheaper
 SMALL_FLAT = 256
-MAPPED_MERGE = 100_000  # a merge of at least this many rows reads its vectors through a memory-mapped file
+MAPPED_ROWS = 100_000  # a build from at least this many rows reads its vectors through a memory-mapped file
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -288,21 +288,11 @@ class Store:
 
     @contextmanager
     def _merged_vectors(self, members: list[Segment]) -> Iterator[np.ndarray]:
-        """The live vectors of `members`: in memory when small; for a large merge, written chunk by chunk to
-        a temporary file in the index folder and memory-mapped, so that the merge holds in memory only the
-        index it builds (a million 2048-d vectors are 8 GB, and the new index keeps its own copy)."""
+        """The live vectors of `members`, through `assembled`: in memory when few, memory-mapped when many."""
         live = sum(s.live for s in members)
-        if live < MAPPED_MERGE or self._folder is None:
-            yield _live_vectors(members)
-            return
-        path = self._folder.parent / f"{TEMPORARY}merge-{os.getpid()}.npy"
-        try:
-            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(live, self.dim))
-            _live_vectors(members, out)
-            out.flush()
-            yield np.load(path, mmap_mode="r")
-        finally:
-            path.unlink(missing_ok=True)
+        folder = self._folder.parent if self._folder is not None else None
+        with assembled(live, self.dim, partial(_live_vectors, members), folder) as vectors:
+            yield vectors
 
     def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
         """A new segment over `x`. Smaller than the largest approximate segment, it takes that one's kind and
@@ -517,6 +507,29 @@ def _link(source: Path, target: Path) -> None:
 
 def _summary(segment: Segment) -> dict[str, Any]:
     return {"name": segment.name, "rows": segment.rows, "deleted": len(segment.deleted), "index": segment.description}
+
+
+@contextmanager
+def assembled(rows: int, dim: int, fill: Callable[[np.ndarray], object], folder: Path | None) -> Iterator[np.ndarray]:
+    """A (rows, dim) float32 array that `fill(out)` fills, for a new segment to be built from: in memory when
+    under MAPPED_ROWS rows (or with no folder to write in); otherwise written to a temporary file in `folder`
+    (an index folder) and memory-mapped, so that the build holds in memory only the index it makes (a
+    million 2048-d vectors are 8 GB, and the new index keeps its own copy). The file is removed after."""
+    if rows < MAPPED_ROWS or folder is None:
+        out = np.empty((rows, dim), np.float32)
+        fill(out)
+        yield out
+        return
+    folder.mkdir(parents=True, exist_ok=True)  # a first commit's index folder may not exist yet
+    path = folder / f"{TEMPORARY}vectors-{os.getpid()}.npy"
+    try:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+        fill(out)
+        out.flush()
+        del out
+        yield np.load(path, mmap_mode="r")
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _live_vectors(segments: list[Segment], out: np.ndarray | None = None, chunk: int = 50_000) -> np.ndarray:

@@ -48,16 +48,13 @@ def ingest_command(folder: Path, index: Path, *extra: object) -> list[str]:
 
 
 def pieces(index: Path) -> list[Path]:
-    return sorted((index / PENDING).glob("piece-*.npz")) if (index / PENDING).is_dir() else []
+    """The whole checkpoint pieces: their JSON, written last, is there."""
+    return sorted((index / PENDING).glob("piece-*.json")) if (index / PENDING).is_dir() else []
 
 
 def checkpointed_paths(index: Path) -> list[str]:
     """Every path held by a checkpoint piece, once per piece that holds it."""
-    found = []
-    for piece in pieces(index):
-        with np.load(piece) as data:
-            found += [e["path"] for e in json.loads(str(data["entries"]))]
-    return found
+    return [e["path"] for piece in pieces(index) for e in json.loads(piece.read_text())["entries"]]
 
 
 def start_and_wait_for_pieces(command: list[str], index: Path, count: int, **popen) -> subprocess.Popen:

@@ -3,19 +3,22 @@ embedder, commit without images."""
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from retrieval import store as store_module
 from retrieval.backbones import spec_for
+from retrieval.checkpoints import PENDING, Checkpoints
 from retrieval.config import Settings
 from retrieval.errors import NothingToIndex
 from retrieval.files import sha256_file
 from retrieval.images import load_image
-from retrieval.ingest import IngestReport, LocalExecutor, Plan, commit, plan
-from retrieval.store import Entry, Store
+from retrieval.ingest import IngestReport, LocalExecutor, Plan, commit, embed, plan
+from retrieval.store import Entry, Store, normalize
 from retrieval.synthetic import photo, write_photos
 
 DIM = 8
@@ -95,7 +98,67 @@ def test_the_local_executor_streams_batches_in_order_and_reports_skips(folder):
     assert batches[0].digests[0] == sha256_file(folder / paths[1])
 
 
-def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp_path, folder):
+def memory_mapped(vector: np.ndarray) -> bool:
+    """Whether `vector` is a view of a memory-mapped file (its bases lead to an np.memmap)."""
+    while vector is not None and not isinstance(vector, np.memmap):
+        vector = vector.base
+    return vector is not None
+
+
+def test_embed_hands_back_the_vectors_memory_mapped_from_its_checkpoint_pieces(tmp_path, folder):
+    """Five images in batches of 2, checkpointed every 2: three pieces (the last at the end of the run);
+    every vector the step returns is read from them, not held in memory, and equals the embedder's own."""
+    names = sorted(p.name for p in folder.iterdir())
+    the_plan = Plan(folder, [entry_of(folder, n, digest=False) for n in names], to_embed=list(range(5)))
+    embedder = Trivial()
+    executor = LocalExecutor(Settings(batch_size=2, decode_threads=1), lambda: embedder, embedder.spec, load_image)
+    checkpoints = Checkpoints(tmp_path / "index", EMBEDDING)
+    vectors = embed(the_plan, executor, checkpoints, IngestReport(tmp_path / "index"), checkpoint_every=2)
+    assert sorted(vectors) == list(range(5)) and all(memory_mapped(v) for v in vectors.values())
+    assert len(list((tmp_path / "index" / PENDING).glob("piece-*.json"))) == 3
+    pixels = [load_image(folder / n, (224, 224), 10**8).reshape(-1, 3).mean(axis=0) for n in names]
+    np.testing.assert_allclose(np.stack([vectors[i] for i in range(5)]), normalize(np.stack(pixels)), rtol=1e-5)
+    resumed = checkpoints.load()
+    assert [e.path for e, _ in resumed] == names and all(memory_mapped(v) for _, v in resumed)
+
+
+def test_checkpoints_pass_over_a_half_written_piece_and_another_embeddings(tmp_path):
+    """A vectors file whose JSON never came (a crash between the two renames) is removed; a piece of
+    another embedding is left alone and not read."""
+    index = tmp_path / "index"
+    Checkpoints(index, {**EMBEDDING, "model": "other"}).save([Entry("b.jpg", 1, 1)], unit(2)[None])
+    Checkpoints(index, EMBEDDING).save([Entry("a.jpg", 1, 1)], unit(1)[None])
+    newest = sorted((index / PENDING).glob("piece-*.json"))[-1]
+    newest.unlink()  # the piece of a.jpg, as a crash before its JSON leaves it
+    assert Checkpoints(index, EMBEDDING).load() == []
+    assert not newest.with_suffix(".npy").exists() and len(list((index / PENDING).iterdir())) == 2
+
+
+def test_checkpoints_read_a_piece_into_memory_where_no_more_mappings_are_allowed(tmp_path, monkeypatch):
+    checkpoints = Checkpoints(tmp_path / "index", EMBEDDING)
+    checkpoints.save([Entry("a.jpg", 1, 1)], unit(1)[None])
+    real_load = np.load
+
+    def mapping_refused(path, *args, mmap_mode=None, **kwargs):
+        if mmap_mode:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", mapping_refused)
+    [(entry, vector)] = checkpoints.load()
+    assert entry.path == "a.jpg" and not memory_mapped(vector) and np.array_equal(vector, unit(1))
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["in memory", "memory-mapped"])
+def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp_path, folder, monkeypatch, mapped):
+    """The same index whether the new segment's vectors are assembled in memory or, as for a large commit,
+    in a memory-mapped file in the index folder (removed after)."""
+    if mapped:
+        monkeypatch.setattr(store_module, "MAPPED_ROWS", 1)
+    files = []
+    real = np.lib.format.open_memmap
+    spy = lambda path, *a, **kw: files.append(Path(path).name) or real(path, *a, **kw)  # noqa: E731
+    monkeypatch.setattr(np.lib.format, "open_memmap", spy)
     names = sorted(p.name for p in folder.iterdir())
     previous = previous_index(folder, names)
     the_plan = Plan(
@@ -110,6 +173,8 @@ def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp
     expected = np.stack([unit(4), unit(11), unit(12), unit(1)])
     np.testing.assert_allclose(store.vectors(), expected, atol=1e-6)
     assert Store.load(settings.index).count == 4
+    assert any(name.startswith(".tmp-vectors-") for name in files) == mapped
+    assert not [p for p in settings.index.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_commit_writes_nothing_when_nothing_changed_and_refuses_an_empty_result(tmp_path, folder):

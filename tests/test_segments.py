@@ -325,7 +325,7 @@ def test_readers_during_merges_see_one_whole_generation(tmp_path, three_segments
 
 
 def test_a_large_merge_goes_through_a_memory_mapped_file_and_answers_the_same(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "MAPPED_MERGE", 100)  # "large" from 100 rows on
+    monkeypatch.setattr(store_module, "MAPPED_ROWS", 100)  # "large" from 100 rows on
     opened = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **kw: opened.append(Path(path).name) or real_load(path, *a, **kw))
@@ -340,7 +340,7 @@ def test_a_large_merge_goes_through_a_memory_mapped_file_and_answers_the_same(tm
     store.delete([0, 250, 599])
     ref.delete([0, 250, 599])
     assert store.merge(everything=True) == 2
-    assert any(name.startswith(".tmp-merge-") for name in opened)
+    assert any(name.startswith(".tmp-vectors-") for name in opened)
     assert not [p for p in (tmp_path / "index").iterdir() if p.name.startswith(".tmp-")], "the file is removed"
     assert_answers_like_brute_force(store, ref, unit(5, rng))
 
