@@ -43,6 +43,7 @@ from .store import Entry, Store, assembled, normalize, warning
 from .system import package_version
 
 ERROR_REPORT = "errors.jsonl"
+KEPT_CHUNK = 50_000  # vectors of the previous index read at a time into a new build
 ProgressCallback = Callable[[int, int], None]  # (images embedded, images to embed)
 
 
@@ -249,10 +250,10 @@ def embed(
 
     def checkpoint() -> None:
         if unsaved:
-            slots = unsaved.copy()
+            saving = unsaved.copy()
             unsaved.clear()  # first: a piece is written once, even when Ctrl-C lands while it is being written
-            saved = checkpoints.save([the_plan.entries[s] for s in slots], np.stack([vectors[s] for s in slots]))
-            vectors.update(zip(slots, saved))
+            saved = checkpoints.save([the_plan.entries[s] for s in saving], np.stack([vectors[s] for s in saving]))
+            vectors.update(zip(saving, saved))
 
     done = 0
     try:
@@ -372,9 +373,6 @@ def _vectors_of(
             out[i] = the_plan.resumed[slot]
         elif slot not in the_plan.kept:
             out[i] = embedded.pop(slot)
-
-
-KEPT_CHUNK = 50_000  # vectors of the previous index read at a time into a new build
 
 
 @dataclass(frozen=True)

@@ -278,21 +278,14 @@ class Store:
         for i, segment in enumerate(self._segments):
             if i in merged and i == merged[i][0]:
                 members = [self._segments[j] for j in merged[i]]
-                with self._merged_vectors(members) as vectors:
+                live, fill = sum(s.live for s in members), partial(_live_vectors, members)
+                with assembled(live, self.dim, fill, self._folder.parent if self._folder else None) as vectors:
                     segments.append(self._build(vectors, _live_entries(members)))
             elif i not in merged and segment.live:
                 segments.append(segment)
         self._segments = segments
         self._changed()
         return before - len(segments)
-
-    @contextmanager
-    def _merged_vectors(self, members: list[Segment]) -> Iterator[np.ndarray]:
-        """The live vectors of `members`, through `assembled`: in memory when few, memory-mapped when many."""
-        live = sum(s.live for s in members)
-        folder = self._folder.parent if self._folder is not None else None
-        with assembled(live, self.dim, partial(_live_vectors, members), folder) as vectors:
-            yield vectors
 
     def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
         """A new segment over `x`. Smaller than the largest approximate segment, it takes that one's kind and

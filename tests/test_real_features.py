@@ -121,16 +121,23 @@ def test_inner_product_after_pca_misranks_these_vectors(store):
     assert recalls["l2"] >= 0.9 and recalls["ip"] < 0.5, recalls
 
 
-def test_an_update_segment_reusing_the_trained_pca_keeps_recall_and_near_duplicates(real_index, copies, copy_vectors):
+@pytest.fixture(scope="module")
+def updated(real_index) -> Store:
     """The last 1,000 rows deleted and added back, as an update writes them: a second segment of the same kind
-    around a copy of the first one's PCA. On the model's own vectors, new queries' recall@10 across both
-    segments stays at least 0.95 against exact numpy cosine, and the near-duplicate copies find their
-    originals first (all but at most two of 40, as the single-segment index)."""
-    updated = Store.load(real_index[0].index)  # a copy in memory: the module's store stays as it is
-    vectors, last = updated.vectors(), np.arange(REAL_COUNT - 1_000, REAL_COUNT)
-    entries = [updated.entry(int(row)) for row in last]
+    around a copy of the first one's PCA (in memory: the module's store stays as it is)."""
+    updated = Store.load(real_index[0].index)
+    last = np.arange(REAL_COUNT - 1_000, REAL_COUNT)
+    vectors, entries = updated.vectors_of(last), [updated.entry(int(row)) for row in last]
     updated.delete(last)
-    updated.add(vectors[last], entries)
+    updated.add(vectors, entries)
+    return updated
+
+
+def test_an_update_segment_reusing_the_trained_pca_keeps_recall_and_near_duplicates(updated, copies, copy_vectors):
+    """On the model's own vectors, new queries' recall@10 across both segments of `updated` stays at least 0.95
+    against exact numpy cosine, and the near-duplicate copies find their originals first (all but at most two
+    of 40, as the single-segment index)."""
+    vectors = updated.vectors()
     first, second = (s["index"] for s in updated.segments)
     assert second["reused"] and second["factory"] == first["factory"] != "Flat"
     truth = np.argsort(-(vectors @ copy_vectors.T), axis=0, kind="stable")[:10].T  # rows kept their order
@@ -141,3 +148,14 @@ def test_an_update_segment_reusing_the_trained_pca_keeps_recall_and_near_duplica
         updated.entry(hits[0][0]).path == name for hits, (name, _) in zip(updated.search(copy_vectors, 1), copies)
     )
     assert firsts >= len(copies) - 2, f"{firsts} of {len(copies)} copies found their original first"
+
+
+def test_loaded_update_segments_search_through_one_pca_with_the_same_answers(tmp_path, updated, copy_vectors):
+    """Saved and loaded, the update segment searches through the first segment's copy of the PCA: on the
+    model's own vectors, top-10 and range search answers equal those of the store before saving."""
+    before = updated.search(copy_vectors, 10), updated.range_search(copy_vectors[:5], 0.9)
+    updated.save(tmp_path / "index")
+    loaded = Store.load(tmp_path / "index")
+    pcas = [s.index.trained_pca for s in loaded._segments]
+    assert len(pcas) == 2 and int(pcas[0].this) == int(pcas[1].this)
+    assert (loaded.search(copy_vectors, 10), loaded.range_search(copy_vectors[:5], 0.9)) == before
