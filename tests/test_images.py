@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from retrieval.config import DEFAULT_MAX_PIXELS
 from retrieval.errors import ImageError
@@ -159,6 +159,17 @@ def test_exif_orientation_6_equals_rotating_by_hand(tmp_path):
     pixels.transpose(Image.Transpose.ROTATE_270).save(tmp_path / "rotated.png")
     assert np.array_equal(decode(tmp_path / "tagged.png"), decode(tmp_path / "rotated.png"))
     assert not np.array_equal(decode(tmp_path / "tagged.png"), decode_plain(pixels, tmp_path))
+
+
+@pytest.mark.parametrize("orientation", range(10))
+def test_every_exif_orientation_decodes_as_pillows_exif_transpose(tmp_path, orientation):
+    """The decoder skips Pillow's exif_transpose (and its copy) when nothing turns: the pixels must not change."""
+    pixels = photo(3, (120, 80))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    pixels.save(tmp_path / "tagged.png", exif=exif.tobytes())
+    ImageOps.exif_transpose(Image.open(tmp_path / "tagged.png")).save(tmp_path / "by-pillow.png")
+    assert np.array_equal(decode(tmp_path / "tagged.png"), decode(tmp_path / "by-pillow.png"))
 
 
 def decode_plain(im: Image.Image, folder: Path) -> np.ndarray:
