@@ -288,8 +288,10 @@ def plan_int8() -> list[dict[str, Any]]:
     thousands = str(linked_set(Path(small), 2000))
     openvino = {"engine": "openvino", "set": "1024x768"}
     jobs: list[dict[str, Any]] = [
-        {"name": "prototype loop (baseline)", "kind": "prototype", "folder": baseline, "set": "1024x768"}
-    ]
+        {"name": "prototype loop (baseline)", "kind": "prototype", "folder": baseline, "set": "1024x768"},
+        {"name": "decode only, 1 thread, 1024x768, with JPEG draft", "kind": "decode", "folder": small,
+         "set": "1024x768", "jpeg_draft": True},
+    ]  # fmt: skip
     for precision in ("bf16", "int8"):
         forward = {"name": f"forward only, openvino {precision}", "kind": "forward", "folder": small}
         jobs.append({**forward, **openvino, "precision": precision})
@@ -362,6 +364,26 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return results
 
 
+def shared_cpu_bound(results: list[dict[str, Any]], cores: int) -> list[str]:
+    """What bounds each pipeline when decoding and the forward pass share the cores: an image costs the
+    forward pass `cores / F` core-seconds (it runs on all of them at F img/s) plus `1 / D` for one thread
+    decoding at D img/s, so at best `cores / (cores / F + 1 / D)` images a second."""
+    decode = next((r["img_per_s"] for r in results if r["kind"] == "decode" and r["set"] == "1024x768"
+                   and r.get("jpeg_draft")), None)  # fmt: skip
+    if decode is None:
+        return []
+    lines = []
+    for r in results:
+        if r["kind"] == "forward":
+            bound = cores / (cores / r["img_per_s"] + 1 / decode)
+            lines.append(
+                f"- {r['engine']} {r['precision']}: forward {r['img_per_s']:.1f} img/s and decoding {decode:.1f} img/s "
+                f"on one thread share {cores} cores: at most {bound:.1f} img/s end to end "
+                f"({bound / r['img_per_s']:.0%} of forward-only)."
+            )
+    return lines
+
+
 def markdown(results: list[dict[str, Any]], host: dict[str, Any]) -> str:
     lines = [
         "# Ingest benchmark",
@@ -383,6 +405,9 @@ def markdown(results: list[dict[str, Any]], host: dict[str, Any]) -> str:
             f"| {r['name']} | {r['images']} | {r['img_per_s']:.1f} | {r['x_baseline']:.1f}× | {ceiling} "
             f"| {r['peak_rss_mb']:.0f} | {threads} | {ran} |"
         )
+    bounds = shared_cpu_bound(results, host["cores"])
+    if bounds:
+        lines += ["", f"What bounds a pipeline on {host['cores']} cores, from the rates above:", "", *bounds]
     return "\n".join(lines) + "\n"
 
 
