@@ -35,6 +35,7 @@ from .config import (
 from .errors import EXIT_INDEX, EXIT_USAGE, RetrievalError, UsageError
 from .files import list_images, printable
 from .results import QueryResult
+from .sources import Location
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -113,7 +114,10 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 @app.command()
 def ingest(
     folder: Annotated[
-        Path, typer.Argument(help="Folder of images, searched recursively.", exists=True, file_okay=False)
+        str,
+        typer.Argument(
+            help="Folder of images, searched recursively: a local path, or a URI pyarrow reaches (s3://bucket/photos)."
+        ),
     ],
     index: IndexOption = None,
     model: Annotated[str | None, typer.Option(help=f"Backbone: {' | '.join(MODELS)} (config: model).")] = None,
@@ -150,6 +154,7 @@ def ingest(
     """Bring the index up to date with FOLDER: embed new and changed images, drop deleted ones.
 
     The previous index stays in use until the new one is completely saved; an interrupted run resumes.
+    A remote FOLDER (s3://..., gs://...) is read through pyarrow, credentials from the environment.
     """
     settings = _settings(
         config,
@@ -467,7 +472,7 @@ def dupes(
     _report_moves(moves, apply, move_to)
 
 
-def _group_collages(groups: list[Group], root: Path, folder: Path, max_pixels: int) -> list[Path]:
+def _group_collages(groups: list[Group], root: Location, folder: Path, max_pixels: int) -> list[Path]:
     """One collage per group: the kept image first, then the extras with their scores."""
     from .collage import render
     from .results import Hit

@@ -33,6 +33,7 @@ from PIL import Image
 from .errors import IndexMismatch, UsageError
 from .images import decoders
 from .lock import IndexLock
+from .sources import Location
 from .store import Store
 
 KEEP_RULES = ("resolution", "size", "oldest", "newest", "path")
@@ -166,8 +167,9 @@ def _components(count: int, links: dict[tuple[int, int], float]) -> list[list[in
 def _member(store: Store, row: int, score: float) -> Member:
     path = store.entry(row).path
     try:
-        st = (store.root / path).stat()
-        with Image.open(store.root / path, formats=decoders()) as im:  # the header only, nothing decoded
+        file = store.root / path
+        st = file.stat()
+        with file.open("rb") as f, Image.open(f, formats=decoders()) as im:  # the header only, nothing decoded
             width, height = im.size
     except (OSError, Image.DecompressionBombError, ValueError):
         return Member(row, path, score, None, None, None, None)
@@ -207,8 +209,12 @@ class Move:
     problem: str | None = None  # why it was not moved
 
 
-def plan_moves(groups: list[Group], root: Path, target: Path) -> list[Move]:
+def plan_moves(groups: list[Group], root: Location, target: Path) -> list[Move]:
     """Where each extra would go: `target`/its path in the indexed folder, so names never collide."""
+    if not isinstance(root, Path):
+        raise UsageError(
+            f"--move-to moves files of a local folder; {root} is remote: act on the groups listed with --json or --csv"
+        )
     target = target.resolve()
     if target == root or root in target.parents:
         raise UsageError(

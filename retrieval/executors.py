@@ -14,7 +14,6 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -24,8 +23,10 @@ from .config import Settings, decode_threads_for
 from .embedders import Embedder
 from .errors import ImageError
 from .files import Skipped, sha256_file
+from .images import fetched
+from .sources import Location
 
-Decoder = Callable[[Path, tuple[int, int], int], np.ndarray]  # (path, (width, height), max_pixels) -> pixels
+Decoder = Callable[[Location, tuple[int, int], int], np.ndarray]  # (path, (width, height), max_pixels) -> pixels
 T = TypeVar("T")
 
 
@@ -45,7 +46,7 @@ class Embedded:
 class Executor(Protocol):
     """Runs the embed step: decode and embed `paths` (relative to `root`), yielding batches in order."""
 
-    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]: ...
+    def run(self, root: Location, paths: list[str]) -> Iterator[Embedded]: ...
 
 
 class LocalExecutor:
@@ -58,7 +59,7 @@ class LocalExecutor:
         self._spec = spec
         self._decode = decode
 
-    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]:
+    def run(self, root: Location, paths: list[str]) -> Iterator[Embedded]:
         settings = self._settings
         width, height = self._spec.input_size
         batch = np.empty((settings.batch_size, height, width, 3), np.uint8)  # reused for every batch
@@ -112,10 +113,11 @@ def _in_threads(work: Callable[[str], T], items: list[str], threads: int, ahead:
 
 
 def read_image(
-    folder: Path, rel: str, *, decode: Decoder, size: tuple[int, int], max_pixels: int
+    folder: Location, rel: str, *, decode: Decoder, size: tuple[int, int], max_pixels: int
 ) -> tuple[np.ndarray, str]:
-    """Decode one file and hash its bytes (the second read comes from the page cache)."""
-    path = folder / rel
+    """Decode one file and hash its bytes (read once from a remote root; locally, the second read comes
+    from the page cache)."""
+    path = fetched(folder / rel)
     pixels = decode(path, size, max_pixels)
     try:
         return pixels, sha256_file(path)

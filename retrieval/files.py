@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .sources import ArrowPath, Facts, Location
 
 # Formats Pillow decodes, by extension. The format itself is sniffed from the bytes, never trusted from
 # the name; the extension only decides which files of a folder are meant to be images.
@@ -30,11 +31,14 @@ class Skipped:
 
 @dataclass
 class Listing:
-    """The outcome of a walk: image paths relative to the root (sorted, POSIX) and what could not be read."""
+    """The outcome of a walk: image paths relative to the root (sorted, POSIX) and what could not be read.
+    `facts` holds each file's size and mtime where the listing brought them (a remote one: one request per
+    file to ask again would dominate a large run); a local plan asks the file system itself."""
 
-    root: Path
+    root: Location
     paths: list[str] = field(default_factory=list)
     errors: list[Skipped] = field(default_factory=list)
+    facts: dict[str, Facts] = field(default_factory=dict)
 
 
 def is_image_name(name: str) -> bool:
@@ -42,12 +46,14 @@ def is_image_name(name: str) -> bool:
     return suffix in IMAGE_EXTENSIONS or suffix in FOREIGN_EXTENSIONS
 
 
-def list_images(root: Path) -> Listing:
+def list_images(root: Location) -> Listing:
     """Walk `root` recursively, following symlinks but never entering a folder twice (so loops end).
 
     Paths are sorted so that two runs over the same folder give the same manifest order. A sub-folder
     that cannot be read is reported and its siblings are still walked.
     """
+    if isinstance(root, ArrowPath):
+        return _list_remote(root)
     if not root.exists():
         raise UsageError(f"folder {root} does not exist")
     if not root.is_dir():
@@ -80,10 +86,23 @@ def list_images(root: Path) -> Listing:
     return listing
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def _list_remote(root: ArrowPath) -> Listing:
+    """The image files below a remote folder, with the sizes and mtimes its listing gave."""
+    try:
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a folder")
+    except FileNotFoundError:
+        raise UsageError(f"folder {root} does not exist") from None
+    except ConnectionError as e:
+        raise UsageError(str(e)) from e
+    facts = {rel: f for rel, f in root.files() if is_image_name(rel)}
+    return Listing(root=root, paths=sorted(facts), facts=facts)
+
+
+def sha256_file(path: Location, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks so that a large weights or index file is never held whole."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

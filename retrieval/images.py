@@ -7,12 +7,10 @@ its version, so that old indexes are refused instead of silently compared with d
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -20,6 +18,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 from .files import FOREIGN_EXTENSIONS
+from .sources import ArrowPath, Location
 
 # Transparent pixels are laid on this colour, so a logo on alpha embeds the same wherever it came from.
 BACKGROUND = (255, 255, 255)
@@ -53,7 +52,7 @@ PREPROCESSING: dict[str, Any] = {
 }
 
 
-def load_image(path: Path, size: tuple[int, int], max_pixels: int, *, jpeg_draft: bool = True) -> np.ndarray:
+def load_image(path: Location, size: tuple[int, int], max_pixels: int, *, jpeg_draft: bool = True) -> np.ndarray:
     """Decode `path` into a (height, width, 3) uint8 array of exactly `size` (width, height).
 
     The whole image is squashed to the model's input rather than centre-cropped, so nothing at the
@@ -73,14 +72,23 @@ def load_image_bytes(data: bytes, size: tuple[int, int], max_pixels: int) -> np.
     return np.asarray(im.resize(size, Image.Resampling.BILINEAR))
 
 
-def load_thumbnail(path: Path, box: int, max_pixels: int) -> Image.Image:
+def load_thumbnail(path: Location, box: int, max_pixels: int) -> Image.Image:
     """An RGB image fitting in a `box` x `box` square, aspect kept: for drawing, not for embedding."""
     im = open_rgb(path, max_pixels, draft=(box, box))
     im.thumbnail((box, box), Image.Resampling.BILINEAR)
     return im
 
 
-def open_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
+def fetched(path: Location) -> Location:
+    """A remote file with its bytes fetched once, so that decoding and hashing it make one request; a local
+    path as it is (its second read comes from the page cache)."""
+    if not isinstance(path, ArrowPath):
+        return path
+    with _as_image_errors(foreign=path.suffix.lower() in FOREIGN_EXTENSIONS):
+        return path.fetched()
+
+
+def open_rgb(path: Location, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
     """Open, fully decode, orient and convert one image to RGB, translating every failure to ImageError.
 
     `draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is at least that much larger
@@ -88,9 +96,10 @@ def open_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) 
     """
     with _as_image_errors(foreign=path.suffix.lower() in FOREIGN_EXTENSIONS):
         # Our own file object, closed on every path, so a failing decoder never leaks a descriptor.
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
+        with path.open("rb") as f:
+            if f.seek(0, io.SEEK_END) == 0:
                 raise ImageError("not an image", "empty file")
+            f.seek(0)
             return _decode(f, max_pixels, draft)
 
 
@@ -112,6 +121,8 @@ def _as_image_errors(foreign: bool) -> Iterator[None]:
         raise ImageError("file not found", "deleted, or a broken link") from e
     except IsADirectoryError as e:
         raise ImageError("not an image", "is a folder") from e
+    except ConnectionError as e:  # a remote file that could not be fetched (sources.ArrowPath)
+        raise ImageError("unreadable", str(e)) from e
     except OSError as e:
         reason = "truncated" if "truncated" in str(e) else "corrupt"
         raise ImageError(reason, str(e)) from e

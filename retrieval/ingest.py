@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -39,6 +39,7 @@ from .executors import Decoder, Embedded, Executor, LocalExecutor
 from .files import Skipped, list_images, sha256_file
 from .images import load_image
 from .lock import IndexLock
+from .sources import Facts, Location, location
 from .store import Entry, Store, assembled, normalize, warning
 from .system import package_version
 
@@ -91,7 +92,7 @@ class Plan:
     """Where each listed file's vector comes from. Slot i is entries[i]; every slot is in exactly one of
     `kept` (a row of the previous index), `resumed` (a checkpointed vector) or `to_embed`."""
 
-    root: Path
+    root: Location
     entries: list[Entry]
     kept: dict[int, int] = field(default_factory=dict)  # slot -> row of the previous index
     resumed: dict[int, np.ndarray] = field(default_factory=dict)  # slot -> vector (dim,)
@@ -103,16 +104,23 @@ class Plan:
     skipped: list[Skipped] = field(default_factory=list)  # listed, but gone or unreadable at stat time
 
 
-def plan(folder: Path, paths: list[str], previous: Store | None, checkpointed: list[tuple[Entry, np.ndarray]]) -> Plan:
+def plan(
+    folder: Location,
+    paths: list[str],
+    previous: Store | None,
+    checkpointed: list[tuple[Entry, np.ndarray]],
+    facts: Mapping[str, Facts] | None = None,
+) -> Plan:
     """Decide each file's vector source from its size and mtime (and, for a possible move, its content
-    hash). Reads file metadata, and the bytes of a new file only when a vanished one had its size."""
+    hash). Reads file metadata (from `facts` where the listing brought them), and the bytes of a new file
+    only when a vanished one had its size."""
     result = Plan(folder, [], previous_paths=frozenset(e.path for e in previous.entries()) if previous else frozenset())
     known, vanished = _previous_rows(paths, previous)
     resumed = {(e.path, e.size, e.mtime_ns): (e, v) for e, v in checkpointed}
     vanished_sizes = {entry.size for entry, _ in vanished.values()}
     for rel in paths:
         try:
-            st = (folder / rel).stat()
+            st = facts[rel] if facts and rel in facts else (folder / rel).stat()
         except OSError as e:
             reason = "file not found" if isinstance(e, FileNotFoundError) else "unreadable"
             result.skipped.append(Skipped(rel, reason, str(e)))
@@ -154,7 +162,7 @@ def _previous_rows(
 
 
 def _moved(
-    folder: Path, entry: Entry, vanished: dict[str, tuple[Entry, int]], sizes: set[int]
+    folder: Location, entry: Entry, vanished: dict[str, tuple[Entry, int]], sizes: set[int]
 ) -> tuple[Entry, int] | None:
     """A new path whose bytes equal a vanished entry's is that file, moved: re-key its vector.
     Hashing only when a vanished file had the same size keeps this cheap."""
@@ -168,7 +176,7 @@ def _moved(
 
 
 def ingest(
-    folder: Path,
+    folder: Path | str,
     settings: Settings,
     *,
     embedder: Embedder | None = None,
@@ -180,9 +188,11 @@ def ingest(
     """Bring the index at `settings.index` up to date with the images under `folder`: plan, embed, commit.
 
     `full` embeds everything again (needed to change model, weights, metric or folder); `wait` waits
-    for another ingest into the same index instead of failing with IndexBusy.
+    for another ingest into the same index instead of failing with IndexBusy. `folder` may be a URI of any
+    filesystem pyarrow reaches (s3://bucket/photos; sources.py).
     """
     started = time.perf_counter()
+    folder = location(folder)
     with IndexLock(settings.index, wait=wait):
         listing = list_images(folder)
         if not listing.paths:
@@ -192,7 +202,7 @@ def ingest(
         if full:
             checkpoints.clear()
         previous = None if full else _previous(settings, model.embedding, folder)
-        the_plan = plan(folder, listing.paths, previous, checkpoints.load())
+        the_plan = plan(folder, listing.paths, previous, checkpoints.load(), listing.facts)
         report = IngestReport(
             settings.index,
             unchanged=the_plan.unchanged,
@@ -474,7 +484,7 @@ class _LazyEmbedder:
         return {**here, **versions}
 
 
-def _previous(settings: Settings, embedding: dict[str, Any], folder: Path) -> Store | None:
+def _previous(settings: Settings, embedding: dict[str, Any], folder: Location) -> Store | None:
     """The live index if this run can update it; IndexMismatch if it was built otherwise."""
     try:
         store = Store.load(settings.index)

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 from .errors import ImageError, UsageError
 from .images import load_thumbnail
 from .search import Searcher
+from .sources import Location
 
 EDGE = 1024  # the sample is decoded to at most this many pixels a side: every change below needs no more
 
@@ -161,7 +162,9 @@ def evaluate_labelled(searcher: Searcher, truth: dict[Path, set[str]], k: int = 
     return report
 
 
-def _relative(path: Path, root: Path) -> str | None:
+def _relative(path: Path, root: Location) -> str | None:
+    if not isinstance(root, Path):  # a remote root holds no local query image
+        return None
     try:
         return path.resolve().relative_to(root).as_posix()
     except ValueError:

@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 
 from .errors import ImageError
 from .images import load_image
+from .sources import Location
 from .system import cpu, package_version
 
 CALIBRATION_IMAGES = 300  # sampled from the collection; the last HELD_OUT of them are kept for the gate
@@ -59,7 +60,12 @@ class Calibration:
 
 
 def calibration_sample(
-    root: Path, paths: list[str], size: tuple[int, int], max_pixels: int, count: int = CALIBRATION_IMAGES, seed: int = 0
+    root: Location,
+    paths: list[str],
+    size: tuple[int, int],
+    max_pixels: int,
+    count: int = CALIBRATION_IMAGES,
+    seed: int = 0,
 ) -> Calibration | None:
     """Up to `count` images of `paths` (relative to `root`), seeded, decoded as the model sees them; None when
     fewer than 2 can be read. A fifth of them (at most HELD_OUT) is held out for the gate."""

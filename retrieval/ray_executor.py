@@ -4,8 +4,9 @@ commit stay on the driver, exactly as in a local ingest.
 The planned files become a Ray Dataset of (index, path) rows; an actor pool of the same embedder the local
 pipeline uses (same engine, precision and pooling; one GPU per actor where the cluster has GPUs) decodes and
 embeds them in `map_batches`, and the vectors stream back to the driver in order. Paths stay relative to
-the ingested root, which every node must reach at the same place (shared storage); file facts come from the
-driver's plan. Without an address, a local Ray instance is started for the run and stopped after it.
+the ingested root, which every node must reach at the same place: shared storage, or a URI of a filesystem
+pyarrow reaches (s3://...), read by each actor itself; file facts come from the driver's plan. Without an
+address, a local Ray instance is started for the run and stopped after it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import ImageError, IndexMismatch
 from .executors import Embedded, read_image
 from .files import Skipped
 from .images import load_image
+from .sources import Location, location, recorded
 
 CPUS_PER_ACTOR = 2  # one engine uses every core it is given: actors are sized to whole pairs of cores
 
@@ -37,7 +39,7 @@ class _EmbedBatch:
         # int8 needs the driver's calibration sample: a Ray run embeds in the float precision auto picks
         precision = "auto" if settings.precision == "int8" else settings.precision
         self._settings = replace(settings, precision=precision)
-        self._root = Path(root)
+        self._root = location(root)
         self._embedder = create_embedder(self._settings)
         import ray
 
@@ -84,7 +86,7 @@ class RayExecutor:
         self._embedding = embedding  # the driver's: every actor checks that it embeds the same way
         self._address = address
 
-    def run(self, root: Path, paths: list[str]) -> Iterator[Embedded]:
+    def run(self, root: Location, paths: list[str]) -> Iterator[Embedded]:
         if not paths:
             return
         import ray
@@ -104,7 +106,7 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
-    def _stream(self, ray: Any, root: Path, paths: list[str]) -> Iterator[Embedded]:
+    def _stream(self, ray: Any, root: Location, paths: list[str]) -> Iterator[Embedded]:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
@@ -112,7 +114,7 @@ class RayExecutor:
         rows = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
         embedded = rows.map_batches(
             _EmbedBatch,
-            fn_constructor_kwargs={"settings": self._settings, "root": str(root), "embedding": self._embedding},
+            fn_constructor_kwargs={"settings": self._settings, "root": recorded(root), "embedding": self._embedding},
             batch_size=self._settings.batch_size,
             batch_format="numpy",
             concurrency=actors,

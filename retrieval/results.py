@@ -4,7 +4,8 @@ to import that `retrieval query --server` starts without numpy or FAISS."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+
+from .sources import Location
 
 
 @dataclass(frozen=True)
@@ -17,11 +18,11 @@ class Hit:
 
 @dataclass(frozen=True)
 class QueryResult:
-    query: Path
-    root: Path
+    query: Location
+    root: Location  # a local folder, or a remote one (sources.ArrowPath)
     metric: str
     hits: list[Hit]
     embedded: bool  # False when the query was already indexed and its stored vector was used
 
-    def absolute(self, hit: Hit) -> Path:
+    def absolute(self, hit: Hit) -> Location:
         return self.root / hit.path

@@ -170,8 +170,11 @@ def query_many(
 
 def indexed_row(store: Store, image: Path) -> int | None:
     """The row of `image` if it lies under the index's root and has not changed since it was embedded."""
+    root = store.root
+    if not isinstance(root, Path):  # a remote root: a local query image is never one of its files
+        return None
     try:
-        rel = Path(os.path.abspath(image)).relative_to(store.root).as_posix()
+        rel = Path(os.path.abspath(image)).relative_to(root).as_posix()
     except ValueError:
         return None
     row = store.find(rel)

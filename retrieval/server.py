@@ -12,6 +12,7 @@ client sent. Blocking work (decoding, the model, FAISS) runs off the event loop.
 import asyncio
 import hmac
 import io
+import mimetypes
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -31,6 +32,7 @@ from .ann import AUTO_FLAT_BELOW
 from .errors import EmptyIndex, ImageError, RetrievalError, UsageError
 from .images import load_image_bytes, load_thumbnail
 from .search import Hit, Searcher
+from .sources import ArrowPath
 from .store import Store, warning
 
 STATIC = Path(__file__).parent / "static"
@@ -270,11 +272,13 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         return SearchOut(generation=generation, metric=s.store.metric, results=[_out(hits) for hits in found])
 
     @app.get("/images/{id}", dependencies=guarded, response_class=FileResponse)
-    async def image(s: Fresh, id: int) -> FileResponse:
+    async def image(s: Fresh, id: int) -> Response:
         store = s.store
         if not 0 <= id < store.count:
             raise HTTPException(404, f"no image with id {id}")
         path = store.root / store.entry(id).path  # from the manifest only
+        if isinstance(path, ArrowPath):  # a remote root: fetched here, as the client cannot reach it
+            return await run_in_threadpool(_fetched, path, id)
         if not path.is_file():
             raise HTTPException(404, f"image {id} is no longer on disk")
         return FileResponse(path)
@@ -299,6 +303,17 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         return Response(thumbnails[id], media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 
     return app
+
+
+def _fetched(path: ArrowPath, id: int) -> Response:
+    """A remote image's bytes as a response, typed by its name as FileResponse types a local one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HTTPException(404, f"image {id} is no longer in {path.uri}") from None
+    except OSError as e:
+        raise HTTPException(502, f"image {id} could not be fetched: {e}") from e
+    return Response(data, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 
 
 async def _decoded(upload: UploadFile, size: tuple[int, int], max_pixels: int, options: ServeOptions) -> np.ndarray:

@@ -52,6 +52,7 @@ from .generations import corrupt, current_generation, on_live_generation, publis
 from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
 from .segments import NO_ROWS, Segment, merges_due
+from .sources import Location, location, recorded
 
 FORMAT = "retrieval-index"
 FORMAT_VERSION = 6
@@ -129,7 +130,7 @@ class Store:
         dim: int,
         metric: str,
         embedding: dict[str, Any],
-        root: Path,
+        root: Location,
         runtime: dict[str, str],
         kind: IndexChoice = FLAT,
         recall_target: float = 0.95,
@@ -146,7 +147,7 @@ class Store:
             "format_version": FORMAT_VERSION,
             "dim": dim,
             "metric": metric,
-            "root": str(root.resolve()),
+            "root": recorded(root),
             "embedding": embedding,
             "runtime": runtime,
             "index": {
@@ -172,8 +173,9 @@ class Store:
         return str(self._meta["metric"])
 
     @property
-    def root(self) -> Path:
-        return Path(self._meta["root"])
+    def root(self) -> Location:
+        """The ingested folder: a local path, or a sources.ArrowPath for a URI (s3://...)."""
+        return location(self._meta["root"])
 
     @property
     def meta(self) -> dict[str, Any]:
