@@ -85,10 +85,11 @@ class ArrowPath:
         if self.data is not None:
             return self.data
         fs, path = self._filesystem()
-        self.stat()  # FileNotFoundError / IsADirectoryError, as for a local file
         try:
             with fs.open_input_stream(path) as stream:
                 return stream.readall()
+        except FileNotFoundError:  # pyarrow's own, for a missing object (or a prefix)
+            raise
         except OSError as e:
             raise ConnectionError(errno.EIO, f"cannot read {self}: {e}") from e
 
