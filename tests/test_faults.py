@@ -110,10 +110,16 @@ def test_sigkill_mid_embedding_20_times_then_resume_equals_an_uninterrupted_run(
           f"checkpointed before the resume: {len(held)}; embedded by the resume: {embedded}")  # fmt: skip
 
 
+def interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_mid_embedding_exits_130_keeps_its_checkpoint_and_the_next_run_resumes(tmp_path):
     folder, index = tmp_path / "photos", tmp_path / "index"
     write_photos(folder, 200, seed=3000, size=(160, 120))
-    run = start_and_wait_for_pieces(ingest_command(folder, index), index, 2)
+    # SIGINT as a terminal's Ctrl-C delivers it: a shell's background job (a CI script started with `&`)
+    # inherits SIGINT ignored, and a Python started so never turns it into KeyboardInterrupt
+    run = start_and_wait_for_pieces(ingest_command(folder, index), index, 2, preexec_fn=interruptible)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130, stderr
