@@ -5,9 +5,10 @@
 1,000 images, through the real pipeline: 40 generated photos (320x240) with five planted copies each
 (re-encoded at JPEG quality 30, resized to 2/3, mirrored, the central 80 % cropped, 30 % brighter), among 760
 generated distractors. The index is built with default settings, and again with max and with gem pooling;
-random weights (ImageNet weights cannot be downloaded here). Each method's groups are scored by pairs: a pair of images is
-predicted when they share a group, and correct when they come from the same original. pHash uses its usual
-rule, a Hamming distance of at most 10 of 64 bits, joined into groups the same way (connected components).
+random weights (ImageNet weights cannot be downloaded here). Each method's groups are scored by pairs: a pair
+of images is predicted when they share a group, and correct when they come from the same original. pHash uses
+its usual rule, a Hamming distance of at most 10 of 64 bits, joined into groups the same way (connected
+components).
 
 100,000 vectors: the time and peak memory of finding groups in an index of that size, on seeded synthetic
 vectors shaped like the model's (the cone family) with 1,000 planted near-copies (each a stored vector

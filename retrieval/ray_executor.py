@@ -110,7 +110,7 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
-        per_actor, gpus, actors = _actor_pool([n["Resources"] for n in ray.nodes() if n["Alive"]])
+        per_actor, gpus, actors = actor_pool([n["Resources"] for n in ray.nodes() if n["Alive"]])
         rows = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
         embedded = rows.map_batches(
             _EmbedBatch,
@@ -139,7 +139,7 @@ class RayExecutor:
             )
 
 
-def _actor_pool(nodes: list[dict[str, float]]) -> tuple[int, int, int]:
+def actor_pool(nodes: list[dict[str, float]]) -> tuple[int, int, int]:
     """(CPUs per actor, GPUs per actor, actors) for a cluster of `nodes` (each node's resources): an actor
     takes up to CPUS_PER_ACTOR cores but never more than the largest node has, and as many actors as fit
     node by node; with GPUs, one actor per GPU."""

@@ -20,6 +20,7 @@ import pytest
 
 from retrieval.config import Settings
 from retrieval.ingest import ingest
+from retrieval.ray_executor import actor_pool
 from retrieval.store import Store
 from retrieval.synthetic import write_photos
 
@@ -50,6 +51,14 @@ def test_a_ray_ingest_gives_the_index_a_local_one_gives_and_updates_it_the_same_
         a, b = ours.vectors(), theirs.vectors()
         assert (a * b).sum(axis=1).min() >= 0.9999, run  # unit vectors: their cosines
     assert np.isfinite(ours.vectors()).all()
+
+
+def test_actors_are_sized_from_the_clusters_nodes_with_one_per_gpu_where_there_are_gpus():
+    """Ray's node resources as ray.nodes() reports them (no GPU machine here: the sizing rule itself)."""
+    assert actor_pool([{"CPU": 1.0}, {"CPU": 1.0}]) == (1, 0, 2)  # small nodes: one actor per core
+    assert actor_pool([{"CPU": 8.0}]) == (2, 0, 4)  # pairs of cores
+    assert actor_pool([{"CPU": 3.0}, {"CPU": 2.0}]) == (2, 0, 2)  # a spare core is left, not split
+    assert actor_pool([{"CPU": 16.0, "GPU": 2.0}, {"CPU": 4.0}]) == (2, 1, 2)  # one actor per GPU
 
 
 # --- a two-node cluster on loopback: placement, a killed worker, a killed driver ----------------------
