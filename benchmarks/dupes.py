@@ -126,9 +126,9 @@ def by_index(folder: str, index: str, rule: dict, queue: multiprocessing.Queue) 
 
 
 def best_threshold(folder: str, index: str, names: list[str], queue: multiprocessing.Queue) -> None:
-    """Child process: the one threshold under which `dupes` scores best (the higher of precision and recall
-    being the lower's equal), chosen knowing the answers: no rule of this form can do better on this set.
-    Each candidate is a real `find_groups` run; candidates are the cosines among the highest pairs."""
+    """Child process: the threshold under which `dupes` scores best (the lower of precision and recall
+    highest), chosen knowing the answers: a bound on what a threshold can do on this set. Each candidate is a
+    real `find_groups` run; candidates are spread over the cosines of the highest pairs."""
     from retrieval.dupes import Rule, find_groups
     from retrieval.store import Store
 
@@ -279,9 +279,9 @@ def markdown(result: dict) -> str:
         "",
         "Seconds: for dupes, grouping from the built index (the ingest's embedding of the images not included); "
         "for pHash, hashing the files and comparing every pair. Peak RSS of the process doing it. A 'best "
-        "threshold' row is the one absolute threshold under which that index's groups score best (the lower of "
-        "precision and recall highest), found by trying "
-        f"{CANDIDATES} of them knowing the answers: no threshold does better on this set.",
+        "threshold' row is the absolute threshold under which that index's groups scored best (the lower of "
+        f"precision and recall highest) of {CANDIDATES} tried, spread over the highest pair cosines, chosen "
+        "knowing the answers: a bound on what a threshold can do here, not a setting to use.",
         "",
         f"100,000 synthetic vectors (cone family, 1,000 planted near-copies), index {big['index']}: `dupes "
         f"--relative 0.3` took {big['seconds']:.1f} s, peak RSS {big['peak_rss_mb']:.0f} MB "
