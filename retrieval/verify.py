@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import RetrievalError
 from .lock import IndexLock
 from .store import Store, warning
 
@@ -44,10 +45,12 @@ def _check(index: Path, *, repair: bool) -> Health:
     for row, entry in enumerate(store.entries()):
         try:
             st = (store.root / entry.path).stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # gone, or a folder on its path is now a file
             health.missing.append(entry.path)
             gone.append(row)
             continue
+        except OSError as e:  # unreadable, or a remote root out of reach: not proof that the file is gone
+            raise RetrievalError(f"cannot check {entry.path}: {e}; nothing was repaired") from e
         if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
             health.changed.append(entry.path)
     if repair and gone:

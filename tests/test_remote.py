@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,13 @@ import pytest
 from PIL import Image
 
 from retrieval.config import Settings
-from retrieval.errors import UsageError
+from retrieval.errors import RetrievalError, UsageError
 from retrieval.ingest import ingest
 from retrieval.search import Searcher
 from retrieval.sources import ArrowPath, location
 from retrieval.store import Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
+from retrieval.verify import verify
 
 from .test_cli import run
 from .test_ray import free_port
@@ -77,10 +79,9 @@ class Bucket:
         DIRECT.open(urllib.request.Request(url, data=data, method=method, headers=headers), timeout=30)
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[int]:
-    """moto's S3 server on 127.0.0.1 (the port it serves), with the environment's credentials set for
-    pyarrow's client; stopped afterwards, also when a test fails."""
+@contextmanager
+def moto_server() -> Iterator[int]:
+    """moto's S3 server on 127.0.0.1 (yields the port it serves); stopped on the way out, even on failure."""
     found = shutil.which("moto_server") or str(Path(sys.base_prefix, "bin", "moto_server"))
     if not Path(found).exists():
         pytest.skip("no S3 server to test against: moto_server is not installed with this Python")
@@ -88,8 +89,6 @@ def s3() -> Iterator[int]:
     server = subprocess.Popen(
         [found, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
     try:
         for _ in range(300):  # at most 30 s
             try:
@@ -107,6 +106,17 @@ def s3() -> Iterator[int]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[int]:
+    """One S3 server for the module, with the environment's credentials set for pyarrow's client."""
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        with moto_server() as port:
+            yield port
+    finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.update({key: value})
 
@@ -143,7 +153,7 @@ def test_an_s3_folder_gives_the_index_a_local_copy_gives_and_is_updated_the_same
     assert Store.load(remote.index).meta["root"] == uri, "the root is recorded with its options, to be read again"
 
 
-def test_hits_from_s3_are_listed_drawn_and_served_from_the_bucket(tmp_path, s3, embedder):
+def test_hits_from_s3_are_listed_drawn_served_and_verified_from_the_bucket(tmp_path, s3, embedder):
     folder = tmp_path / "photos"
     write_photos(folder, 6, seed=1700)
     bucket = Bucket(s3, "served")
@@ -165,8 +175,10 @@ def test_hits_from_s3_are_listed_drawn_and_served_from_the_bucket(tmp_path, s3, 
         assert client.get("/images/2").content == (folder / "photo-0002.jpg").read_bytes()
         assert client.get("/images/2").headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(client.get("/thumbnails/2").content)).format == "JPEG"
+        assert verify(settings.index).healthy
         bucket.delete("set/photo-0002.jpg")
         assert client.get("/images/2").status_code == 404
+    assert verify(settings.index).missing == ["photo-0002.jpg"]
 
 
 def test_a_uri_with_credentials_in_it_is_refused_so_that_the_index_never_records_them():
@@ -200,3 +212,17 @@ def test_a_ray_ingest_reads_the_bucket_on_its_workers_and_gives_the_same_index(t
     ours, theirs = Store.load(by_ray.index), Store.load(local.index)
     assert [(e.path, e.sha256) for e in ours.entries()] == [(e.path, e.sha256) for e in theirs.entries()]
     assert (ours.vectors() * theirs.vectors()).sum(axis=1).min() >= 0.9999
+
+
+def test_verify_of_a_bucket_out_of_reach_is_an_error_and_repairs_nothing(tmp_path, s3, embedder):
+    """The module's server sets the credentials; this test's own server is stopped under its index."""
+    write_photos(tmp_path / "photos", 3, seed=1900)
+    settings = Settings(index=tmp_path / "index", weights="none")
+    with moto_server() as port:
+        bucket = Bucket(port, "gone")
+        bucket.upload(tmp_path / "photos", "p")
+        ingest(bucket.uri("p"), settings, embedder=embedder)
+    for repair in (False, True):
+        with pytest.raises(RetrievalError, match="cannot check photo-0000.jpg"):
+            verify(settings.index, repair=repair)
+    assert Store.load(settings.index).count == 3
