@@ -25,6 +25,7 @@ from PIL import Image
 from retrieval.config import Settings
 from retrieval.errors import RetrievalError, UsageError
 from retrieval.ingest import ingest
+from retrieval.quality import evaluate_augmented
 from retrieval.search import Searcher
 from retrieval.sources import ArrowPath, location
 from retrieval.store import Store
@@ -153,7 +154,7 @@ def test_an_s3_folder_gives_the_index_a_local_copy_gives_and_is_updated_the_same
     assert Store.load(remote.index).meta["root"] == uri, "the root is recorded with its options, to be read again"
 
 
-def test_hits_from_s3_are_listed_drawn_served_and_verified_from_the_bucket(tmp_path, s3, embedder):
+def test_hits_from_s3_are_listed_drawn_served_evaluated_and_verified_from_the_bucket(tmp_path, s3, embedder):
     folder = tmp_path / "photos"
     write_photos(folder, 6, seed=1700)
     bucket = Bucket(s3, "served")
@@ -176,6 +177,10 @@ def test_hits_from_s3_are_listed_drawn_served_and_verified_from_the_bucket(tmp_p
         assert client.get("/images/2").headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(client.get("/thumbnails/2").content)).format == "JPEG"
         assert verify(settings.index).healthy
+        searcher = Searcher(settings, lambda _: embedder)
+        report = evaluate_augmented(searcher, sample=6, transforms=["resize", "jpeg"])
+        assert sorted(report.sample) == [f"photo-{i:04d}.jpg" for i in range(6)], "each original read from the bucket"
+        assert report.recall_at_1 == {"resize": 1.0, "jpeg": 1.0}
         bucket.delete("set/photo-0002.jpg")
         assert client.get("/images/2").status_code == 404
     assert verify(settings.index).missing == ["photo-0002.jpg"]
