@@ -33,8 +33,8 @@ class Facts:
 
 @dataclass(frozen=True)
 class ArrowPath:
-    """A file or folder under `root` (a URI, query options such as `endpoint_override` included) on a
-    pyarrow filesystem. `str()` shows it without the options; `uri` is what an index records."""
+    """A file or folder `rel` below the root `uri` (query options such as `endpoint_override` included) on
+    a pyarrow filesystem. `str()` shows it without the options; `uri` is what an index records."""
 
     uri: str  # the root as given
     rel: str = ""  # POSIX path below it
@@ -49,11 +49,11 @@ class ArrowPath:
 
     @property
     def name(self) -> str:
-        return PurePosixPath(self._path).name
+        return PurePosixPath(str(self)).name
 
     @property
     def suffix(self) -> str:
-        return PurePosixPath(self._path).suffix
+        return PurePosixPath(str(self)).suffix
 
     def resolve(self) -> ArrowPath:
         return self
@@ -63,9 +63,6 @@ class ArrowPath:
         if info.type.name == "Directory":
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(self))
         return Facts(info.size, info.mtime_ns or 0)
-
-    def exists(self) -> bool:
-        return self._info().type.name != "NotFound"
 
     def is_dir(self) -> bool:
         return self._info().type.name == "Directory"
@@ -108,10 +105,6 @@ class ArrowPath:
             for info in infos
             if info.type.name == "File"
         ]
-
-    @property
-    def _path(self) -> str:
-        return self._filesystem()[1]
 
     def _filesystem(self) -> tuple[Any, str]:
         filesystem, base = filesystem_of(self.uri)
