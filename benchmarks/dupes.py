@@ -1,6 +1,6 @@
 """Planted near-duplicates among distractors: `retrieval dupes` beside a perceptual hash (imagehash's pHash).
 
-    .venv/bin/pip install -e '.[bench]'; .venv/bin/python benchmarks/dupes.py     # about 4 minutes on 2 cores
+    .venv/bin/pip install -e '.[bench]'; .venv/bin/python benchmarks/dupes.py     # a few minutes on 2 cores
 
 1,000 images, through the real pipeline: 40 generated photos (320x240) with five planted copies each
 (re-encoded at JPEG quality 30, resized to 2/3, mirrored, the central 80 % cropped, 30 % brighter), among 760
