@@ -28,8 +28,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from .errors import ImageError, UsageError
 from .images import load_thumbnail
-from .search import Searcher
-from .sources import Location
+from .search import Searcher, indexed_row
 
 EDGE = 1024  # the sample is decoded to at most this many pixels a side: every change below needs no more
 
@@ -145,7 +144,8 @@ def evaluate_labelled(searcher: Searcher, truth: dict[Path, set[str]], k: int = 
     results = searcher.query(queries, min(depth + 1, store.count))
     report = LabelledReport(k, depth, len(queries), 0.0, 0.0, 0.0)
     for query, result in zip(queries, results):
-        own = None if result.embedded else _relative(query, store.root)
+        row = None if result.embedded else indexed_row(store, query)  # the row the searcher itself used
+        own = None if row is None else store.entry(row).path
         ranked = [h.path for h in result.hits if h.path != own][:depth]
         relevant = truth[query]
         row = {
@@ -160,15 +160,6 @@ def evaluate_labelled(searcher: Searcher, truth: dict[Path, set[str]], k: int = 
     report.precision = sum(r["precision"] for r in report.per_query) / n
     report.map = sum(r["ap"] for r in report.per_query) / n
     return report
-
-
-def _relative(path: Path, root: Location) -> str | None:
-    if not isinstance(root, Path):  # a remote root holds no local query image
-        return None
-    try:
-        return path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        return None
 
 
 # --- without labels -------------------------------------------------------------------------------

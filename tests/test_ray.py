@@ -84,18 +84,17 @@ def cluster(tmp_path_factory) -> str:
     common = ("--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats")
     token = tmp_path_factory.mktemp("ray") / "auth_token"
     token.write_text(secrets.token_hex(32))
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    try:
-        head = ray_cli("start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", *common)
-        assert head.returncode == 0, head.stderr
-        worker = ray_cli("start", f"--address={address}", *common)
-        assert worker.returncode == 0, worker.stderr
-        yield address
-    finally:
-        ray_cli("stop", "--force")
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        try:
+            head = ray_cli("start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", *common)
+            assert head.returncode == 0, head.stderr
+            worker = ray_cli("start", f"--address={address}", *common)
+            assert worker.returncode == 0, worker.stderr
+            yield address
+        finally:
+            ray_cli("stop", "--force")  # with the token still in the environment
 
 
 def ray_ingest(folder: Path, index: Path, address: str | None) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -112,14 +111,10 @@ def moto_server() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def s3() -> Iterator[int]:
     """One S3 server for the module, with the environment's credentials set for pyarrow's client."""
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    try:
-        with moto_server() as port:
-            yield port
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+    with pytest.MonkeyPatch.context() as env, moto_server() as port:
+        for key, value in CREDENTIALS.items():
+            env.setenv(key, value)
+        yield port
 
 
 def assert_same_index(remote: Path, local: Path) -> None:
