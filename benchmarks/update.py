@@ -11,7 +11,8 @@ plan an ingest would make (every previous row kept but the deleted ones, the new
 calls ingest.commit. Reported per commit: the seconds of the commit itself and of loading + planning; the
 bytes of the files the new generation does not share with the previous one, and the bytes the process wrote
 (/proc/self/io); the peak anonymous memory of the process (what is not the memory-mapped index) and its
-peak resident set. Queries: one at a time on one thread through Store.search, on a warm file cache (every file of the
+peak resident set. Queries: one at a time through Store.search (which searches the largest segment on a worker
+thread while the caller's searches the others; FAISS's own threads set to 1), on a warm file cache (every file of the
 generation read once first), p50/p99 over 1,000; recall@10 against exact search over the live vectors, for
 200 of them. Cold query: `python -m retrieval query IMAGE --index ... -k 10 --json` run as a user runs it
 (from the repository, which holds a config.yaml), by an indexed image, median wall time of 5 runs; the image
@@ -171,7 +172,7 @@ def warm(generation: Path) -> None:
 
 
 def query_child(index: Path, queries: Path) -> dict:
-    """Latency (one thread, one query at a time) and recall@10 against exact search over the live rows."""
+    """Latency (one query at a time) and recall@10 against exact search over the live rows."""
     import faiss
 
     from retrieval.generations import current_generation
@@ -207,6 +208,8 @@ def query_child(index: Path, queries: Path) -> dict:
         "recall_at_10": float(recall),
         "segments": len(store.segments),
         "deleted": sum(s["deleted"] for s in store.segments),
+        "ef_search": max(store.segments, key=lambda s: s["rows"])["index"].get("ef_search"),
+        "factories": sorted({s["index"]["factory"] for s in store.segments}),
     }
 
 
@@ -348,11 +351,12 @@ def write(result: dict) -> None:
         f"| {len(sequence)} × +/- {n:,}, slowest | {max(c['commit_s'] for c in sequence):.2f} | | "
         f"{max(c['new_file_bytes'] for c in sequence) / mb:.1f} | | {max(c['peak_anon_mb'] for c in sequence):.0f} | |",
         "",
-        "| state | segments | deleted rows | query p50 ms | p99 ms | recall@10 | cold `retrieval query` s |",
-        "|---|---|---|---|---|---|---|",
+        "| state | segments | their kinds | deleted rows | largest's efSearch | query p50 ms | p99 ms | recall@10 "
+        "| cold `retrieval query` s |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(
-            f"| {label} | {q['segments']} | {q['deleted']:,} | {q['p50_ms']:.3f} | {q['p99_ms']:.3f} "
-            f"| {q['recall_at_10']:.3f} | {q['cold_query_s']:.2f} |"
+            f"| {label} | {q['segments']} | {', '.join(q['factories'])} | {q['deleted']:,} | {q['ef_search']} "
+            f"| {q['p50_ms']:.3f} | {q['p99_ms']:.3f} | {q['recall_at_10']:.3f} | {q['cold_query_s']:.2f} |"
             for label, q in (
                 ("fresh build", result["base"]),
                 (f"after {len(sequence) + 3} commits", result["after_commits"]),

@@ -5,6 +5,9 @@ the store, the tests and the benchmark treat them alike (add, search, reconstruc
   at 10k vectors of 2048-d here, so it is sub-millisecond only for a few thousand images.
 - `hnsw`: a navigable graph (HNSW32) over the vectors, optionally after PCA; approximate.
 - `ivf`: inverted lists over k-means cells with scalar (SQ8) or product (PQ) quantization; approximate.
+- `scan`: every vector's product-quantized code (4 bits per dimension, after PCA), all of them scanned
+  with FAISS's SIMD "fast scan"; approximate. Time grows with N but at a few nanoseconds a row,
+  so it is what the store gives its small update segments (store.py, segments.ScanGroup), not a user's kind.
 
 Whenever the searched representation is compressed (PCA, SQ8, PQ), the index is wrapped in a refine
 stage (`RFlat`) that keeps the exact vectors and re-ranks `rerank` × k candidates exactly: results carry
@@ -32,6 +35,7 @@ import numpy as np
 AUTO_FLAT_BELOW = 5_000
 TRAIN_SAMPLE = 50_000  # vectors used to train PCA and k-means: more buys little
 HEADROOM_STEPS = 1  # auto raises a search parameter this many values past the first that meets the target
+SCAN_RERANKS = (2, 4, 8, 16, 32, 64)  # candidates per wanted result a scan index may re-rank exactly
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,12 @@ class IndexChoice:
         parts = [f"PCA{self.pca}"] if 0 < self.pca < dim else []
         if self.kind == "hnsw":
             parts.append(f"HNSW{self.hnsw_m}")
+        elif self.kind == "scan":
+            width = self.pca if 0 < self.pca < dim else dim
+            # a 4-bit code per dimension: on the 21,952 update rows of benchmarks/update.py it met recall@10
+            # 0.95 re-ranking 4 candidates per result, where a code per two dimensions needed 16; searched
+            # as one group, 0.33 against 0.43 ms a query
+            parts.append(f"PQ{2 * self.pq_bytes or width}x4fs")
         elif self.kind == "ivf":
             lists = self.ivf_lists or max(1, min(int(4 * math.sqrt(count)), count // 39))
             # PQ with 4-bit codes and SIMD "fast scan": trains in a fraction of a second where 8-bit
@@ -66,7 +76,7 @@ class IndexChoice:
         return ",".join(parts)
 
     def compressed(self, dim: int) -> bool:
-        return self.kind == "ivf" or 0 < self.pca < dim
+        return self.kind in ("ivf", "scan") or 0 < self.pca < dim
 
 
 def searched_metric(choice: IndexChoice, metric: int) -> int:
@@ -93,19 +103,26 @@ def build(
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 20_000,
     pca: faiss.VectorTransform | None = None,
+    codes: faiss.Index | None = None,
 ) -> faiss.Index:
     """A trained index of `choice` holding `vectors` (n, dim), normalized, float32, for scores of `metric`.
 
     Vectors are added `chunk` at a time (the same index as one call) so that `progress(added, total)`
     can report on builds that take minutes. `pca`: a trained PCA (of another index of the same choice,
-    trained_pca) to use instead of training one; it is copied.
+    trained_pca) to use instead of training one; it is copied. `codes`: for `scan`, the trained code
+    index of another (VectorIndex.scanned) whose codebook to use, emptied copy, instead of training one.
     """
-    if pca is not None and 0 < choice.pca < dim:  # the factory's structure, around a copy of `pca`
-        inner = replace(choice, pca=0).factory(choice.pca, len(vectors)).removesuffix(",RFlat")
-        transform = faiss.Cloner().clone_VectorTransform(pca)
-        index = faiss.IndexRefineFlat(
-            faiss.IndexPreTransform(transform, faiss.index_factory(choice.pca, inner, faiss.METRIC_L2))
-        )
+    reduced = pca is not None and 0 < choice.pca < dim
+    if reduced or codes is not None:  # the factory's structure, around copies of `pca` and `codes`
+        if codes is not None:
+            searched = faiss.clone_index(codes)
+            searched.reset()
+        else:
+            inner = replace(choice, pca=0).factory(choice.pca, len(vectors)).removesuffix(",RFlat")
+            searched = faiss.index_factory(choice.pca, inner, faiss.METRIC_L2)
+        if reduced:
+            searched = faiss.IndexPreTransform(faiss.Cloner().clone_VectorTransform(pca), searched)
+        index = faiss.IndexRefineFlat(searched)
     else:
         index = faiss.index_factory(dim, choice.factory(dim, len(vectors)), searched_metric(choice, metric))
     if not index.is_trained:
@@ -173,13 +190,32 @@ class VectorIndex:
         vectors: np.ndarray,
         progress: Callable[[int, int], None] | None = None,
         pca: faiss.VectorTransform | None = None,
+        codes: faiss.Index | None = None,
     ) -> VectorIndex:
-        return cls(build(choice, vectors.shape[1], metric, vectors, progress, pca=pca), choice, metric)
+        return cls(build(choice, vectors.shape[1], metric, vectors, progress, pca=pca, codes=codes), choice, metric)
 
     @property
     def trained_pca(self) -> faiss.VectorTransform | None:
         """The trained PCA inside this index (PCA + graph or lists, re-ranked), or None."""
         return _pca_of(self.faiss)
+
+    @property
+    def scanned(self) -> faiss.IndexFastScan:
+        """A `scan` index's codes: the fast-scan index behind its PCA, downcast (ScanGroup searches them)."""
+        refined, transformed = _wrappers(self.faiss)
+        return faiss.downcast_index(transformed.index if transformed is not None else refined.base_index)
+
+    @property
+    def stored(self) -> faiss.Index:
+        """The exact vectors of an index that re-ranks (a flat index, row for row), downcast."""
+        return faiss.downcast_index(faiss.downcast_index(self.faiss).refine_index)
+
+    @property
+    def stored_vectors(self) -> np.ndarray:
+        """The exact vectors of an index that re-ranks, (count, dim), as a numpy array over FAISS's own memory
+        (memory-mapped for a loaded index), not a copy: valid while this index lives."""
+        flat = self.stored
+        return faiss.rev_swig_ptr(flat.get_xb(), self.count * self.dim).reshape(self.count, self.dim)
 
     def share_pca_of(self, source: VectorIndex) -> bool:
         """Search through `source`'s trained PCA instead of this index's own, when the two are the same
@@ -256,11 +292,13 @@ class VectorIndex:
         """Every (row, score) within `threshold` of each query (cosine at least, or distance at most),
         best first, with exact scores. Approximate kinds may miss rows, as they do in `search`."""
         searched = self.faiss.metric_type
+        # fast scan has no range search: a scan index (a small one) is range-searched exactly, over its vectors
+        ranged = self.stored if self.choice.kind == "scan" else self.faiss
         if searched == faiss.METRIC_INNER_PRODUCT:
             radius = threshold
         else:  # squared L2 between unit vectors
             radius = 2.0 - 2.0 * threshold if self.metric == faiss.METRIC_INNER_PRODUCT else threshold**2
-        limits, _, rows = self.faiss.range_search(queries, radius)
+        limits, _, rows = ranged.range_search(queries, radius)
         similar = 1.0 if self.metric == faiss.METRIC_INNER_PRODUCT else -1.0  # higher score = closer, or lower
         found = []
         for i, query in enumerate(queries):
@@ -289,6 +327,25 @@ def share_pca(indexes: list[VectorIndex]) -> None:
     for index in indexes:
         if index.trained_pca is not None and not any(index.share_pca_of(source) for source in sources):
             sources.append(index)
+
+
+def same_pca(a: VectorIndex, b: VectorIndex) -> bool:
+    """Whether two indexes transform vectors alike before searching: the same trained PCA, or neither one."""
+    pcas = a.trained_pca, b.trained_pca
+    return pcas == (None, None) or (None not in pcas and _same_linear_map(*pcas))
+
+
+def same_codes(a: VectorIndex, b: VectorIndex) -> bool:
+    """Whether two `scan` indexes code every vector alike (the same PCA, or none, and the same codebook), so
+    that their codes can be scanned as one (segments.ScanGroup)."""
+    if a.choice.kind != "scan" or b.choice.kind != "scan" or a.metric != b.metric:
+        return False
+    if not same_pca(a, b):
+        return False
+    mine, theirs = a.scanned.pq, b.scanned.pq
+    return (mine.d, mine.M, mine.nbits) == (theirs.d, theirs.M, theirs.nbits) and np.array_equal(
+        _viewed(mine.centroids), _viewed(theirs.centroids)
+    )
 
 
 def _same_linear_map(a: faiss.VectorTransform, b: faiss.VectorTransform) -> bool:
@@ -379,6 +436,8 @@ def resident_bytes(choice: IndexChoice, dim: int, count: int) -> int:
         return count * dim * 4
     if choice.kind == "hnsw":
         return count * (width * 4 + 2 * choice.hnsw_m * 4)  # vectors searched + level-0 neighbour lists
+    if choice.kind == "scan":
+        return count * (choice.pq_bytes or width // 2)  # a 4-bit code per dimension
     code = choice.pq_bytes or width  # PQ bytes, or SQ8's byte per dimension
     return count * (code + 8)  # codes + ids in the inverted lists
 
@@ -409,6 +468,8 @@ def tunable(choice: IndexChoice) -> Candidate:
     """`choice` with the search parameter auto raises for its kind, and the values it tries."""
     if choice.kind == "hnsw":
         return Candidate(choice, "ef_search", (16, 32, 64, 128, 256, 512))
+    if choice.kind == "scan":
+        return Candidate(choice, "rerank", SCAN_RERANKS)
     return Candidate(choice, "nprobe", (4, 8, 16, 32, 64, 128, 256))
 
 

@@ -13,13 +13,19 @@ Merging (`merges_due`) follows Lucene's tiered policy: segments fall into tiers 
 times the last); a tier holding MERGE_FACTOR segments is merged into one, and a segment with more than
 MAX_DELETED of its rows deleted is rewritten without them, so the number of segments a query visits
 grows only with the logarithm of the number of commits.
+
+A graph's search costs about the same whatever its size (0.2 ms for 7,000 rows here, 0.4 ms for a million),
+so every small segment of its own would add that much to each query. Segments below SCAN_BELOW rows are
+therefore of the `scan` kind (ann.py), sharing one PCA and one codebook, and a ScanGroup searches them as
+one: their codes concatenated, scanned once, the candidates re-ranked exactly.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import faiss
@@ -32,6 +38,9 @@ MERGE_FACTOR = 4  # segments per tier before they are merged, and the size ratio
 MERGE_FLOOR = 1_000  # segments smaller than this count as this size: tiny commits share tier 0
 MAX_DELETED = 0.25  # a segment with more than this share of its rows deleted is rewritten without them
 NO_ROWS = np.empty(0, np.int64)  # a segment with nothing deleted
+SCAN_BELOW = MERGE_FACTOR**2 * MERGE_FLOOR  # tiers 0 and 1: at most 6 segments, 60,000 rows, scanned as one
+SCAN_WIDTH = 512  # dimensions (after PCA) up to which a scan segment's codes are short enough to scan
+Hits = list[list[tuple[int, float]]]  # per query, (live position, score) pairs, best first
 
 
 @dataclass(frozen=True)
@@ -137,3 +146,137 @@ def merges_due(segments: list[Segment]) -> list[list[int]]:
         if len(members) >= MERGE_FACTOR or worn:
             due.append(members)
     return due
+
+
+class ScanGroup:
+    """Scan segments sharing one PCA and one codebook (ann.same_codes), searched as one.
+
+    Their codes (tens of bytes a row) are copied into one fast-scan index when the group is made, so a query
+    is transformed once and scanned once; the best `rerank` x k candidates that are not deleted (fast scan
+    takes no ID selector, so deleted rows are passed over after the scan, which fetches that many more) are
+    re-ranked by their exact vectors in each segment. The re-rank factor (`rerank`, by default the newest
+    member's) was measured when that one was built, searching the group it joined (`build_scan`), which
+    held every member there is now (merges since then only took some away).
+    """
+
+    def __init__(self, members: list[Segment], rerank: int | None = None) -> None:
+        self.members = members
+        first = members[0].index
+        self._pca = first.trained_pca
+        self._codes = faiss.clone_index(first.scanned)
+        for member in members[1:]:
+            self._codes.merge_from(faiss.clone_index(member.index.scanned))  # merge_from empties what it takes
+        self._starts = np.cumsum([0] + [m.rows for m in members])
+        self._deleted = np.zeros(self._starts[-1], bool)
+        for start, member in zip(self._starts, members):
+            self._deleted[start + member.deleted] = True
+        self._passed_over = sum(len(m.deleted) for m in members)
+        self._stored = [m.index.stored_vectors for m in members]
+        self._rerank = rerank or max(members, key=lambda m: m.name).index.choice.rerank  # the newest's
+        self._metric = first.metric
+
+    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
+        """Each member's hits among the group's top-k per query (queries normalized), as Segment.search gives."""
+        found: list[Hits] = [[[] for _ in queries] for _ in self.members]
+        wanted = k * self._rerank
+        fetch = min(wanted + self._passed_over, len(self._deleted))
+        if not fetch:
+            return found
+        _, candidates = self._codes.search(self._pca.apply(queries) if self._pca else queries, fetch)
+        for q, (query, ids) in enumerate(zip(queries, candidates)):
+            ids = ids[ids >= 0]
+            ids = ids[~self._deleted[ids]][:wanted]
+            which = np.searchsorted(self._starts, ids, side="right") - 1
+            local = ids - self._starts[which]
+            cosines = np.empty(len(ids), np.float32)
+            for m, stored in enumerate(self._stored):
+                if (mine := which == m).any():
+                    cosines[mine] = stored[local[mine]] @ query
+            best = np.argsort(-cosines, kind="stable")[:k]
+            which, local = which[best], local[best]
+            scores = ann.scores(2.0 - 2.0 * cosines[best], faiss.METRIC_L2, self._metric)
+            for m, member in enumerate(self.members):
+                if (mine := which == m).any():
+                    found[m][q] = list(zip(member.positions(local[mine]).tolist(), scores[mine].tolist()))
+        return found
+
+
+def searchers(segments: list[Segment]) -> list[tuple[list[int], Callable[[np.ndarray, int], list[Hits]]]]:
+    """How a store searches its segments: scan segments with the others coded alike as one ScanGroup, every
+    other segment alone. Per searcher, the segments' positions and a search giving each one's hits; the one
+    holding the most rows first."""
+    groups: list[list[int]] = []
+    for i, segment in enumerate(segments):
+        joined = segment.index.choice.kind == "scan" and next(
+            (g for g in groups if ann.same_codes(segments[g[0]].index, segment.index)), None
+        )
+        if joined:
+            joined.append(i)
+        else:
+            groups.append([i])
+    found = []
+    for group in groups:
+        members = [segments[i] for i in group]
+        if members[0].index.choice.kind == "scan":
+            found.append((group, ScanGroup(members).search))
+        else:
+            found.append((group, partial(_alone, members[0])))
+    return sorted(found, key=lambda item: -sum(segments[i].rows for i in item[0]))
+
+
+def _alone(segment: Segment, queries: np.ndarray, k: int) -> list[Hits]:
+    return [segment.search(queries, k)]
+
+
+def build_scan(
+    vectors: np.ndarray, like: ann.VectorIndex, group: list[Segment], metric: int, target_recall: float
+) -> tuple[ann.VectorIndex, dict[str, Any]] | None:
+    """A `scan` index over `vectors` with the trained PCA of `like` (the largest segment's) and, when the
+    group's codebook still fits, the codebook of `group` (the scan segments it would join; else one trained
+    on `vectors`), its re-rank factor raised until 200 of its rows, searching the group it joins as a
+    ScanGroup, find their exact top 10 among its live rows (own row left out) at `target_recall`, then one
+    value further (ann.HEADROOM_STEPS). None when no factor reaches the target, or when the vectors are
+    wider than SCAN_WIDTH with no PCA to reduce them (their codes would be too long to scan quickly)."""
+    choice = ann.IndexChoice("scan", pca=like.choice.pca)
+    if (like.choice.pca if like.trained_pca is not None else like.dim) > SCAN_WIDTH:
+        return None
+    group = group if group and ann.same_pca(group[0].index, like) else []
+    for codes in [group[-1].index.scanned, None] if group else [None]:
+        index = ann.VectorIndex.build(choice, metric, vectors, pca=like.trained_pca, codes=codes)
+        joined = group if codes is not None else []
+        recall, reached = _recall_in_group(index, vectors, joined, target_recall)
+        if reached:
+            facts = ann.measured(index.choice, like.dim, len(vectors), target_recall, recall)
+            return index, {**facts, "reused": like.trained_pca is not None}
+    return None
+
+
+def _recall_in_group(
+    index: ann.VectorIndex, vectors: np.ndarray, group: list[Segment], target_recall: float
+) -> tuple[float, bool]:
+    """Raise `index`'s re-rank factor until searching as part of `group` reaches the recall target; returns
+    the recall measured at the factor it was left with, and whether the target was reached."""
+    others = [m.index.reconstruct_batch(m.local(np.arange(m.live))) for m in group]
+    everything = np.concatenate([*others, vectors]) if others else vectors
+    own = ann.held_out_rows(len(vectors))
+    queries, offset = vectors[own], len(everything) - len(vectors)
+    truth = faiss.knn(queries, everything, 11, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    truth = np.array([t[t != offset + row][:10] for t, row in zip(truth, own)])
+    starts = np.cumsum([0] + [m.live for m in group] + [len(vectors)])
+    newest = Segment("", index, Manifest.of([]), {})  # searched here, never stored
+    closer = -1.0 if index.metric == faiss.METRIC_INNER_PRODUCT else 1.0
+    recall, reached = 0.0, 0
+    for factor in ann.SCAN_RERANKS:
+        index.tune(replace(index.choice, rerank=factor))
+        per_member = ScanGroup([*group, newest], rerank=factor).search(queries, 11)
+        found = []
+        for q, row in enumerate(own):
+            hits = sorted(
+                (closer * score, int(starts[m]) + at) for m, member in enumerate(per_member) for at, score in member[q]
+            )
+            found.append([i for _, i in hits if i != offset + row][:10])
+        recall = ann.overlap(np.array(found, dtype=object), truth)
+        reached += recall >= target_recall
+        if reached > ann.HEADROOM_STEPS:
+            break
+    return recall, reached > 0

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -51,7 +52,7 @@ from .files import sha256_file
 from .generations import corrupt, current_generation, on_live_generation, publish
 from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
-from .segments import NO_ROWS, Segment, merges_due
+from .segments import NO_ROWS, SCAN_BELOW, Hits, Segment, build_scan, merges_due, searchers
 from .sources import Location, location, recorded
 
 FORMAT = "retrieval-index"
@@ -111,6 +112,7 @@ class Store:
         self._meta = meta
         self._folder = generation  # where the segments with files lie: the generation loaded or last saved
         self._starts = np.cumsum([0] + [s.live for s in segments])
+        self._searchers = searchers(segments)
 
     @property
     def generation(self) -> str | None:
@@ -301,7 +303,9 @@ class Store:
         if largest and not largest.index.capabilities.exact and len(x) < largest.live:
             if len(x) < SMALL_FLAT:
                 built = ann.build_measured(FLAT, x, metric, target)
-            else:
+            elif len(x) < SCAN_BELOW:
+                built = build_scan(x, largest.index, self._scan_group(), metric, target)
+            if built is None:
                 built = ann.build_like(largest.index, x, metric, target, tune=requested["kind"] == "auto")
         if built is None:
             budget = requested["memory_budget_gb"] * 2**30
@@ -310,8 +314,14 @@ class Store:
         self._meta["next_segment"] = number + 1
         return Segment(f"seg-{number:06d}", built[0], Manifest.of(entries), built[1])
 
+    def _scan_group(self) -> list[Segment]:
+        """The live scan segments coded like the newest one: the group a new scan segment would join."""
+        scans = [s for s in self._segments if s.index.choice.kind == "scan" and s.live]
+        return [s for s in scans if ann.same_codes(s.index, scans[-1].index)] if scans else []
+
     def _changed(self) -> None:
         self._starts = np.cumsum([0] + [s.live for s in self._segments])
+        self._searchers = searchers(self._segments)
         self._meta["index"] = index_facts(self._meta["index"]["requested"], self._segments)
 
     @property
@@ -329,7 +339,12 @@ class Store:
         if k < 1:
             raise UsageError(f"k must be at least 1, not {k}")
         q = self._checked(queries)
-        return self._merged([s.search(q, k) for s in self._segments], k)
+        found = concurrently([partial(search, q, k) for _, search in self._searchers])
+        per_segment: list[Hits] = [[] for _ in self._segments]
+        for (members, _), hits in zip(self._searchers, found):
+            for i, segment_hits in zip(members, hits):
+                per_segment[i] = segment_hits
+        return self._merged(per_segment, k)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
         """Every (row, score) per query with a cosine of at least `threshold` (for l2: a distance of at
@@ -487,6 +502,23 @@ def _read_segment(generation: Path, recorded: dict[str, Any], meta: dict[str, An
     files = recorded_files if all(recorded_files.values()) else None
     description = {k: v for k, v in recorded["index"].items() if k != "requested"}
     return Segment(name, index, manifest, description, deleted, files)
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
+
+
+def concurrently(calls: list[Callable[[], Hits]]) -> list[Hits]:
+    """Each call's result, in order: the first (the largest segment's search) on a worker thread while this
+    one runs the others, as FAISS releases the GIL while it searches. Measured on 1,000,000 rows and four
+    update segments, one query at a time: see benchmarks/results/update.md."""
+    global _pool
+    if len(calls) == 1:
+        return [calls[0]()]
+    if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
+        _pool = os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="search")
+    first = _pool[1].submit(calls[0])
+    rest = [call() for call in calls[1:]]
+    return [first.result(), *rest]
 
 
 def _link(source: Path, target: Path) -> None:

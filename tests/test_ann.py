@@ -30,6 +30,7 @@ KINDS = {
     "pca-hnsw": IndexChoice("hnsw", pca=64, ef_search=128),
     "ivf-sq8": IndexChoice("ivf", nprobe=16),
     "ivf-pq": IndexChoice("ivf", pq_bytes=64, nprobe=16, rerank=8),
+    "scan": IndexChoice("scan", pca=64),
     "auto": IndexChoice("auto"),
 }
 
@@ -225,7 +226,8 @@ def test_a_format_3_flat_index_loads_and_searches_as_before(tmp_path, synthetic)
 
 def test_every_kind_passes_over_deleted_rows_and_keeps_its_recall(tmp_path, kind_and_store, data):
     """A third of the rows deleted, among them each query's true top 3: none of them comes back, and the
-    live top-10 is found as well as the whole one was (a selector inside FAISS, not a filter after it)."""
+    live top-10 is found as well as the whole one was (a selector inside FAISS; for scan, whose fast scan
+    takes none, a filter after it that fetches as many more candidates as there are deleted rows)."""
     name, built = kind_and_store
     vectors, queries = data
     built.save(tmp_path / "index")

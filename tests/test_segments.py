@@ -195,10 +195,17 @@ def test_tiers_grow_by_the_merge_factor():
     assert tier(MERGE_FACTOR * MERGE_FLOOR) == 1 and tier(MERGE_FACTOR**3 * MERGE_FLOOR) == 3
 
 
-def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keeps_the_recall(tmp_path):
-    """auto over 6,000 cone vectors picks PCA + HNSW; 1,500 more become a segment of the same kind around a
-    copy of the first one's PCA, tuned and measured on its own vectors; 100 more are searched exactly.
-    Loaded, the small segment searches through the big one's copy of the PCA, with the same answers."""
+@pytest.mark.parametrize(
+    ("scan_below", "factory"), [(store_module.SCAN_BELOW, "PCA256,PQ256x4fs,RFlat"), (0, "PCA256,HNSW32,RFlat")]
+)
+def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keeps_the_recall(
+    tmp_path, monkeypatch, scan_below, factory
+):
+    """auto over 6,000 cone vectors picks PCA + HNSW; 1,500 more become a segment around a copy of the first
+    one's PCA: a scan segment (below SCAN_BELOW rows) or one of the first one's kind, tuned and measured on
+    its own vectors; 100 more are searched exactly. Loaded, the small segment searches through the big
+    one's copy of the PCA, with the same answers."""
+    monkeypatch.setattr(store_module, "SCAN_BELOW", scan_below)
     vectors, queries = feature_vectors("cone", 7_600, dim=768, queries=50, seed=7)
     store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
     names = [f"{i}.jpg" for i in range(7_600)]
@@ -208,7 +215,7 @@ def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keep
     store.save(tmp_path / "index")
     store = Store.load(tmp_path / "index")
     big, small, tiny = (s["index"] for s in store.segments)
-    assert big["factory"] == small["factory"] == "PCA256,HNSW32,RFlat" and tiny["factory"] == "Flat"
+    assert big["factory"] == "PCA256,HNSW32,RFlat" and small["factory"] == factory and tiny["factory"] == "Flat"
     assert small["reused"] and small["recall_at_10"] >= 0.95 and store.meta["index"]["recall_at_10"] >= 0.95
     pcas = [s.index.trained_pca for s in store._segments[:2]]
     assert int(pcas[0].this) == int(pcas[1].this)  # one PCA object, searched by both
@@ -217,6 +224,37 @@ def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keep
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     found = [[r for r, _ in hits] for hits in store.search(queries, 10)]
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.9
+
+
+def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp_path, monkeypatch):
+    """auto over 6,000 cone vectors picks PCA + HNSW; four commits of 300 to 1,500 rows, with rows deleted in
+    every segment, become scan segments of one codebook, searched as one group. Against brute force over the
+    live rows: recall@10 at least 0.95, scores exact, no deleted row returned. Loaded again, and searched
+    one segment group after another on this thread alone, the answers are the same."""
+    vectors, queries = feature_vectors("cone", 9_300, dim=768, queries=60, seed=11)
+    store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
+    bounds = [0, 6_000, 7_500, 8_500, 9_000, 9_300]
+    for start, stop in zip(bounds, bounds[1:]):
+        store.add(vectors[start:stop], [Entry(f"{i}.jpg", 1, 1) for i in range(start, stop)])
+    deleted = np.arange(0, 9_300, 4)
+    store.delete(deleted)
+    kinds = [s["index"]["factory"] for s in store.segments]
+    assert kinds == ["PCA256,HNSW32,RFlat"] + ["PCA256,PQ256x4fs,RFlat"] * 4
+    assert [members for members, _ in store._searchers] == [[0], [1, 2, 3, 4]]
+    live = np.setdiff1d(np.arange(9_300), deleted)
+    exact = queries @ vectors[live].T
+    truth = np.argsort(-exact, axis=1)[:, :10]
+    found = store.search(queries, 10)
+    recall = np.mean([len({r for r, _ in hits} & set(t)) / 10 for hits, t in zip(found, truth)])
+    assert recall >= 0.95, recall
+    for q, hits in enumerate(found):
+        assert len(hits) == 10 and all(s == pytest.approx(float(exact[q, r]), abs=1e-4) for r, s in hits)
+    assert not {store.entry(r).path for hits in found for r, _ in hits} & {f"{i}.jpg" for i in deleted.tolist()}
+    store.save(tmp_path / "index")
+    loaded = Store.load(tmp_path / "index")
+    assert loaded.search(queries, 10) == found
+    monkeypatch.setattr(store_module, "concurrently", lambda calls: [call() for call in calls])
+    assert loaded.search(queries, 10) == found
 
 
 def test_segments_with_pcas_trained_apart_keep_their_own():
