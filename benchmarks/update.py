@@ -12,7 +12,7 @@ calls ingest.commit. Reported per commit: the seconds of the commit itself and o
 bytes of the files the new generation does not share with the previous one, and the bytes the process wrote
 (/proc/self/io); the peak anonymous memory of the process (what is not the memory-mapped index) and its
 peak resident set. Queries: one at a time through Store.search (which searches the largest segment on a worker
-thread while the caller's searches the others; FAISS's own threads set to 1), on a warm file cache (every file of the
+thread while the caller's searches the others; FAISS's OpenMP threads set to 1), on a warm file cache (every file of the
 generation read once first), p50/p99 over 1,000; recall@10 against exact search over the live vectors, for
 200 of them. Cold query: `python -m retrieval query IMAGE --index ... -k 10 --json` run as a user runs it
 (from the repository, which holds a config.yaml), by an indexed image, median wall time of 5 runs; the image
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -171,8 +172,9 @@ def warm(generation: Path) -> None:
                     pass
 
 
-def query_child(index: Path, queries: Path) -> dict:
-    """Latency (one query at a time) and recall@10 against exact search over the live rows."""
+def query_child(index: Path, queries: Path, ef_search: int = 0) -> dict:
+    """Latency (one query at a time) and recall@10 against exact search over the live rows. `ef_search`: the
+    graph segments' search parameter instead of the one auto chose (to compare at equal parameters)."""
     import faiss
 
     from retrieval.generations import current_generation
@@ -180,6 +182,9 @@ def query_child(index: Path, queries: Path) -> dict:
 
     faiss.omp_set_num_threads(1)
     store = Store.load(index)
+    for segment in store._segments if ef_search else []:  # the benchmark's own override, before any search
+        if segment.index.choice.kind == "hnsw":
+            segment.index.tune(replace(segment.index.choice, ef_search=ef_search))
     q = np.load(queries)
     warm(current_generation(index))
     for query in q[:50]:
@@ -208,7 +213,7 @@ def query_child(index: Path, queries: Path) -> dict:
         "recall_at_10": float(recall),
         "segments": len(store.segments),
         "deleted": sum(s["deleted"] for s in store.segments),
-        "ef_search": max(store.segments, key=lambda s: s["rows"])["index"].get("ef_search"),
+        "ef_search": ef_search or max(store.segments, key=lambda s: s["rows"])["index"].get("ef_search"),
         "factories": sorted({s["index"]["factory"] for s in store.segments}),
     }
 
@@ -272,8 +277,7 @@ def main() -> None:
     parser.add_argument(
         "--keep",
         type=Path,
-        help="work in this folder and keep it (the index after the commits "
-        "stays there, hard-linked, as index-after-commits)",
+        help="work in this folder and keep it (the index after the commits stays there, as index-after-commits)",
     )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,7 +289,7 @@ def main() -> None:
         elif kind == "compact":
             result = compact_child(Path(rest[0]))
         else:
-            result = query_child(Path(rest[0]), Path(rest[1]))
+            result = query_child(Path(rest[0]), Path(rest[1]), *map(int, rest[2:]))
         print(json.dumps(result))
         return
     from retrieval.system import machine
@@ -313,11 +317,14 @@ def main() -> None:
             print(i + 1, step, flush=True)
         result["after_commits"] = {**run_child("query", str(index), queries), **cold_query(index)}
         print("after commits", result["after_commits"], flush=True)
-        if args.keep:
-            subprocess.run(["cp", "-al", str(index), str(work / "index-after-commits")], check=True)
+        after_commits = work / "index-after-commits"
+        subprocess.run(["cp", "-al", str(index), str(after_commits)], check=True)  # links: no copy
         result["compact"] = run_child("compact", str(index))
         result["after_compact"] = {**run_child("query", str(index), queries), **cold_query(index)}
         print("after compact", result["compact"], result["after_compact"], flush=True)
+        ef = result["after_compact"]["ef_search"]
+        result["after_commits_at_compact_ef"] = run_child("query", str(after_commits), queries, str(ef))
+        print("after commits at the compacted index's efSearch", result["after_commits_at_compact_ef"], flush=True)
     write(result)
 
 
@@ -363,6 +370,9 @@ def write(result: dict) -> None:
                 ("after compact (a fresh build of the live rows)", result["after_compact"]),
             )
         ),
+        f"| after {len(sequence) + 3} commits, graphs at the compacted index's efSearch | "
+        f"{(q := result['after_commits_at_compact_ef'])['segments']} | {', '.join(q['factories'])} "
+        f"| {q['deleted']:,} | {q['ef_search']} | {q['p50_ms']:.3f} | {q['p99_ms']:.3f} | {q['recall_at_10']:.3f} | |",
         "",
         f"`retrieval compact` took {result['compact']['compact_s']:.0f} s, wrote "
         f"{result['compact']['new_file_bytes'] / mb:,.0f} MB, peak anonymous memory "
