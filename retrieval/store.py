@@ -333,8 +333,10 @@ class Store:
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
 
-        Each segment's top-k, merged: exact scores compare across segments. Fewer than k pairs come back
-        when the index holds fewer vectors; faiss's -1 fillers never do.
+        Each segment's top-k, merged: exact scores compare across segments. Scan segments coded alike are
+        searched as one group (segments.searchers), and the largest segment on a worker thread meanwhile
+        (`concurrently`). Fewer than k pairs come back when the index holds fewer vectors; faiss's -1
+        fillers never do.
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, not {k}")

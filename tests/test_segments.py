@@ -4,6 +4,8 @@ rows, deleted rows never come back, a commit writes only what changed, and merge
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import shutil
@@ -255,6 +257,41 @@ def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp
     assert loaded.search(queries, 10) == found
     monkeypatch.setattr(store_module, "concurrently", lambda calls: [call() for call in calls])
     assert loaded.search(queries, 10) == found
+
+
+def _search_in_child(store: Store, queries: np.ndarray, out: multiprocessing.connection.Connection) -> None:
+    out.send(store.search(queries, 5))
+
+
+def test_a_forked_child_searches_several_segments_as_its_parent_does():
+    """Two segments are searched on two threads, the first on a pool's worker. A child forked after the
+    parent's pool started inherits the pool but not its threads: it makes its own and answers as the parent
+    does, within 60 s (with the inherited pool it waited forever). FAISS runs on one OpenMP thread here:
+    GNU OpenMP's own thread pool does not survive a fork either, whatever retrieval does."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        _fork_and_search()
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _fork_and_search() -> None:
+    rng = np.random.default_rng(5)
+    store = empty()
+    for part in range(2):
+        store.add(unit(300, rng), [Entry(f"{part}/{i}.jpg", 1, 1) for i in range(300)])
+    queries = unit(3, rng)
+    expected = store.search(queries, 5)  # starts this process's pool
+    receive, send = multiprocessing.Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=_search_in_child, args=(store, queries, send))
+    child.start()
+    try:
+        assert receive.poll(60), "the forked child did not answer within 60 s"
+        assert receive.recv() == expected
+    finally:
+        child.join(10)
+        child.kill()
 
 
 def test_segments_with_pcas_trained_apart_keep_their_own():
