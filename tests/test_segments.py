@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from retrieval import ann
+from retrieval import segments as segments_module
 from retrieval import store as store_module
 from retrieval.ann import IndexChoice
 from retrieval.errors import IndexCorrupt
@@ -257,6 +258,30 @@ def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp
     assert loaded.search(queries, 10) == found
     monkeypatch.setattr(store_module, "concurrently", lambda calls: [call() for call in calls])
     assert loaded.search(queries, 10) == found
+
+
+@pytest.mark.parametrize("fails", ["with the shared codebook", "always"])
+def test_a_scan_segment_below_the_recall_target_takes_its_own_codebook_or_the_largest_kind(monkeypatch, fails):
+    """Where the recall measured in the group misses the target with the group's codebook, the new segment is
+    coded with one trained on its own rows (a group of its own); where it misses it with any, the segment
+    takes the largest segment's kind (a graph), measured on its own vectors."""
+    real = segments_module._recall_in_group
+
+    def measured(index, vectors, group, target):
+        recall, reached = real(index, vectors, group, target)
+        return recall, reached and fails != "always" and not group
+
+    monkeypatch.setattr(segments_module, "_recall_in_group", measured)
+    vectors = feature_vectors("cone", 7_000, dim=768, queries=0, seed=12)[0]
+    store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
+    for start, stop in ((0, 5_500), (5_500, 6_300), (6_300, 7_000)):
+        store.add(vectors[start:stop], [Entry(f"{i}.jpg", 1, 1) for i in range(start, stop)])
+    kinds = [s["index"]["factory"] for s in store.segments]
+    if fails == "always":
+        assert kinds == ["PCA256,HNSW32,RFlat"] * 3 and len(store._searchers) == 3
+    else:
+        assert kinds == ["PCA256,HNSW32,RFlat"] + ["PCA256,PQ256x4fs,RFlat"] * 2
+        assert [members for members, _ in store._searchers] == [[0], [1], [2]]  # two codebooks: two groups
 
 
 def _search_in_child(store: Store, queries: np.ndarray, out: multiprocessing.connection.Connection) -> None:
