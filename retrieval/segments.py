@@ -38,7 +38,7 @@ MERGE_FACTOR = 4  # segments per tier before they are merged, and the size ratio
 MERGE_FLOOR = 1_000  # segments smaller than this count as this size: tiny commits share tier 0
 MAX_DELETED = 0.25  # a segment with more than this share of its rows deleted is rewritten without them
 NO_ROWS = np.empty(0, np.int64)  # a segment with nothing deleted
-SCAN_BELOW = MERGE_FACTOR**2 * MERGE_FLOOR  # tiers 0 and 1: at most 6 segments, 60,000 rows, scanned as one
+SCAN_BELOW = MERGE_FACTOR**2 * MERGE_FLOOR  # tiers 0 and 1: at most 6 segments, 60,000 live rows, scanned as one
 SCAN_WIDTH = 512  # dimensions (after PCA) up to which a scan segment's codes are short enough to scan
 Hits = list[list[tuple[int, float]]]  # per query, (live position, score) pairs, best first
 
