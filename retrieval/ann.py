@@ -494,15 +494,27 @@ def measure(
     it was left with and the recall measured with them. `pca`: a trained PCA to reuse (see `build`)."""
     index = VectorIndex.build(choice, metric, vectors, pca=pca)
     rows = held_out_rows(len(vectors))
+    recall = tune_until(
+        index, candidate, lambda i: recall_at(i.faiss, vectors, vectors[rows], own_rows=rows), target_recall
+    )
+    return index, index.choice, recall
+
+
+def tune_until(
+    index: VectorIndex, candidate: Candidate | None, recall_of: Callable[[VectorIndex], float], target_recall: float
+) -> float:
+    """Raise `candidate`'s search parameter on `index` through its values until `recall_of(index)` reaches
+    `target_recall`, then HEADROOM_STEPS values further (see `measure`); without a candidate, measure once.
+    Returns the recall at the value it was left with."""
     recall, reached = 0.0, 0
     for value in candidate.values if candidate else (None,):
         if candidate:
             index.tune(replace(index.choice, **{candidate.parameter: value}))
-        recall = recall_at(index.faiss, vectors, vectors[rows], own_rows=rows)
+        recall = recall_of(index)
         reached += recall >= target_recall
         if reached > HEADROOM_STEPS:
             break
-    return index, index.choice, recall
+    return recall
 
 
 def build_measured(

@@ -151,15 +151,15 @@ def merges_due(segments: list[Segment]) -> list[list[int]]:
 class ScanGroup:
     """Scan segments sharing one PCA and one codebook (ann.same_codes), searched as one.
 
-    Their codes (tens of bytes a row) are copied into one fast-scan index when the group is made, so a query
+    Their codes (128 bytes a row after PCA-256) are copied into one fast-scan index when the group is made, so a query
     is transformed once and scanned once; the best `rerank` x k candidates that are not deleted (fast scan
     takes no ID selector, so deleted rows are passed over after the scan, which fetches that many more) are
-    re-ranked by their exact vectors in each segment. The re-rank factor (`rerank`, by default the newest
-    member's) was measured when that one was built, searching the group it joined (`build_scan`), which
-    held every member there is now (merges since then only took some away).
+    re-ranked by their exact vectors in each segment. The re-rank factor is the newest member's: it was
+    measured when that one was built, searching the group it joined (`build_scan`), which held every
+    member there is now (merges since then only took some away).
     """
 
-    def __init__(self, members: list[Segment], rerank: int | None = None) -> None:
+    def __init__(self, members: list[Segment]) -> None:
         self.members = members
         first = members[0].index
         self._pca = first.trained_pca
@@ -172,13 +172,14 @@ class ScanGroup:
             self._deleted[start + member.deleted] = True
         self._passed_over = sum(len(m.deleted) for m in members)
         self._stored = [m.index.stored_vectors for m in members]
-        self._rerank = rerank or max(members, key=lambda m: m.name).index.choice.rerank  # the newest's
+        self._rerank = max(members, key=lambda m: m.name).index.choice.rerank  # the newest's
         self._metric = first.metric
 
-    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
-        """Each member's hits among the group's top-k per query (queries normalized), as Segment.search gives."""
+    def search(self, queries: np.ndarray, k: int, rerank: int | None = None) -> list[Hits]:
+        """Each member's hits among the group's top-k per query (queries normalized), as Segment.search gives;
+        `rerank`: another re-rank factor than the newest member's (build_scan measures with it)."""
         found: list[Hits] = [[[] for _ in queries] for _ in self.members]
-        wanted = k * self._rerank
+        wanted = k * (rerank or self._rerank)
         fetch = min(wanted + self._passed_over, len(self._deleted))
         if not fetch:
             return found
@@ -243,19 +244,20 @@ def build_scan(
     group = group if group and ann.same_pca(group[0].index, like) else []
     for codes in [group[-1].index.scanned, None] if group else [None]:
         index = ann.VectorIndex.build(choice, metric, vectors, pca=like.trained_pca, codes=codes)
-        joined = group if codes is not None else []
-        recall, reached = _recall_in_group(index, vectors, joined, target_recall)
-        if reached:
+        in_group = _recall_in_group(index, vectors, group if codes is not None else [])
+        recall = ann.tune_until(index, ann.tunable(choice), in_group, target_recall)
+        if recall >= target_recall:
             facts = ann.measured(index.choice, like.dim, len(vectors), target_recall, recall)
             return index, {**facts, "reused": like.trained_pca is not None}
     return None
 
 
 def _recall_in_group(
-    index: ann.VectorIndex, vectors: np.ndarray, group: list[Segment], target_recall: float
-) -> tuple[float, bool]:
-    """Raise `index`'s re-rank factor until searching as part of `group` reaches the recall target; returns
-    the recall measured at the factor it was left with, and whether the target was reached."""
+    index: ann.VectorIndex, vectors: np.ndarray, group: list[Segment]
+) -> Callable[[ann.VectorIndex], float]:
+    """How well `index` (over `vectors`) searches as part of `group`, at whatever re-rank factor it is tuned
+    to: recall@10 of 200 of its rows against their exact top 10 among the group's live rows and its own
+    (each one's own row left out)."""
     others = [m.index.reconstruct_batch(m.local(np.arange(m.live))) for m in group]
     everything = np.concatenate([*others, vectors]) if others else vectors
     own = ann.held_out_rows(len(vectors))
@@ -263,20 +265,17 @@ def _recall_in_group(
     truth = faiss.knn(queries, everything, 11, metric=faiss.METRIC_INNER_PRODUCT)[1]
     truth = np.array([t[t != offset + row][:10] for t, row in zip(truth, own)])
     starts = np.cumsum([0] + [m.live for m in group] + [len(vectors)])
-    newest = Segment("", index, Manifest.of([]), {})  # searched here, never stored
+    searched = ScanGroup([*group, Segment("", index, Manifest.of([]), {})])  # the new one: searched, never stored
     closer = -1.0 if index.metric == faiss.METRIC_INNER_PRODUCT else 1.0
-    recall, reached = 0.0, 0
-    for factor in ann.SCAN_RERANKS:
-        index.tune(replace(index.choice, rerank=factor))
-        per_member = ScanGroup([*group, newest], rerank=factor).search(queries, 11)
+
+    def recall(tuned: ann.VectorIndex) -> float:
+        per_member = searched.search(queries, 11, rerank=tuned.choice.rerank)
         found = []
         for q, row in enumerate(own):
             hits = sorted(
                 (closer * score, int(starts[m]) + at) for m, member in enumerate(per_member) for at, score in member[q]
             )
             found.append([i for _, i in hits if i != offset + row][:10])
-        recall = ann.overlap(np.array(found, dtype=object), truth)
-        reached += recall >= target_recall
-        if reached > ann.HEADROOM_STEPS:
-            break
-    return recall, reached > 0
+        return ann.overlap(np.array(found, dtype=object), truth)
+
+    return recall

@@ -292,8 +292,9 @@ class Store:
         return before - len(segments)
 
     def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
-        """A new segment over `x`. Smaller than the largest approximate segment, it takes that one's kind and
-        parameters with its trained PCA (ann.build_like), or exact search when tiny (SMALL_FLAT rows);
+        """A new segment over `x`. Smaller than the largest approximate segment, it reuses that one's trained
+        PCA: exact search when tiny (SMALL_FLAT rows), a scan segment below SCAN_BELOW rows (build_scan),
+        else (or when no scan reaches the recall target) that one's kind and parameters (ann.build_like);
         otherwise, or when the reused parts no longer reach the recall target on `x`, its kind is built
         (trained, for PCA and IVF) and, for auto, chosen and tuned on `x` alone."""
         requested = self._meta["index"]["requested"]
