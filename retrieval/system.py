@@ -7,7 +7,6 @@ import os
 import platform
 import time
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ from .errors import UsageError
 
 def package_version(name: str) -> str:
     """An installed distribution's version without importing it ("" when absent)."""
+    from importlib import metadata  # here: importing it (email parsing and all) cost every cold query ~20 ms
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
