@@ -278,9 +278,19 @@ class VectorIndex:
     ) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first; fewer when the index holds fewer. `skipping`: from
         `skipping`, rows the search passes over (FAISS filters them inside the graph or list scan)."""
-        distances, rows = self.faiss.search(queries, min(k, self.count), params=skipping)
+        return self.hits(*self.find(queries, k, skipping))
+
+    def find(
+        self, queries: np.ndarray, k: int, skipping: faiss.SearchParameters | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search`'s first half, FAISS's own answer: (distances, rows), -1 where fewer than k. Nothing but
+        FAISS runs, which releases the GIL: the part of a search a worker thread takes (Store.search)."""
+        return self.faiss.search(queries, min(k, self.count), params=skipping)
+
+    def hits(self, distances: np.ndarray, rows: np.ndarray) -> list[list[tuple[int, float]]]:
+        """`search`'s second half: FAISS's answer as (row, score) pairs in this index's metric."""
         found = scores(distances, self.faiss.metric_type, self.metric)
-        return [[(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, found)]
+        return [[(r, s) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows.tolist(), found.tolist())]
 
     def skipping(self, rows: np.ndarray) -> faiss.SearchParameters:
         """Search parameters that make `search` pass over `rows` (deleted ones), with this index's own

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 import faiss
@@ -97,15 +97,22 @@ class Segment:
         at = np.minimum(np.searchsorted(self.deleted, local_rows), len(self.deleted) - 1)
         return self.deleted[at] == local_rows
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    def search(self, queries: np.ndarray, k: int) -> Hits:
         """Top-k (live position, score) per query among live rows, best first: deleted rows are filtered
         inside FAISS's own search (ann.VectorIndex.skipping), so no more candidates are fetched than k."""
+        return self.hits(self.find(queries, k))
+
+    def find(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`search`'s FAISS half (ann.VectorIndex.find): distances and local rows, -1 fillers."""
         k = min(k, self.live)
         if k < 1:
-            return [[] for _ in queries]
-        if not len(self.deleted):
-            return self.index.search(queries, k)
-        return [self._as_positions(hits) for hits in self.index.search(queries, k, self._skipping)]
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        return self.index.find(queries, k, self._skipping if len(self.deleted) else None)
+
+    def hits(self, found: tuple[np.ndarray, np.ndarray]) -> Hits:
+        """`search`'s other half: `find`'s answer as (live position, score) pairs."""
+        distances, rows = found
+        return self.index.hits(distances, self.positions(rows))  # -1 fillers stay -1
 
     @cached_property
     def _skipping(self) -> faiss.SearchParameters:
@@ -148,6 +155,24 @@ def merges_due(segments: list[Segment]) -> list[list[int]]:
     return due
 
 
+class Alone:
+    """A segment searched by itself: every one but the scan segments of a group."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+
+    def find(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's search (Segment.find): nothing else runs, so a worker thread can take it (Store.search)."""
+        return self.segment.find(queries, k)
+
+    def hits(self, queries: np.ndarray, k: int, found: tuple[np.ndarray, np.ndarray]) -> list[Hits]:
+        """`find`'s answer as the segment's hits (one list, as a group gives one per member)."""
+        return [self.segment.hits(found)]
+
+    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
+        return self.hits(queries, k, self.find(queries, k))
+
+
 class ScanGroup:
     """Scan segments sharing one PCA and one codebook (ann.same_codes), searched as one.
 
@@ -156,7 +181,8 @@ class ScanGroup:
     takes no ID selector, so deleted rows are passed over after the scan, which fetches that many more) are
     re-ranked by their exact vectors in each segment. The re-rank factor is the newest member's: it was
     measured when that one was built, searching the group it joined (`build_scan`), which held every
-    member there is now (merges since then only took some away).
+    member there is now (merges since then only took some away). `find` and `hits` are a search's two halves,
+    FAISS's scan and the re-rank, as Alone's are; `rerank` there: another factor (build_scan measures with it).
     """
 
     def __init__(self, members: list[Segment]) -> None:
@@ -175,37 +201,49 @@ class ScanGroup:
         self._rerank = max(members, key=lambda m: m.name).index.choice.rerank  # the newest's
         self._metric = first.metric
 
-    def search(self, queries: np.ndarray, k: int, rerank: int | None = None) -> list[Hits]:
-        """Each member's hits among the group's top-k per query (queries normalized), as Segment.search gives;
-        `rerank`: another re-rank factor than the newest member's (build_scan measures with it)."""
+    def find(self, queries: np.ndarray, k: int, rerank: int | None = None) -> np.ndarray:
+        """The fast scan's candidates per query (rows of the group, -1 fillers), deleted ones included."""
+        fetch = min(k * (rerank or self._rerank) + self._passed_over, len(self._deleted))
+        if not fetch:
+            return np.empty((len(queries), 0), np.int64)
+        return self._codes.search(self._pca.apply(queries) if self._pca else queries, fetch)[1]
+
+    def hits(self, queries: np.ndarray, k: int, candidates: np.ndarray, rerank: int | None = None) -> list[Hits]:
+        """Each member's hits among the group's top-k per query (queries normalized), as Segment.search gives:
+        the first `rerank` x k live candidates re-ranked by their exact vectors."""
         found: list[Hits] = [[[] for _ in queries] for _ in self.members]
         wanted = k * (rerank or self._rerank)
-        fetch = min(wanted + self._passed_over, len(self._deleted))
-        if not fetch:
-            return found
-        _, candidates = self._codes.search(self._pca.apply(queries) if self._pca else queries, fetch)
         for q, (query, ids) in enumerate(zip(queries, candidates)):
             ids = ids[ids >= 0]
-            ids = ids[~self._deleted[ids]][:wanted]
-            which = np.searchsorted(self._starts, ids, side="right") - 1
-            local = ids - self._starts[which]
-            cosines = np.empty(len(ids), np.float32)
-            for m, stored in enumerate(self._stored):
-                if (mine := which == m).any():
-                    cosines[mine] = stored[local[mine]] @ query
+            ids = np.sort(ids[~self._deleted[ids]][:wanted])  # in member order: one gather per member
+            bounds = np.searchsorted(ids, self._starts)
+            cosines = np.concatenate(
+                [self._stored[m][ids[a:b] - self._starts[m]] @ query for m, (a, b) in self._spans(bounds)]
+            )
             best = np.argsort(-cosines, kind="stable")[:k]
-            which, local = which[best], local[best]
             scores = ann.scores(2.0 - 2.0 * cosines[best], faiss.METRIC_L2, self._metric)
-            for m, member in enumerate(self.members):
-                if (mine := which == m).any():
-                    found[m][q] = list(zip(member.positions(local[mine]).tolist(), scores[mine].tolist()))
+            which = np.searchsorted(self._starts, ids[best], side="right") - 1
+            local = ids[best] - self._starts[which]
+            for m in np.unique(which).tolist():
+                mine = which == m
+                found[m][q] = list(zip(self.members[m].positions(local[mine]).tolist(), scores[mine].tolist()))
         return found
 
+    def _spans(self, bounds: np.ndarray) -> list[tuple[int, tuple[int, int]]]:
+        """(member, (first, end)) of each member holding candidates, from their bounds in the sorted ids."""
+        return [(m, (a, b)) for m, (a, b) in enumerate(zip(bounds.tolist(), bounds[1:].tolist())) if a < b]
 
-def searchers(segments: list[Segment]) -> list[tuple[list[int], Callable[[np.ndarray, int], list[Hits]]]]:
+    def search(self, queries: np.ndarray, k: int, rerank: int | None = None) -> list[Hits]:
+        return self.hits(queries, k, self.find(queries, k, rerank), rerank)
+
+
+Searcher = Alone | ScanGroup  # a search's two halves: `find` (FAISS alone) and `hits`
+
+
+def searchers(segments: list[Segment]) -> list[tuple[list[int], Searcher]]:
     """How a store searches its segments: scan segments with the others coded alike as one ScanGroup, every
-    other segment alone. Per searcher, the segments' positions and a search giving each one's hits; the one
-    holding the most rows first."""
+    other segment alone. Per searcher, the segments' positions and the searcher; the one holding the most
+    rows first."""
     groups: list[list[int]] = []
     for i, segment in enumerate(segments):
         joined = segment.index.choice.kind == "scan" and next(
@@ -215,18 +253,11 @@ def searchers(segments: list[Segment]) -> list[tuple[list[int], Callable[[np.nda
             joined.append(i)
         else:
             groups.append([i])
-    found = []
+    found: list[tuple[list[int], Searcher]] = []
     for group in groups:
         members = [segments[i] for i in group]
-        if members[0].index.choice.kind == "scan":
-            found.append((group, ScanGroup(members).search))
-        else:
-            found.append((group, partial(_alone, members[0])))
+        found.append((group, ScanGroup(members) if members[0].index.choice.kind == "scan" else Alone(members[0])))
     return sorted(found, key=lambda item: -sum(segments[i].rows for i in item[0]))
-
-
-def _alone(segment: Segment, queries: np.ndarray, k: int) -> list[Hits]:
-    return [segment.search(queries, k)]
 
 
 def build_scan(

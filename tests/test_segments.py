@@ -256,7 +256,7 @@ def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp
     store.save(tmp_path / "index")
     loaded = Store.load(tmp_path / "index")
     assert loaded.search(queries, 10) == found
-    monkeypatch.setattr(store_module, "concurrently", lambda calls: [call() for call in calls])
+    monkeypatch.setattr(store_module, "concurrently", lambda searchers, q, k: [s.search(q, k) for s in searchers])
     assert loaded.search(queries, 10) == found
 
 
