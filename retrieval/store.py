@@ -513,12 +513,12 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made 
 def concurrently(searchers: list[Searcher], queries: np.ndarray, k: int) -> list[list[Hits]]:
     """Each searcher's hits, in order: the first one's FAISS search (the largest segment's, Searcher.find)
     on a worker thread while this thread searches the others, then its hits made here. The worker runs
-    nothing but FAISS, which releases the GIL, so the two threads do not wait on each other's Python; it
-    searches with one OpenMP thread: with FAISS's default (one per core) a worker's search of one query
-    competed with this thread. Measured on 1,000,000 rows plus a scan group of four segments, one query at a
-    time, blocks of the three interleaved: p50 0.40 ms so, 0.55 ms one after the other, 0.60 ms when the
-    worker also turned FAISS's answer into hits and the group re-ranked segment by segment (before);
-    0.31 ms for the merged index (benchmarks/results/update.md has the benchmark's run)."""
+    nothing but FAISS, which releases the GIL, and with one OpenMP thread: with FAISS's default (one per
+    core) a worker's search of one query competed with this thread. Measured by hand on 1,000,000 rows plus
+    a scan group of four segments, one query at a time, blocks of 50 interleaved: p50 0.53-0.64 ms so,
+    0.67-0.70 ms one after the other, 0.28-0.30 ms for the same rows merged into one segment. What keeps the
+    gain small on 2 cores: handing a call to the worker and back costs 60-70 us, and the two searches slow
+    each other (FAISS alone: 0.28 + 0.17-0.21 ms apart, 0.38-0.41 ms together)."""
     global _pool
     if len(searchers) == 1:
         return [searchers[0].search(queries, k)]
