@@ -93,10 +93,18 @@ def main() -> None:
                 }
             )
             print(f"{meta['index']['factory']:<22} {label:<14} median {statistics.median(times):.2f} s  {times}")
+    from retrieval.system import machine
+
+    host = machine()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cold_query.json").write_text(json.dumps({"count": count, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "cold_query.json").write_text(
+        json.dumps({"machine": host, "count": count, "rows": rows}, indent=2) + "\n"
+    )
     lines = [
         "# Cold query",
+        "",
+        f"Machine: {host['cpu']}, {host['cores']} cores; run {host['date']}; "
+        f"typer {host['versions'].get('typer', '?')}.",
         "",
         f"`python -m retrieval query IMAGE -k 10 --json` in a fresh process, {count:,} vectors, warm file cache; "
         f"median of {RUNS} runs (`benchmarks/cold_query.py`).",

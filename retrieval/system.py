@@ -65,7 +65,7 @@ def memory_bytes(field: str = "VmRSS") -> int:
 def machine() -> dict[str, Any]:
     """The machine a benchmark ran on, as its results record it: CPU, cores, native bf16, versions, date."""
     name, flags = cpu()
-    names = ("faiss-cpu", "numpy", "openvino", "tensorflow-cpu", "tensorflow", "keras", "pillow")
+    names = ("faiss-cpu", "numpy", "openvino", "tensorflow-cpu", "tensorflow", "keras", "pillow", "typer")
     return {
         "cpu": name,
         "cores": os.cpu_count(),
