@@ -198,6 +198,12 @@ class ScanGroup:
             self._deleted[start + member.deleted] = True
         self._passed_over = sum(len(m.deleted) for m in members)
         self._stored = [m.index.stored_vectors for m in members]
+        # per row of the group, its member and its live position there (unused for deleted rows)
+        self._member_of = np.repeat(np.arange(len(members)), [m.rows for m in members])
+        local = np.arange(len(self._deleted)) - self._starts[self._member_of]
+        self._position_of = np.concatenate(
+            [m.positions(local[a:b]) for m, a, b in zip(members, self._starts, self._starts[1:])]
+        )
         self._rerank = max(members, key=lambda m: m.name).index.choice.rerank  # the newest's
         self._metric = first.metric
 
@@ -216,22 +222,19 @@ class ScanGroup:
         for q, (query, ids) in enumerate(zip(queries, candidates)):
             ids = ids[ids >= 0]
             ids = np.sort(ids[~self._deleted[ids]][:wanted])  # in member order: one gather per member
-            bounds = np.searchsorted(ids, self._starts)
-            cosines = np.concatenate(
-                [self._stored[m][ids[a:b] - self._starts[m]] @ query for m, (a, b) in self._spans(bounds)]
-            )
+            bounds = np.searchsorted(ids, self._starts).tolist()
+            cosines = np.empty(len(ids), np.float32)
+            for m, (first, end) in enumerate(zip(bounds, bounds[1:])):
+                if first < end:
+                    np.dot(self._stored[m][ids[first:end] - self._starts[m]], query, out=cosines[first:end])
             best = np.argsort(-cosines, kind="stable")[:k]
             scores = ann.scores(2.0 - 2.0 * cosines[best], faiss.METRIC_L2, self._metric)
-            which = np.searchsorted(self._starts, ids[best], side="right") - 1
-            local = ids[best] - self._starts[which]
-            for m in np.unique(which).tolist():
-                mine = which == m
-                found[m][q] = list(zip(self.members[m].positions(local[mine]).tolist(), scores[mine].tolist()))
+            top = ids[best]
+            for m, position, score in zip(
+                self._member_of[top].tolist(), self._position_of[top].tolist(), scores.tolist()
+            ):
+                found[m][q].append((position, score))
         return found
-
-    def _spans(self, bounds: np.ndarray) -> list[tuple[int, tuple[int, int]]]:
-        """(member, (first, end)) of each member holding candidates, from their bounds in the sorted ids."""
-        return [(m, (a, b)) for m, (a, b) in enumerate(zip(bounds.tolist(), bounds[1:].tolist())) if a < b]
 
     def search(self, queries: np.ndarray, k: int, rerank: int | None = None) -> list[Hits]:
         return self.hits(queries, k, self.find(queries, k, rerank), rerank)
