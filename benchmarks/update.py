@@ -14,10 +14,12 @@ bytes of the files the new generation does not share with the previous one, and 
 peak resident set. Queries: one at a time through Store.search (which searches the largest segment on a worker
 thread while the caller's searches the others; FAISS's OpenMP threads set to 1), on a warm file cache (every file of the
 generation read once first), p50/p99 over 1,000; recall@10 against exact search over the live vectors, for
-200 of them. Cold query: `python -m retrieval query IMAGE --index ... -k 10 --json` run as a user runs it
-(from the repository, which holds a config.yaml), by an indexed image, median wall time of 5 runs; the image
-is a stand-in file written where the manifest row says, with the size and mtime it records, so that the
-query uses the stored vector as it would for a real indexed photo. Writes benchmarks/results/update.json
+200 of them. Last, the index after the commits (at the compacted index's efSearch) and the compacted index
+are timed alternately, PAIRED_ROUNDS times each, for a ratio that this VM's drifting speed does not skew.
+Cold query: `python -m retrieval query IMAGE --index ... -k 10 --json` run as a user runs it (from the
+repository, which holds a config.yaml), by an indexed image, median wall time of 5 runs; the image is a
+stand-in file written where the manifest row says, with the size and mtime it records, so that the query
+uses the stored vector as it would for a real indexed photo. Writes benchmarks/results/update.json
 and update.md.
 """
 
@@ -41,6 +43,9 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 QUERIES = 1_000
 COLD_RUNS = 5
 RECALL_QUERIES = 200
+# Latency of the index after the commits against the compacted one, measured alternately this many times: this
+# VM's speed drifts by up to 2x over minutes, so states measured minutes apart do not compare on their own.
+PAIRED_ROUNDS = 5
 
 
 def status_kb(field: str) -> int:
@@ -172,9 +177,10 @@ def warm(generation: Path) -> None:
                     pass
 
 
-def query_child(index: Path, queries: Path, ef_search: int = 0) -> dict:
+def query_child(index: Path, queries: Path, ef_search: int = 0, with_recall: int = 1) -> dict:
     """Latency (one query at a time) and recall@10 against exact search over the live rows. `ef_search`: the
-    graph segments' search parameter instead of the one auto chose (to compare at equal parameters)."""
+    graph segments' search parameter instead of the one auto chose (to compare at equal parameters);
+    `with_recall` 0: latency only (the paired rounds)."""
     import faiss
 
     from retrieval.generations import current_generation
@@ -195,6 +201,9 @@ def query_child(index: Path, queries: Path, ef_search: int = 0) -> dict:
         store.search(query, 10)
         times.append(time.perf_counter() - began)
     faiss.omp_set_num_threads(0)
+    latency = {"p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3)}
+    if not with_recall:
+        return latency
     sample = q[:RECALL_QUERIES]
     best = np.full((len(sample), 10), -np.inf, np.float32)
     rows = np.zeros((len(sample), 10), np.int64)
@@ -208,8 +217,7 @@ def query_child(index: Path, queries: Path, ef_search: int = 0) -> dict:
     found = store.search(sample, 10)
     recall = np.mean([len({r for r, _ in hits} & set(truth.tolist())) / 10 for hits, truth in zip(found, rows)])
     return {
-        "p50_ms": float(np.percentile(times, 50) * 1e3),
-        "p99_ms": float(np.percentile(times, 99) * 1e3),
+        **latency,
         "recall_at_10": float(recall),
         "segments": len(store.segments),
         "deleted": sum(s["deleted"] for s in store.segments),
@@ -325,6 +333,14 @@ def main() -> None:
         ef = result["after_compact"]["ef_search"]
         result["after_commits_at_compact_ef"] = run_child("query", str(after_commits), queries, str(ef))
         print("after commits at the compacted index's efSearch", result["after_commits_at_compact_ef"], flush=True)
+        result["paired"] = [
+            {
+                "after_commits_p50_ms": run_child("query", str(after_commits), queries, str(ef), "0")["p50_ms"],
+                "compacted_p50_ms": run_child("query", str(index), queries, "0", "0")["p50_ms"],
+            }
+            for _ in range(PAIRED_ROUNDS)
+        ]
+        print("paired rounds", result["paired"], flush=True)
     write(result)
 
 
@@ -377,8 +393,26 @@ def write(result: dict) -> None:
         f"`retrieval compact` took {result['compact']['compact_s']:.0f} s, wrote "
         f"{result['compact']['new_file_bytes'] / mb:,.0f} MB, peak anonymous memory "
         f"{result['compact']['peak_anon_mb']:,.0f} MB.",
+        "",
+        *paired_lines(result["paired"], len(sequence) + 3, result["after_compact"]["ef_search"]),
     ]
     (RESULTS / "update.md").write_text("\n".join(lines) + "\n")
+
+
+def paired_lines(rounds: list[dict], commits: int, ef: int) -> list[str]:
+    """The paired rounds as a table: each round's two p50s, measured one after the other, and their ratio."""
+    ratios = [r["after_commits_p50_ms"] / r["compacted_p50_ms"] for r in rounds]
+    return [
+        f"Paired rounds: query p50 after {commits} commits (graphs at efSearch {ef}) and after compact, measured "
+        f"alternately, {len(rounds)} times each. Median ratio {float(np.median(ratios)):.2f}.",
+        "",
+        "| round | after commits p50 ms | compacted p50 ms | ratio |",
+        "|---|---|---|---|",
+        *(
+            f"| {i + 1} | {r['after_commits_p50_ms']:.3f} | {r['compacted_p50_ms']:.3f} | {ratio:.2f} |"
+            for i, (r, ratio) in enumerate(zip(rounds, ratios))
+        ),
+    ]
     print((RESULTS / "update.md").read_text())
 
 
