@@ -515,8 +515,8 @@ def concurrently(searchers: list[Searcher], queries: np.ndarray, k: int) -> list
     on a worker thread while this thread searches the others, then its hits made here. The worker runs
     nothing but FAISS, which releases the GIL, and with one OpenMP thread: with FAISS's default (one per
     core) a worker's search of one query competed with this thread. Measured by hand on 1,000,000 rows plus
-    a scan group of four segments, one query at a time, blocks of 50 interleaved: p50 0.53-0.64 ms so,
-    0.67-0.70 ms one after the other, 0.28-0.30 ms for the same rows merged into one segment. What keeps the
+    a scan group of four segments, one query at a time, blocks of 50 interleaved, three runs: p50 0.53-0.62
+    ms so, 0.64-0.67 ms one after the other, 0.30 ms for the same rows merged into one segment. What keeps the
     gain small on 2 cores: handing a call to the worker and back costs 60-70 us, and the two searches slow
     each other (FAISS alone: 0.28 + 0.17-0.21 ms apart, 0.38-0.41 ms together)."""
     global _pool
