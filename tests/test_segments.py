@@ -232,8 +232,9 @@ def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keep
 def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp_path, monkeypatch):
     """auto over 6,000 cone vectors picks PCA + HNSW; four commits of 300 to 1,500 rows, with rows deleted in
     every segment, become scan segments of one codebook, searched as one group. Against brute force over the
-    live rows: recall@10 at least 0.95, scores exact, no deleted row returned. Loaded again, and searched
-    one segment group after another on this thread alone, the answers are the same."""
+    live rows: recall@10 at least 0.95, scores exact, no deleted row returned; the caller's OpenMP thread
+    count is as it was. Loaded again, and searched one segment group after another on this thread alone, the
+    answers are the same."""
     vectors, queries = feature_vectors("cone", 9_300, dim=768, queries=60, seed=11)
     store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
     bounds = [0, 6_000, 7_500, 8_500, 9_000, 9_300]
@@ -247,7 +248,13 @@ def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp
     live = np.setdiff1d(np.arange(9_300), deleted)
     exact = queries @ vectors[live].T
     truth = np.argsort(-exact, axis=1)[:, :10]
-    found = store.search(queries, 10)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)  # as a caller may have set it: the search runs FAISS on one, then restores it
+    try:
+        found = store.search(queries, 10)
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(threads)
     recall = np.mean([len({r for r, _ in hits} & set(t)) / 10 for hits, t in zip(found, truth)])
     assert recall >= 0.95, recall
     for q, hits in enumerate(found):
