@@ -181,26 +181,24 @@ def query_child(index: Path, queries: Path, ef_search: int = 0, with_recall: int
     """Latency (one query at a time) and recall@10 against exact search over the live rows. `ef_search`: the
     graph segments' search parameter instead of the one auto chose (to compare at equal parameters);
     `with_recall` 0: latency only (the paired rounds)."""
-    import faiss
-
+    from retrieval.ann import omp_threads
     from retrieval.generations import current_generation
     from retrieval.store import Store
 
-    faiss.omp_set_num_threads(1)
     store = Store.load(index)
     for segment in store._segments if ef_search else []:  # the benchmark's own override, before any search
         if segment.index.choice.kind == "hnsw":
             segment.index.tune(replace(segment.index.choice, ef_search=ef_search))
     q = np.load(queries)
     warm(current_generation(index))
-    for query in q[:50]:
-        store.search(query, 10)
     times = []
-    for query in q[:QUERIES]:
-        began = time.perf_counter()
-        store.search(query, 10)
-        times.append(time.perf_counter() - began)
-    faiss.omp_set_num_threads(0)
+    with omp_threads(1):
+        for query in q[:50]:
+            store.search(query, 10)
+        for query in q[:QUERIES]:
+            began = time.perf_counter()
+            store.search(query, 10)
+            times.append(time.perf_counter() - began)
     latency = {"p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3)}
     if not with_recall:
         return latency

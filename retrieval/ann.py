@@ -23,7 +23,8 @@ ranks exactly like cosine (|a - b|² = 2 - 2 cos). `scores` turns the distances 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,18 @@ class VectorIndex:
 
     def reconstruct_all(self) -> np.ndarray:
         return self.faiss.reconstruct_n(0, self.count) if self.count else np.empty((0, self.dim), np.float32)
+
+
+@contextmanager
+def omp_threads(count: int) -> Iterator[None]:
+    """FAISS's OpenMP threads set to `count` for the calling thread (OpenMP keeps the setting per thread),
+    then put back as they were."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def share_pca(indexes: list[VectorIndex]) -> None:

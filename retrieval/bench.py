@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .ann import IndexChoice, VectorIndex, describe, overlap
+from .ann import IndexChoice, VectorIndex, describe, omp_threads, overlap
 from .durable import write_atomically, write_text_atomically
 from .manifest import Entry, Manifest
 from .segments import Segment
@@ -162,9 +162,7 @@ def _latency(index: faiss.Index, store: Store, queries: np.ndarray) -> dict[str,
     def project(q: np.ndarray) -> None:
         [store.entry(row).path for row, _ in store.search(q, 10)[0]]
 
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with omp_threads(1):
         timings = {}
         for name, call in (("raw", raw), ("path", project)):
             for q in queries[:WARM_UP]:
@@ -175,8 +173,6 @@ def _latency(index: faiss.Index, store: Store, queries: np.ndarray) -> dict[str,
                 call(q)
                 times.append(time.perf_counter() - started)
             timings[name] = np.array(times) * 1000
-    finally:
-        faiss.omp_set_num_threads(threads)
     started = time.perf_counter()
     index.search(queries, 10)
     batch_s = time.perf_counter() - started

@@ -528,22 +528,12 @@ def concurrently(searchers: list[Searcher], queries: np.ndarray, k: int) -> list
         )
         _pool = os.getpid(), workers
     first = _pool[1].submit(searchers[0].find, queries, k)
-    with _one_omp_thread():  # the worker holds the other core
+    # One OpenMP thread here too, the worker holding the other core: with FAISS's default, the scan group's
+    # search beside the worker's made p50 after the benchmark's 23 commits 0.71-0.73 ms against 0.62 (by hand,
+    # interleaved; the merged index's 0.24-0.25 either way).
+    with ann.omp_threads(1):
         rest = [searcher.search(queries, k) for searcher in searchers[1:]]
     return [searchers[0].hits(queries, k, first.result()), *rest]
-
-
-@contextmanager
-def _one_omp_thread() -> Iterator[None]:
-    """FAISS's OpenMP on one thread for this thread (OpenMP's setting is per thread), then as it was. With its
-    default, the scan group's search beside the worker's made p50 after the benchmark's 23 commits 0.71-0.73
-    ms against 0.62 (by hand, interleaved; the merged index's 0.24-0.25 either way)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _link(source: Path, target: Path) -> None:

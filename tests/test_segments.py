@@ -248,13 +248,9 @@ def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp
     live = np.setdiff1d(np.arange(9_300), deleted)
     exact = queries @ vectors[live].T
     truth = np.argsort(-exact, axis=1)[:, :10]
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(3)  # as a caller may have set it: the search runs FAISS on one, then restores it
-    try:
+    with ann.omp_threads(3):  # as a caller may have set it: the search runs FAISS on one, then restores it
         found = store.search(queries, 10)
         assert faiss.omp_get_max_threads() == 3
-    finally:
-        faiss.omp_set_num_threads(threads)
     recall = np.mean([len({r for r, _ in hits} & set(t)) / 10 for hits, t in zip(found, truth)])
     assert recall >= 0.95, recall
     for q, hits in enumerate(found):
@@ -299,12 +295,8 @@ def test_a_forked_child_searches_several_segments_as_its_parent_does():
     parent's pool started inherits the pool but not its threads: it makes its own and answers as the parent
     does, within 60 s (with the inherited pool it waited forever). FAISS runs on one OpenMP thread here:
     GNU OpenMP's own thread pool does not survive a fork either, whatever retrieval does."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with ann.omp_threads(1):
         _fork_and_search()
-    finally:
-        faiss.omp_set_num_threads(threads)
 
 
 def _fork_and_search() -> None:
