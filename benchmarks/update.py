@@ -395,6 +395,7 @@ def write(result: dict) -> None:
         *paired_lines(result["paired"], len(sequence) + 3, result["after_compact"]["ef_search"]),
     ]
     (RESULTS / "update.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / "update.md").read_text())
 
 
 def paired_lines(rounds: list[dict], commits: int, ef: int) -> list[str]:
@@ -411,7 +412,6 @@ def paired_lines(rounds: list[dict], commits: int, ef: int) -> list[str]:
             for i, (r, ratio) in enumerate(zip(rounds, ratios))
         ),
     ]
-    print((RESULTS / "update.md").read_text())
 
 
 if __name__ == "__main__":
