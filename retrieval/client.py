@@ -14,6 +14,7 @@ from urllib import error, request
 
 from .errors import ServerError, UsageError
 from .results import Hit, QueryResult
+from .sources import open_regular
 
 
 def query_server(
@@ -26,7 +27,8 @@ def query_server(
     files = []
     for image in images:
         try:
-            files.append((image.name, image.read_bytes()))
+            with open_regular(image) as f:
+                files.append((image.name, f.read()))
         except OSError as e:
             raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
     body, content_type = multipart(fields, files)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .sources import open_regular
 
 DEFAULT_CONFIG = Path("config.yaml")
 # libyaml's safe loader where PyYAML was built with it (about 10x faster than the pure-Python one: every
@@ -143,9 +144,12 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
+        with open_regular(path) as f:
+            raw = yaml.load(f.read().decode("utf-8"), Loader=SAFE_LOADER)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if raw is None:

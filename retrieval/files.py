@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import UsageError
-from .sources import ArrowPath, Facts, Location
+from .sources import ArrowPath, Facts, Location, open_regular, special_kind
 
 # Formats Pillow decodes, by extension. The format itself is sniffed from the bytes, never trusted from
 # the name; the extension only decides which files of a folder are meant to be images.
@@ -50,7 +49,8 @@ def list_images(root: Location) -> Listing:
     """Walk `root` recursively, following symlinks but never entering a folder twice (so loops end).
 
     Paths are sorted so that two runs over the same folder give the same manifest order. A sub-folder
-    that cannot be read is reported and its siblings are still walked.
+    that cannot be read is reported and its siblings are still walked; so is an image-named entry that is
+    not a regular file (a FIFO would block the decoder's open() for good).
     """
     if isinstance(root, ArrowPath):
         return _list_remote(root)
@@ -60,30 +60,52 @@ def list_images(root: Location) -> Listing:
         raise UsageError(f"{root} is not a folder")
     listing = Listing(root=root)
     seen: set[tuple[int, int]] = set()
-
-    def on_error(err: OSError) -> None:
-        where = os.path.relpath(err.filename, root) if err.filename else "."
-        reason = "permission denied" if isinstance(err, PermissionError) else "unreadable folder"
-        listing.errors.append(Skipped(Path(where).as_posix(), reason, err.strerror or str(err)))
-
-    for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=True):
+    folders = [""]  # relative POSIX paths still to read; each one's entries come from one scandir
+    while folders:
+        rel = folders.pop()
         try:
-            st = os.stat(folder)
+            st = os.stat(root / rel)
+            with os.scandir(root / rel) as it:
+                entries = list(it)
         except OSError as err:
-            on_error(err)
-            dirs[:] = []
+            reason = "permission denied" if isinstance(err, PermissionError) else "unreadable folder"
+            listing.errors.append(Skipped(rel or ".", reason, err.strerror or str(err)))
             continue
         if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        rel = os.path.relpath(folder, root)
-        for name in files:
-            if is_image_name(name):
-                listing.paths.append(Path(rel, name).as_posix() if rel != "." else name)
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if _is_dir(entry):
+                folders.append(path)
+            elif is_image_name(entry.name):
+                if (special := _special(entry)) is None:
+                    listing.paths.append(path)
+                else:
+                    listing.errors.append(Skipped(path, NOT_REGULAR, special))
     listing.paths.sort()
     return listing
+
+
+NOT_REGULAR = "not a regular file"
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows a symlink, as the walk does
+    except OSError:
+        return False
+
+
+def _special(entry: os.DirEntry[str]) -> str | None:
+    """What an entry is when it is neither a regular file nor a broken link (which the decoder reports as
+    not found): "a FIFO", "a socket", "a device"; None for a file to decode."""
+    try:
+        if entry.is_file():
+            return None
+        return special_kind(os.stat(entry.path).st_mode)
+    except OSError:
+        return None
 
 
 def _list_remote(root: ArrowPath) -> Listing:
@@ -102,7 +124,7 @@ def _list_remote(root: ArrowPath) -> Listing:
 def sha256_file(path: Location, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks so that a large weights or index file is never held whole."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

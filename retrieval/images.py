@@ -17,8 +17,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
-from .files import FOREIGN_EXTENSIONS
-from .sources import ArrowPath, Location
+from .files import FOREIGN_EXTENSIONS, NOT_REGULAR
+from .sources import ArrowPath, Location, SpecialFile, open_regular
 
 # Transparent pixels are laid on this colour, so a logo on alpha embeds the same wherever it came from.
 BACKGROUND = (255, 255, 255)
@@ -96,7 +96,7 @@ def open_rgb(path: Location, max_pixels: int, draft: tuple[int, int] | None = No
     """
     with _as_image_errors(foreign=path.suffix.lower() in FOREIGN_EXTENSIONS):
         # Our own file object, closed on every path, so a failing decoder never leaks a descriptor.
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             if f.seek(0, io.SEEK_END) == 0:
                 raise ImageError("not an image", "empty file")
             f.seek(0)
@@ -115,6 +115,8 @@ def _as_image_errors(foreign: bool) -> Iterator[None]:
         raise ImageError("decompression bomb", str(e)) from e
     except UnidentifiedImageError as e:
         raise ImageError("unsupported format" if foreign else "not an image", "no decoder recognises it") from e
+    except SpecialFile as e:
+        raise ImageError(NOT_REGULAR, e.strerror) from e
     except PermissionError as e:
         raise ImageError("permission denied", e.strerror or "") from e
     except FileNotFoundError as e:

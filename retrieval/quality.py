@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 from .errors import ImageError, UsageError
 from .images import load_thumbnail
 from .search import Searcher, indexed_row
+from .sources import open_regular
 
 EDGE = 1024  # the sample is decoded to at most this many pixels a side: every change below needs no more
 
@@ -110,9 +111,12 @@ class LabelledReport:
 def read_ground_truth(path: Path) -> dict[Path, set[str]]:
     """query image -> relevant manifest paths, from a JSON or CSV file (see the module's docstring)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read the ground truth {path}: {e}") from e
+        with open_regular(path) as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read the ground truth {path} (--truth): {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise UsageError(f"the ground truth {path} (--truth) is not UTF-8 text: {e}") from e
     pairs: dict[str, set[str]] = {}
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(text.splitlines()))

@@ -14,7 +14,7 @@ import numpy as np
 from .backbones import Pooling, identity, weights_setting
 from .config import Settings
 from .embedders import Embedder, create_embedder
-from .errors import EmptyIndex, UsageError
+from .errors import EmptyIndex, ImageError, UsageError
 from .images import load_image
 from .quantize import recorded_calibration
 from .results import Hit, QueryResult
@@ -124,13 +124,21 @@ class Searcher:
             size, batch = embedder.spec.input_size, self._settings.batch_size
             for start in range(0, len(to_embed), batch):
                 chunk = to_embed[start : start + batch]
-                pixels = np.stack([load_image(images[i], size, self._settings.max_pixels) for i in chunk])
+                pixels = np.stack([_query_pixels(images[i], size, self._settings.max_pixels) for i in chunk])
                 vectors[chunk] = embedder.embed(pixels)
         found = store.search(vectors, k or self._settings.top_k)
         return [
             QueryResult(image, store.root, store.metric, _hits(store, pairs), embedded=row is None)
             for image, row, pairs in zip(images, rows, found)
         ]
+
+
+def _query_pixels(image: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """A query image decoded for the model; an ImageError that names it (a batch holds many)."""
+    try:
+        return load_image(image, size, max_pixels)
+    except ImageError as e:
+        raise ImageError(e.reason, f"{image}: {e.detail}" if e.detail else str(image)) from e
 
 
 def _int8_model(store: Store, settings: Settings) -> dict[str, str]:

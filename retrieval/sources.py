@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from .errors import UsageError
@@ -157,3 +158,41 @@ def filesystem_of(uri: str) -> tuple[Any, str]:
         return arrow_fs.FileSystem.from_uri(uri)
     except (OSError, ValueError, TypeError) as e:
         raise UsageError(f"cannot use {uri}: {e}") from e
+
+
+def special_kind(mode: int) -> str:
+    """A file type other than a regular file, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+class SpecialFile(OSError):
+    """A path that names a FIFO, socket, device or folder where a file's bytes are to be read."""
+
+
+def open_regular(path: Location) -> BinaryIO:
+    """Open a file for reading in binary, refusing at once anything but a regular file (SpecialFile).
+
+    Opened with O_NONBLOCK, which regular files ignore: a plain open() of a FIFO waits for a writer forever,
+    and neither the decoding thread nor Ctrl-C gets it back."""
+    if isinstance(path, ArrowPath):
+        return path.open("rb")
+    return open(path, "rb", opener=_regular_only)
+
+
+def _regular_only(name: str, flags: int) -> int:
+    fd = os.open(name, flags | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise SpecialFile(errno.EINVAL, special_kind(mode), name)
+    return fd

@@ -127,3 +127,16 @@ def reading_in_a_thread(read: Callable[[], None]) -> Iterator[list[Exception]]:
     finally:
         done.set()
         thread.join()
+
+
+@contextmanager
+def no_hang(seconds: float = 60) -> Iterator[None]:
+    """Around a call that must never block: if it is still running after `seconds`, every thread's stack is
+    printed and the test run ends (a hang fails CI in bounded time instead of holding it until its limit)."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

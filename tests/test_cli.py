@@ -17,7 +17,7 @@ from retrieval.generations import current_generation
 from retrieval.store import VECTORS, Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
 
-from .conftest import segment_file
+from .conftest import no_hang, segment_file
 from .test_images import png_header_only
 
 runner = CliRunner()
@@ -195,3 +195,22 @@ def test_a_recall_below_target_is_warned_by_ingest_info_and_verify(tmp_path, mon
         assert "IVF30,PQ4x4fs,RFlat" in result.output
     facts = json.loads(run("info", "--index", index, "--json").output)
     assert facts["index_type"] == "Flat" and facts["recall_at_10"] == 1.0 and "auto chose" in facts["warning"]
+
+
+def test_fifos_given_as_folder_entries_query_truth_or_config_never_block(cli_index, tmp_path, photos):
+    """BAD_INPUTS 47: a FIFO in the folder is skipped with its reason; as a query, a truth file or a config
+    file it is refused with one that names it. Each run is bounded: a hang ends the test run."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photos / "photo-0000.jpg", folder)
+    for fifo in (folder / "pipe.jpg", tmp_path / "query.jpg", tmp_path / "truth.json", tmp_path / "config.yaml"):
+        os.mkfifo(fifo)
+    with no_hang(180):
+        ingested = run("ingest", folder, "--index", tmp_path / "i", "--weights", "none", "--quiet")
+        queried = run("query", tmp_path / "query.jpg", "--index", cli_index)
+        evaluated = run("eval", "--truth", tmp_path / "truth.json", "--index", cli_index)
+        configured = run("info", "--index", cli_index, "--config", tmp_path / "config.yaml")
+    assert ingested.exit_code == 0 and "Skipped 1: 1 not a regular file" in ingested.output, ingested.output
+    assert queried.exit_code == 1 and "query.jpg: a FIFO" in queried.output, queried.output
+    assert evaluated.exit_code == 2 and "truth.json (--truth): a FIFO" in evaluated.output, evaluated.output
+    assert configured.exit_code == 2 and "config.yaml: a FIFO" in configured.output, configured.output

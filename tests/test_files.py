@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 
 from retrieval.errors import UsageError
 from retrieval.files import list_images
+from retrieval.sources import SpecialFile, open_regular
+
+from .conftest import no_hang
 
 
 def test_lists_images_recursively_sorted_and_relative(tmp_path):
@@ -28,3 +34,24 @@ def test_a_symlink_loop_ends_and_lists_each_file_once(tmp_path):
     (tmp_path / "a" / "x.jpg").write_bytes(b"x")
     (tmp_path / "a" / "loop").symlink_to(tmp_path)
     assert list_images(tmp_path).paths == ["a/x.jpg"]
+
+
+def test_a_fifo_and_a_socket_are_reported_not_listed(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "sock.png"))
+        listing = list_images(tmp_path)
+    assert listing.paths == ["a.jpg"]
+    assert sorted((e.path, e.reason, e.detail) for e in listing.errors) == [
+        ("pipe.jpg", "not a regular file", "a FIFO (named pipe)"),
+        ("sock.png", "not a regular file", "a socket"),
+    ]
+
+
+def test_opening_a_fifo_is_refused_at_once_instead_of_waiting_for_a_writer(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with no_hang(30), pytest.raises(SpecialFile, match="FIFO"):
+        open_regular(tmp_path / "pipe.jpg")
+    with no_hang(30), pytest.raises(SpecialFile, match="folder"):
+        open_regular(tmp_path)
