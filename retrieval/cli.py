@@ -576,17 +576,20 @@ def serve(
     """
     settings = _settings(config, index=index, engine=engine, precision=precision)
     with _reported():
+        if token is not None and no_auth:
+            raise UsageError("--token and --no-auth contradict each other: give one of them")
         if not _is_loopback(host) and token is None and not no_auth:
             raise UsageError(f"binding {host} exposes the index beyond this machine: pass --token (or set "
                              "RETRIEVAL_TOKEN), or --no-auth to serve it to anyone who can reach it")  # fmt: skip
-        import uvicorn
-
         from .search import Searcher
-        from .server import ServeOptions, create_app
+        from .server import ServeOptions, create_app, listen, run
 
-        app_ = create_app(Searcher(settings), ServeOptions(token=token))
-    _say(f"serving {printable(settings.index)} on http://{host}:{port}/ (Ctrl-C stops)")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+        options = ServeOptions(token=token)
+        sock = listen(host, port)
+        app_ = create_app(Searcher(settings), options)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    _say(f"serving {printable(settings.index)} on http://{shown}:{port}/ (Ctrl-C stops)")
+    run(app_, sock)
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import io
 import mimetypes
+import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .ann import AUTO_FLAT_BELOW
-from .errors import EmptyIndex, ImageError, RetrievalError, UsageError
+from .errors import EmptyIndex, ImageError, RetrievalError, ServerError, UsageError
 from .images import load_image_bytes, load_thumbnail
 from .search import Hit, Searcher
 from .sources import ArrowPath
@@ -51,6 +52,10 @@ class ServeOptions:
     request_timeout_s: float = 30.0  # a request still running then gets a 504, and others go on
     thumbnail_size: int = 256
     thumbnail_cache: int = 512  # thumbnails kept in memory
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():
+            raise UsageError("an empty token would let every request in: give a non-empty --token, or none")
 
 
 class HitOut(BaseModel):
@@ -192,10 +197,10 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
     async def authorized(request: Request) -> None:
         if options.token is None:
             return
-        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.query_params.get(
-            "token", ""
-        )
-        if not hmac.compare_digest(sent.encode(), options.token.encode()):
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        sent = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 7235: the scheme is case-insensitive
+        sent = sent or request.query_params.get("token", "")
+        if not sent or not hmac.compare_digest(sent.encode(), options.token.encode()):
             raise HTTPException(401, "a valid token is required: header 'Authorization: Bearer TOKEN'")
 
     async def fresh() -> Searcher:
@@ -303,6 +308,24 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         return Response(thumbnails[id], media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 
     return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` and listening, or ServerError saying why not (the port in use, an
+    address not on this machine): bound before anything says "serving", and before the model or the index
+    has cost any time."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise ServerError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def run(app: FastAPI, sock: socket.socket) -> None:
+    """Serve `app` on uvicorn over the bound `sock` until Ctrl-C."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def _fetched(path: ArrowPath, id: int) -> Response:

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 
 from retrieval.cli import app as cli
 from retrieval.config import Settings
+from retrieval.errors import UsageError
 from retrieval.ingest import ingest
 from retrieval.search import Searcher
 from retrieval.server import ServeOptions, create_app
@@ -154,6 +156,10 @@ def test_a_token_guards_every_route_but_health(indexed, embedder):
         assert c.get("/images/1").status_code == 401
         assert c.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        for spelling in ("bearer s3cret", "BEARER  s3cret", "bEaReR s3cret"):  # RFC 7235: any case
+            assert c.get("/info", headers={"Authorization": spelling}).status_code == 200, spelling
+        assert c.get("/info", headers={"Authorization": "Basic s3cret"}).status_code == 401
+        assert c.get("/info", headers={"Authorization": "Bearer"}).status_code == 401
 
 
 def test_concurrent_uploads_share_forward_passes(indexed, embedder):
@@ -228,6 +234,34 @@ def test_a_generation_swap_while_requests_run(tmp_path, embedder):
 def test_serving_beyond_loopback_needs_a_token_or_no_auth(indexed):
     result = CliRunner().invoke(cli, ["serve", "--index", str(indexed.index), "--host", "0.0.0.0"], env={})
     assert result.exit_code == 2 and "--token" in result.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--host", "0.0.0.0", "--token", ""], "empty token"),
+        (["--token", "  "], "empty token"),
+        (["--host", "0.0.0.0", "--token", "t", "--no-auth"], "--token and --no-auth contradict"),
+    ],
+)
+def test_an_empty_token_or_a_token_with_no_auth_is_refused_at_start(indexed, flags, message):
+    """BAD_INPUTS 51: an empty token would match an empty header and let every request in."""
+    result = CliRunner().invoke(cli, ["serve", "--index", str(indexed.index), *flags], env={})
+    assert result.exit_code == 2 and message in result.output, result.output
+    with pytest.raises(UsageError, match="empty token"):
+        ServeOptions(token="")
+
+
+def test_a_bind_that_fails_exits_1_with_the_reason_and_no_serving_line(indexed):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        in_use = CliRunner().invoke(cli, ["serve", "--index", str(indexed.index), "--port", port], env={})
+    elsewhere = CliRunner().invoke(  # TEST-NET-1 (RFC 5737): an address no machine here has
+        cli, ["serve", "--index", str(indexed.index), "--host", "192.0.2.1", "--token", "t"], env={}
+    )
+    assert in_use.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in in_use.output, in_use.output
+    assert elsewhere.exit_code == 1 and "cannot listen on 192.0.2.1" in elsewhere.output, elsewhere.output
+    assert "serving" not in in_use.output + elsewhere.output
 
 
 def test_a_served_index_never_reads_a_path_from_the_client(client, tmp_path: Path):
