@@ -234,7 +234,7 @@ def apply_moves(store: Store, index: Path, moves: list[Move], target: Path) -> t
     """Move the extras, logging each move to `target`/dupes-log.jsonl as it happens, then save a new
     generation of the index without them, all under the index's write lock. IndexMismatch if the index
     changed since `store` was loaded (the groups may no longer hold)."""
-    with IndexLock(index):
+    with IndexLock(index, existing=True):
         live = Store.load(index)
         if live.generation != store.generation:
             raise IndexMismatch(f"the index in {index} changed since its duplicates were found; run dupes again")

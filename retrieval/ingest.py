@@ -400,7 +400,7 @@ def compact(index: Path, *, wait: bool = False) -> Compaction:
     under the write lock (what an ingest's merge policy does by tiers, all at once). An index of format 5
     or older, one segment already, is only saved in the current layout (its files hard-linked into a
     segment, nothing rebuilt)."""
-    with IndexLock(index, wait=wait):
+    with IndexLock(index, wait=wait, existing=True):
         store = Store.load(index)
         segments, deleted = len(store.segments), sum(s["deleted"] for s in store.segments)
         if segments == 1 and not deleted and "segments" in store.meta:

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import IndexBusy, StoreError
+from .generations import current_generation
 
 LOCK_FILE = ".lock"
 
@@ -20,15 +21,20 @@ class IndexLock:
     """Hold the write lock of `folder` (created if needed) for a `with` block.
 
     `wait=False` raises IndexBusy at once when another process holds it; `wait=True` blocks until free.
+    `existing=True`, for a writer that only changes an index (compact, repair, moves): IndexMissing when
+    `folder` holds none, before anything is created, so a mistyped --index leaves no folder or lock file.
     """
 
-    def __init__(self, folder: Path, *, wait: bool = False) -> None:
+    def __init__(self, folder: Path, *, wait: bool = False, existing: bool = False) -> None:
         self._folder = folder
         self._wait = wait
+        self._existing = existing
         self._fd: int | None = None
 
     def __enter__(self) -> IndexLock:
         path = self._folder / LOCK_FILE
+        if self._existing:
+            current_generation(self._folder)
         try:
             self._folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .errors import RetrievalError
 from .lock import IndexLock
+from .sources import Location
 from .store import Store, warning
 
 
@@ -33,7 +34,7 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
     index's write lock.
     """
     if repair:
-        with IndexLock(index, wait=wait):
+        with IndexLock(index, wait=wait, existing=True):
             return _check(index, repair=True)
     return _check(index, repair=False)
 
@@ -41,6 +42,7 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
 def _check(index: Path, *, repair: bool) -> Health:
     store = Store.load(index, check_hashes=True)
     health = Health(store.count, warning=warning(store.meta))
+    _root_reachable(store.root)
     gone = []
     for row, entry in enumerate(store.entries()):
         try:
@@ -53,6 +55,12 @@ def _check(index: Path, *, repair: bool) -> Health:
             raise RetrievalError(f"cannot check {entry.path}: {e}; nothing was repaired") from e
         if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
             health.changed.append(entry.path)
+    if repair and gone and len(gone) == store.count:
+        raise RetrievalError(
+            f"none of the {store.count} indexed files is in {store.root}: the folder looks moved, emptied or "
+            "unmounted, which dropping every row would not repair; nothing was changed. Put the files back, or "
+            "index the new folder with `retrieval ingest FOLDER --full`"
+        )
     if repair and gone:
         store.delete(gone)
         store.save(index)
@@ -60,3 +68,17 @@ def _check(index: Path, *, repair: bool) -> Health:
         health.count = store.count
         health.warning = warning(store.meta)
     return health
+
+
+def _root_reachable(root: Location) -> None:
+    """RetrievalError when the indexed folder itself is gone or out of reach: then every file would look
+    deleted, and a repair would drop every row."""
+    try:
+        there = root.is_dir()
+    except OSError as e:  # a remote root out of reach (sources.ArrowPath), or a local one unreadable
+        raise RetrievalError(f"cannot reach the indexed folder {root}: {e}; nothing was checked or repaired") from e
+    if not there:
+        raise RetrievalError(
+            f"the indexed folder {root} does not exist (moved, or its disk not mounted); nothing was checked or "
+            "repaired. Put it back, or index the new place with `retrieval ingest FOLDER --full`"
+        )

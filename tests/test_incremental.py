@@ -289,6 +289,34 @@ def test_verify_reports_and_repairs(tmp_path, folder, embedder):
     assert runner.invoke(app, ["verify", "--index", index]).exit_code == 0
 
 
+def test_verify_of_a_moved_or_emptied_root_says_so_and_repair_changes_nothing(tmp_path, folder, embedder):
+    """BAD_INPUTS 50: with the indexed folder moved away (or an empty mount point in its place), every file
+    looks gone; `--repair` must not take that for 8 deletions."""
+    settings = settings_for(tmp_path)
+    ingest(folder, settings, embedder=embedder)
+    index, before = str(settings.index), current_generation(settings.index)
+    moved = folder.rename(tmp_path / "moved")
+    try:
+        for args in (["verify"], ["verify", "--repair"]):
+            result = runner.invoke(app, [*args, "--index", index])
+            assert result.exit_code == 1 and "does not exist (moved" in result.output, result.output
+        folder.mkdir()  # an empty mount point where the photos were
+        emptied = runner.invoke(app, ["verify", "--repair", "--index", index])
+        assert emptied.exit_code == 1 and "none of the 8 indexed files" in emptied.output, emptied.output
+        assert current_generation(settings.index) == before and Store.load(settings.index).count == 8
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        moved.rename(folder)
+
+
+def test_repairing_or_compacting_a_mistyped_index_leaves_no_folder_behind(tmp_path):
+    """BAD_INPUTS 49: exit 3, and neither a folder nor a lock file made."""
+    for command in (["verify", "--repair"], ["compact"]):
+        result = runner.invoke(app, [*command, "--index", str(tmp_path / "typo" / "index")])
+        assert result.exit_code == 3 and "no index in" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_verify_of_a_corrupt_index_exits_3(tmp_path, folder, embedder):
     settings = settings_for(tmp_path)
     ingest(folder, settings, embedder=embedder)
