@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from .durable import TEMPORARY, fsync_dir, write_text_atomically
 from .errors import IndexCorrupt, IndexMissing, StoreError
+from .sources import SpecialFile, open_regular
 
 POINTER = "CURRENT"
 _GENERATION = re.compile(r"gen-(\d{6,})")
@@ -26,7 +27,12 @@ def publish(folder: Path, write: Callable[[Path], None]) -> Path:
     live. Returns its folder. On any failure nothing of it stays visible and the live one is untouched."""
     folder.mkdir(parents=True, exist_ok=True)
     remove_temporaries(folder)
-    previous = _current_name(folder)
+    try:
+        previous = _current_name(folder)
+    except IndexCorrupt:  # a damaged pointer is what this save replaces (`ingest --full`, the remedy named)
+        previous = None
+        if (folder / POINTER).is_dir() and not (folder / POINTER).is_symlink():
+            shutil.rmtree(folder / POINTER)  # a rename cannot replace a folder
     final = folder / f"gen-{_next_number(folder):06d}"
     staging = folder / f"{TEMPORARY}{final.name}-{os.getpid()}"
     staging.mkdir()
@@ -81,12 +87,21 @@ def remove_temporaries(folder: Path) -> None:
 
 
 def _current_name(folder: Path) -> str | None:
+    """The pointer's text; None when there is none. Read with a bound, and refused at once when it is not a
+    regular file (a FIFO would block the read), so a damaged pointer is IndexCorrupt, never a hang."""
     try:
-        return (folder / POINTER).read_text(encoding="utf-8").strip()
+        with open_regular(folder / POINTER) as f:
+            return f.read(256).decode("utf-8").strip()
     except FileNotFoundError:
         return None
     except NotADirectoryError:
         raise IndexMissing(f"{folder} is a file, not an index folder") from None
+    except SpecialFile as e:
+        raise corrupt(folder, f"{POINTER} is {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise corrupt(folder, f"{POINTER} is not UTF-8 text") from None
+    except OSError as e:
+        raise StoreError(f"cannot read {folder / POINTER}: {e.strerror or e}") from None
 
 
 def _next_number(folder: Path) -> int:

@@ -214,3 +214,44 @@ def test_fifos_given_as_folder_entries_query_truth_or_config_never_block(cli_ind
     assert queried.exit_code == 1 and "query.jpg: a FIFO" in queried.output, queried.output
     assert evaluated.exit_code == 2 and "truth.json (--truth): a FIFO" in evaluated.output, evaluated.output
     assert configured.exit_code == 2 and "config.yaml: a FIFO" in configured.output, configured.output
+
+
+POINTER_DAMAGE = {
+    "empty": lambda p: p.write_bytes(b""),
+    "not UTF-8": lambda p: p.write_bytes(b"gen-\xff\xfe\n"),
+    "a folder": lambda p: (p.unlink(), p.mkdir(), (p / "x").write_text("x")),
+    "a FIFO": lambda p: (p.unlink(), os.mkfifo(p)),
+    "a missing generation": lambda p: p.write_text("gen-999999\n"),
+    "outside the index": lambda p: p.write_text("../../etc\n"),
+}
+
+
+@pytest.mark.parametrize("damage", POINTER_DAMAGE)
+def test_a_damaged_current_pointer_is_a_corrupt_index_for_every_command_and_ingest_full_repairs_it(
+    damage, cli_index, photos, tmp_path
+):
+    """BAD_INPUTS 48: exit 3 and "corrupt" from every command that reads the index, never a traceback or a
+    hang; then the remedy the message names, `ingest --full`, rebuilds it."""
+    index = tmp_path / "index"
+    shutil.copytree(cli_index, index)
+    POINTER_DAMAGE[damage](index / "CURRENT")
+    commands = [
+        ["query", photos / "photo-0000.jpg"],
+        ["info"],
+        ["verify"],
+        ["verify", "--repair"],
+        ["compact"],
+        ["dupes"],
+        ["eval", "--sample", "2"],
+        ["ingest", photos, "--weights", "none", "--quiet"],
+    ]
+    with no_hang(120):
+        for command in commands:
+            result = run(*command, "--index", index)
+            assert result.exit_code == 3, (command, result.output)
+            assert "corrupt" in result.output and "ingest --full" in result.output, (command, result.output)
+            assert result.exception is None or isinstance(result.exception, SystemExit), (command, result.exception)
+        rebuilt = run("ingest", photos, "--index", index, "--weights", "none", "--quiet", "--full")
+    assert rebuilt.exit_code == 0 and "Indexed 12 images" in rebuilt.output, rebuilt.output
+    found = run("query", photos / "photo-0003.jpg", "--index", index, "-k", "1")
+    assert found.exit_code == 0 and found.output.splitlines()[1].endswith("photo-0003.jpg"), found.output
