@@ -11,55 +11,81 @@ import uuid
 from pathlib import Path
 from typing import Any
 from urllib import error, request
+from urllib.parse import urlsplit
 
 from .errors import ServerError, UsageError
 from .results import Hit, QueryResult
 from .sources import open_regular
+
+PROBE_TIMEOUT = 10.0  # seconds for /info: a server that is up answers it at once
 
 
 def query_server(
     url: str, images: list[Path], k: int, token: str | None = None, timeout: float = 60
 ) -> list[QueryResult]:
     """The top-k hits for each of `images` from the server at `url`, as QueryResults with absolute paths
-    under the server's indexed folder."""
-    root = Path(_call(url, "/info", token, timeout=timeout)["root"])
-    fields = {"k": str(k)}
-    files = []
-    for image in images:
+    under the server's indexed folder. Sent in requests of as many images as the server takes in one."""
+    _check_url(url)
+    info = _call(url, "/info", token, timeout=min(timeout, PROBE_TIMEOUT))
+    if not isinstance(info, dict) or not isinstance(info.get("root"), str) or not isinstance(info.get("count"), int):
+        raise ServerError(f"{url} is not a retrieval server: its /info is not one (is the URL right?)")
+    root, per_request = Path(info["root"]), max(1, int(info.get("max_files") or 1))
+    results: list[QueryResult] = []
+    for start in range(0, len(images), per_request):
+        chunk = images[start : start + per_request]
+        files = []
+        for image in chunk:
+            try:
+                with open_regular(image) as f:
+                    files.append((image.name, f.read()))
+            except OSError as e:
+                raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
+        body, content_type = multipart({"k": str(k)}, files)
+        answer = _call(url, "/search", token, body=body, content_type=content_type, timeout=timeout)
         try:
-            with open_regular(image) as f:
-                files.append((image.name, f.read()))
-        except OSError as e:
-            raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
-    body, content_type = multipart(fields, files)
-    answer = _call(url, "/search", token, body=body, content_type=content_type, timeout=timeout)
-    return [
-        QueryResult(image, root, answer["metric"], [Hit(h["rank"], h["score"], h["path"], h["id"]) for h in hits], True)
-        for image, hits in zip(images, answer["results"])
-    ]
+            results += [
+                QueryResult(
+                    image, root, answer["metric"], [Hit(h["rank"], h["score"], h["path"], h["id"]) for h in hits], True
+                )
+                for image, hits in zip(chunk, answer["results"], strict=True)
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ServerError(f"{url} is not a retrieval server: its /search answer lacks {e}") from None
+    return results
+
+
+def _check_url(url: str) -> None:
+    """UsageError unless `url` is an http(s) URL with a host: urllib would otherwise try ftp:// or a file."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--server {url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000)")
 
 
 def _call(
     url: str, path: str, token: str | None, *, body: bytes | None = None, content_type: str = "", timeout: float
-) -> dict[str, Any]:
+) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if content_type:
         headers["Content-Type"] = content_type
     call = request.Request(url.rstrip("/") + path, data=body, headers=headers, method="POST" if body else "GET")
     try:
         with request.urlopen(call, timeout=timeout) as response:
-            return json.loads(response.read())
+            data = response.read()
     except error.HTTPError as e:
         try:
-            detail = json.loads(e.read()).get("detail", e.reason)
-        except (ValueError, AttributeError):
-            detail = e.reason
+            detail = json.loads(e.read())["detail"]
+        except (ValueError, TypeError, KeyError):  # every error of `retrieval serve` is JSON with a detail
+            raise ServerError(f"{url} is not a retrieval server: it answered {e.code} ({e.reason}) to {path}") from None
         raise ServerError(f"the server at {url} answered {e.code}: {detail}") from None
-    except (error.URLError, OSError) as e:
+    except (error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise ServerError(
             f"cannot reach a retrieval server at {url} ({reason}); is `retrieval serve` running?"
         ) from None
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ServerError(f"{url} is not a retrieval server: its {path} did not answer JSON") from None
 
 
 def multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:

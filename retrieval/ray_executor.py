@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from .backbones import identity
 from .config import Settings
 from .embedders import create_embedder
-from .errors import ImageError, IndexMismatch
+from .errors import ImageError, IndexMismatch, RetrievalError, UsageError
 from .executors import Embedded, read_image
 from .files import Skipped
 from .images import load_image
@@ -82,6 +83,11 @@ class RayExecutor:
     """The embed step over Ray (see the module docstring); `address` "" starts a local instance."""
 
     def __init__(self, settings: Settings, embedding: dict[str, Any], address: str = "") -> None:
+        try:
+            import ray  # noqa: F401 - here, so that a missing Ray is said before any work
+        except ImportError:
+            raise UsageError("--executor ray needs Ray: pip install 'retrieval[ray]'") from None
+        check_address(address)
         self._settings = settings
         self._embedding = embedding  # the driver's: every actor checks that it embeds the same way
         self._address = address
@@ -137,6 +143,29 @@ class RayExecutor:
                 str(batch["node"][0]) if len(batch["node"]) else "",
                 json.loads(str(batch["runtime"][0])) if len(batch["runtime"]) else {},
             )
+
+
+RAY_PROBE_TIMEOUT = 5.0  # seconds to connect to a cluster's address before Ray's own minutes of retries
+
+
+def check_address(address: str) -> None:
+    """Refuse an address no Ray cluster answers at, within seconds: ray.init retries a dead one for minutes.
+    "" (and Ray's own "local" and "auto") start or find a local instance and are not probed."""
+    if address in ("", "local", "auto"):
+        return
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise UsageError(
+            f"--ray-address {address!r} is not host:port (a head node's address, e.g. 10.0.0.5:6379, or "
+            "ray://10.0.0.5:10001)"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_TIMEOUT).close()
+    except OSError as e:
+        raise RetrievalError(
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e}): is `ray start --head` running there? "
+            "Leave out --ray-address to start a local Ray for the run"
+        ) from None
 
 
 def actor_pool(nodes: list[dict[str, float]]) -> tuple[int, int, int]:

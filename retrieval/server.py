@@ -81,6 +81,7 @@ class InfoOut(BaseModel):
     recall_at_10: float | None
     warning: str | None
     generation: str | None
+    max_files: int  # images one POST /search takes
 
 
 class Batcher:
@@ -244,6 +245,7 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
             recall_at_10=meta["index"].get("recall_at_10"),
             warning=warning(meta),
             generation=s.generation,
+            max_files=options.max_files,
         )
 
     @app.get("/search", dependencies=guarded)

@@ -24,6 +24,8 @@ from retrieval.ray_executor import actor_pool
 from retrieval.store import Store
 from retrieval.synthetic import write_photos
 
+from .conftest import no_hang
+from .test_cli import run as run_cli
 from .test_faults import checkpointed_paths, pieces
 from .test_incremental import assert_same_index
 
@@ -67,6 +69,32 @@ def test_actors_are_sized_from_the_clusters_nodes_with_one_per_gpu_where_there_a
 def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     ray = Path(sys.executable).parent / "ray"
     return subprocess.run([str(ray), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("address", "code", "message"),
+    [
+        ("127.0.0.1:{dead}", 1, "cannot reach a Ray cluster at 127.0.0.1:"),
+        ("ray://127.0.0.1:{dead}", 1, "cannot reach a Ray cluster at ray://127.0.0.1:"),
+        ("not-an-address", 2, "is not host:port"),
+    ],
+)
+def test_a_dead_or_malformed_ray_address_fails_at_once(tmp_path, address, code, message):
+    """BAD_INPUTS 60: ray.init retried a dead address for minutes (81 s and on, measured)."""
+    write_photos(tmp_path / "photos", 2, seed=1400)
+    args = ["ingest", tmp_path / "photos", "--index", tmp_path / "i", "--weights", "none", "--executor", "ray"]
+    with no_hang(60):
+        result = run_cli(*args, "--ray-address", address.format(dead=free_port()), "--quiet")
+    assert result.exit_code == code and message in result.output, result.output
+    assert not (tmp_path / "i" / "CURRENT").exists()
+
+
+def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where it is absent
+    write_photos(tmp_path / "photos", 2, seed=1400)
+    args = ["ingest", tmp_path / "photos", "--index", tmp_path / "i", "--weights", "none", "--executor", "ray"]
+    result = run_cli(*args, "--quiet")
+    assert result.exit_code == 2 and "pip install 'retrieval[ray]'" in result.output, result.output
 
 
 def free_port() -> int:

@@ -31,6 +31,7 @@ from retrieval.store import Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
 from retrieval.verify import verify
 
+from .conftest import no_hang
 from .test_cli import run
 from .test_ray import free_port
 from .test_server import serving
@@ -195,6 +196,14 @@ def test_a_missing_bucket_or_prefix_is_a_usage_error_and_writes_nothing(tmp_path
         assert result.exit_code == 2, result.output
         assert "does not exist" in result.output
     assert not (settings.index / "CURRENT").exists()
+
+
+def test_a_gcs_bucket_out_of_reach_is_a_usage_error_within_the_retry_bound(tmp_path):
+    """BAD_INPUTS 60: pyarrow's GCS client retried for minutes (past 90 s measured) before the bound."""
+    with no_hang(120):
+        result = run("ingest", "gs://retrieval-no-such-bucket/photos", "--index", tmp_path / "i", "--quiet")
+    assert result.exit_code == 2 and "cannot reach gs://retrieval-no-such-bucket/photos" in result.output, result.output
+    assert not (tmp_path / "i" / "CURRENT").exists()
 
 
 def test_a_ray_ingest_reads_the_bucket_on_its_workers_and_gives_the_same_index(tmp_path, s3, embedder):

@@ -5,6 +5,7 @@ concurrent uploads, and a generation swap while requests run."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
 import json
 import os
@@ -25,6 +26,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from retrieval.cli import app as cli
+from retrieval.client import query_server
 from retrieval.config import Settings
 from retrieval.errors import UsageError
 from retrieval.ingest import ingest
@@ -32,7 +34,7 @@ from retrieval.search import Searcher
 from retrieval.server import ServeOptions, create_app
 from retrieval.synthetic import near_duplicates, photo, write_photos
 
-from .conftest import PHOTOS
+from .conftest import PHOTOS, no_hang
 from .test_images import png_header_only
 
 
@@ -308,3 +310,38 @@ def test_query_with_a_server_that_is_not_there_exits_1(tmp_path):
     photo(1).save(tmp_path / "q.png")
     result = CliRunner().invoke(cli, ["query", str(tmp_path / "q.png"), "--server", "http://127.0.0.1:9"])
     assert result.exit_code == 1 and "is `retrieval serve` running?" in result.output
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://127.0.0.1/", "http://", "file:///etc/passwd"])
+def test_query_with_a_server_that_is_not_an_http_url_is_a_usage_error(tmp_path, url):
+    photo(1).save(tmp_path / "q.png")
+    with no_hang(30):
+        result = CliRunner().invoke(cli, ["query", str(tmp_path / "q.png"), "--server", url])
+    assert result.exit_code == 2 and "is not an http:// or https:// URL" in result.output, result.output
+
+
+def test_query_with_a_server_that_is_some_other_http_server_exits_1(tmp_path):
+    photo(1).save(tmp_path / "q.png")
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        with no_hang(60):
+            result = CliRunner().invoke(cli, ["query", str(tmp_path / "q.png"), "--server", url])
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert result.exit_code == 1 and "is not a retrieval server" in result.output, result.output
+
+
+def test_query_with_server_sends_more_images_than_one_request_takes_in_several(indexed, embedder, tmp_path):
+    """BAD_INPUTS 55: five images to a server that takes two per request: three requests, five answers, each
+    finding its original first, as a local query does."""
+    for seed in range(5):
+        near_duplicates(photo(seed))["mirrored"].convert("RGB").save(tmp_path / f"q{seed}.jpg")
+    searcher = Searcher(indexed, lambda _: embedder)
+    with serving(searcher, ServeOptions(max_files=2)) as c:
+        results = query_server(str(c.base_url), sorted(tmp_path.glob("q*.jpg")), 3)
+    assert [r.hits[0].path for r in results] == [f"photo-{seed:04d}.jpg" for seed in range(5)]
+    assert [r.query.name for r in results] == [f"q{seed}.jpg" for seed in range(5)]
