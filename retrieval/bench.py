@@ -22,12 +22,14 @@ import numpy as np
 
 from .ann import IndexChoice, VectorIndex, describe, omp_threads, overlap
 from .durable import write_atomically, write_text_atomically
+from .errors import EmptyIndex, UsageError
 from .manifest import Entry, Manifest
 from .segments import Segment
 from .store import FORMAT_VERSION, Store
 from .synthetic import feature_vectors
 from .system import machine, memory_bytes
 
+MIN_INDEX_ROWS = 100  # as --sizes: every kind can be built and measured on as few
 QUERIES = 1000  # fresh draws from each family; the first LATENCY_QUERIES are timed one by one
 LATENCY_QUERIES = 300
 WARM_UP = 50  # queries run before each timed sweep value, so that the first value is not penalised
@@ -73,7 +75,15 @@ def synthetic_sets(families: list[str], sizes: list[int]) -> Any:
 def index_set(folder: Path) -> VectorSet:
     """The vectors of the index in `folder`, with QUERIES of its rows (at most a tenth) held out as
     queries: they are removed from the searched set, so each is a new image to it, as a query would be."""
-    vectors = Store.load(folder).vectors()
+    store = Store.load(folder)
+    if store.count == 0:
+        raise EmptyIndex(f"the index in {folder} is empty: no vectors to measure (--from-index)")
+    if store.count < MIN_INDEX_ROWS:
+        raise UsageError(
+            f"the index in {folder} holds {store.count} rows; --from-index needs at least {MIN_INDEX_ROWS} "
+            "(a tenth of them are held out as queries)"
+        )
+    vectors = store.vectors()
     held = np.random.default_rng(0).choice(len(vectors), min(QUERIES, len(vectors) // 10), replace=False)
     kept = np.setdiff1d(np.arange(len(vectors)), held)
     return VectorSet(f"index:{folder.resolve().name}", np.ascontiguousarray(vectors[kept]), vectors[held])

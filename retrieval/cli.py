@@ -32,7 +32,7 @@ from .config import (
     Settings,
     load_settings,
 )
-from .errors import EXIT_INDEX, EXIT_USAGE, RetrievalError, UsageError
+from .errors import EXIT_ERROR, EXIT_INDEX, RetrievalError, UsageError
 from .files import list_images, printable
 from .results import QueryResult
 from .sources import Location
@@ -404,7 +404,9 @@ def dupes(
     ),
     as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (group, keep, score, path, ...) instead.")] = False,
-    collage_dir: Annotated[Path | None, typer.Option(help="Draw one collage per group into this folder.")] = None,
+    collage_dir: Annotated[
+        Path | None, typer.Option(help="Draw one collage per group into this folder.", file_okay=False)
+    ] = None,
     move_to: Annotated[
         Path | None, typer.Option(help="Move every group's extras here (a dry run unless --apply).", file_okay=False)
     ] = None,
@@ -416,10 +418,11 @@ def dupes(
     Exit 0 whether or not duplicates are found; a dry run (no --apply) changes nothing.
     """
     settings = _settings(config, index=index)
-    if apply and move_to is None:
-        _say("--apply needs --move-to DIR", "error: ", "bold red")
-        raise typer.Exit(EXIT_USAGE)
     with _reported():
+        if apply and move_to is None:
+            raise UsageError("--apply needs --move-to DIR")
+        if as_json and as_csv:
+            raise UsageError("--json and --csv are two formats for the same output: give one of them")
         from . import dupes as found_dupes
         from .store import Store
 
@@ -470,6 +473,8 @@ def dupes(
     for path in collages:
         _say(f"collage: {printable(str(path))}")
     _report_moves(moves, apply, move_to)
+    if apply and any(m.problem for m in moves):
+        raise typer.Exit(EXIT_ERROR)
 
 
 def _group_collages(groups: list[Group], root: Location, folder: Path, max_pixels: int) -> list[Path]:

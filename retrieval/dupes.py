@@ -20,6 +20,7 @@ no longer there, which the next ingest drops.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -30,10 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import IndexMismatch, UsageError
+from .errors import EmptyIndex, IndexMismatch, UsageError
 from .images import decoders
 from .lock import IndexLock
-from .sources import Location
+from .results import as_cosine
+from .sources import Location, open_regular
 from .store import Store
 
 KEEP_RULES = ("resolution", "size", "oldest", "newest", "path")
@@ -53,6 +55,10 @@ class Rule:
     def __post_init__(self) -> None:
         if self.threshold is None and self.relative is None:
             raise UsageError("give a --threshold (a cosine, e.g. 0.95) or a --relative cut-off (e.g. 0.4)")
+        if self.threshold is not None and self.relative is not None:
+            raise UsageError("--threshold and --relative are two rules for the same cut-off: give one of them")
+        if not all(math.isfinite(v) for v in (self.threshold, self.relative) if v is not None):
+            raise UsageError("--threshold and --relative take finite numbers")
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
             raise UsageError(f"--threshold is a cosine similarity, from -1 to 1, not {self.threshold}")
         if self.relative is not None and not 0.0 < self.relative < 1.0:
@@ -111,7 +117,11 @@ def find_groups(
     chunk: int = 1024,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Group]:
-    """The index's near-duplicate groups, largest first, each ordered by `keep` (see `order`)."""
+    """The index's near-duplicate groups, largest first, each ordered by `keep` (see `order`). EmptyIndex for
+    an index with no rows, as a query of it; UsageError for a keep rule that is not one, before any search."""
+    check_keep(keep)
+    if store.count == 0:
+        raise EmptyIndex("the index is empty: no duplicates to find")
     if store.count < 2:
         return []
     links = dict(_links(store, rule, chunk, progress))
@@ -133,17 +143,12 @@ def _links(
         rows = np.arange(start, min(start + chunk, store.count))
         for row, hits in zip(rows.tolist(), store.search(store.vectors_of(rows), k)):
             others = [(r, s) for r, s in hits if r != row][: k - 1]
-            cosines = _cosines(np.array([s for _, s in others], np.float32), store.metric)
+            cosines = as_cosine(np.array([s for _, s in others], np.float32), store.metric)
             for (other, _), cosine, linked in zip(others, cosines, rule.links(cosines)):
                 if linked:
                     yield (min(row, other), max(row, other)), float(cosine)
         if progress:
             progress(int(rows[-1]) + 1, store.count)
-
-
-def _cosines(scores: np.ndarray, metric: str) -> np.ndarray:
-    """The store's scores as cosines: l2 scores are distances between unit vectors, d² = 2 - 2 cos."""
-    return scores if metric == "cosine" else 1.0 - scores**2 / 2.0
 
 
 def _components(count: int, links: dict[tuple[int, int], float]) -> list[list[int]]:
@@ -169,7 +174,7 @@ def _member(store: Store, row: int, score: float) -> Member:
     try:
         file = store.root / path
         st = file.stat()
-        with file.open("rb") as f, Image.open(f, formats=decoders()) as im:  # the header only, nothing decoded
+        with open_regular(file) as f, Image.open(f, formats=decoders()) as im:  # the header only, nothing decoded
             width, height = im.size
     except (OSError, Image.DecompressionBombError, ValueError):
         return Member(row, path, score, None, None, None, None)
@@ -179,9 +184,7 @@ def _member(store: Store, row: int, score: float) -> Member:
 def order(members: list[Member], keep: tuple[str, ...] = DEFAULT_KEEP) -> list[Member]:
     """Members best-to-keep first: by each of `keep` in turn (largest resolution, largest file, oldest,
     newest, shortest path), then by path; files that are gone come last."""
-    unknown = [rule for rule in keep if rule not in KEEP_RULES]
-    if unknown:
-        raise UsageError(f"unknown keep rule {unknown[0]!r}; choose from {', '.join(KEEP_RULES)}")
+    check_keep(keep)
 
     def key(m: Member) -> tuple:
         facts = {
@@ -194,6 +197,16 @@ def order(members: list[Member], keep: tuple[str, ...] = DEFAULT_KEEP) -> list[M
         return (not m.present, *(facts[rule] for rule in keep), m.path)
 
     return sorted(members, key=key)
+
+
+def check_keep(keep: tuple[str, ...]) -> None:
+    """UsageError for an empty or unknown keep rule: with none, the order would be the paths', which may well
+    keep a copy and move its original out."""
+    if not keep:
+        raise UsageError(f"--keep needs at least one rule, comma-separated, from {', '.join(KEEP_RULES)}")
+    unknown = [rule for rule in keep if rule not in KEEP_RULES]
+    if unknown:
+        raise UsageError(f"--keep: unknown rule {unknown[0]!r}; choose from {', '.join(KEEP_RULES)}")
 
 
 @dataclass(frozen=True)
@@ -244,11 +257,11 @@ def apply_moves(store: Store, index: Path, moves: list[Move], target: Path) -> t
             for move in moves:
                 if move.problem is None:
                     move = _move(store.root / move.source, Path(move.destination), move)
-                if move.done:
-                    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(move)}
-                    log.write(json.dumps(record, ensure_ascii=True) + "\n")
-                    log.flush()
-                    os.fsync(log.fileno())
+                # every move, failed ones too: the log alone tells where each extra is
+                record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(move)}
+                log.write(json.dumps(record, ensure_ascii=True) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
                 done.append(move)
         moved = {m.row for m in done if m.done}
         if moved:

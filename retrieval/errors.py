@@ -39,6 +39,10 @@ class ImageError(RetrievalError):
         self.detail = detail
 
 
+class NoSuchImage(UsageError):
+    """A row id that the index does not hold."""
+
+
 class WeightsUnavailable(RetrievalError):
     """The model's weights cannot be loaded (no network for ImageNet weights, a missing or bad file)."""
 

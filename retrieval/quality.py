@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-from .errors import ImageError, UsageError
+from .errors import EmptyIndex, ImageError, UsageError
 from .images import load_thumbnail
 from .search import Searcher, indexed_row
 from .sources import open_regular
@@ -201,7 +201,7 @@ def evaluate_augmented(
         raise UsageError(f"unknown transform {unknown[0]!r}; choose from {', '.join(TRANSFORMS)}")
     store = searcher.store
     if store.count == 0:
-        raise UsageError("the index is empty: nothing to evaluate")
+        raise EmptyIndex(f"the index in {searcher.settings.index} is empty: nothing to evaluate")
     pool = range(store.count) if among is None else among
     rows = sorted(random.Random(seed).sample(pool, min(sample, len(pool))))
     max_pixels = searcher.settings.max_pixels

@@ -4,8 +4,17 @@ to import that `retrieval query --server` starts without numpy or FAISS."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .sources import Location
+
+T = TypeVar("T")  # a float, or a numpy array of them
+
+
+def as_cosine(score: T, metric: str) -> T:
+    """A score (one, or an array of them) as a cosine: l2 scores are distances between unit vectors, and
+    d² = 2 - 2 cos."""
+    return score if metric == "cosine" else 1.0 - score**2 / 2.0
 
 
 @dataclass(frozen=True)

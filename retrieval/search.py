@@ -14,10 +14,10 @@ import numpy as np
 from .backbones import Pooling, identity, weights_setting
 from .config import Settings
 from .embedders import Embedder, create_embedder
-from .errors import EmptyIndex, ImageError, UsageError
+from .errors import EmptyIndex, ImageError, NoSuchImage
 from .images import load_image
 from .quantize import recorded_calibration
-from .results import Hit, QueryResult
+from .results import Hit, QueryResult, as_cosine
 from .store import Store, current_generation
 
 # called with settings, and for an int8 index `calibrated=` (see create_embedder)
@@ -91,17 +91,20 @@ class Searcher:
                 self._embedder = embedder
             return self._embedder
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[str | None, list[list[Hit]]]:
-        """Hits for query vectors (n, dim), from one generation, which is returned with them."""
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, min_score: float | None = None
+    ) -> tuple[str | None, list[list[Hit]]]:
+        """Hits for query vectors (n, dim), from one generation, which is returned with them; with
+        `min_score`, only those at least that cosine."""
         store = self._store
-        return store.generation, [_hits(store, pairs) for pairs in store.search(vectors, k)]
+        return store.generation, [_hits(store, pairs, min_score) for pairs in store.search(vectors, k)]
 
-    def neighbours(self, row: int, k: int) -> tuple[str | None, list[Hit]]:
+    def neighbours(self, row: int, k: int, min_score: float | None = None) -> tuple[str | None, list[Hit]]:
         """The indexed image `row`'s nearest neighbours (itself first), by its stored vector: no model."""
         store = self._store
         if not 0 <= row < store.count:
-            raise UsageError(f"no image with id {row}: ids run from 0 to {store.count - 1}")
-        return store.generation, _hits(store, store.search(store.vector(row), k)[0])
+            raise NoSuchImage(f"no image with id {row}: ids run from 0 to {store.count - 1}")
+        return store.generation, _hits(store, store.search(store.vector(row), k)[0], min_score)
 
     def query(self, images: list[Path], k: int | None = None) -> list[QueryResult]:
         """The top-k most similar indexed images to each of `images`, searched in one batch.
@@ -149,7 +152,10 @@ def _int8_model(store: Store, settings: Settings) -> dict[str, str]:
     return {"calibrated": calibration} if wanted and calibration else {}
 
 
-def _hits(store: Store, pairs: list[tuple[int, float]]) -> list[Hit]:
+def _hits(store: Store, pairs: list[tuple[int, float]], min_score: float | None = None) -> list[Hit]:
+    """Rows and scores as hits, ranked; with `min_score`, those under that cosine left out."""
+    if min_score is not None:
+        pairs = [(row, score) for row, score in pairs if as_cosine(score, store.metric) >= min_score]
     return [Hit(rank, score, store.entry(row).path, row) for rank, (row, score) in enumerate(pairs, 1)]
 
 

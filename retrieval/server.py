@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .ann import AUTO_FLAT_BELOW
-from .errors import EmptyIndex, ImageError, RetrievalError, ServerError, UsageError
+from .errors import EmptyIndex, ImageError, NoSuchImage, RetrievalError, ServerError, StoreError, UsageError
 from .images import load_image_bytes, load_thumbnail
 from .search import Hit, Searcher
 from .sources import ArrowPath
@@ -213,12 +213,13 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
 
     Fresh = Annotated[Searcher, Depends(fresh)]
     K = Annotated[int, Query(ge=1, le=options.max_k, description="How many results.")]
+    MIN_SCORE = "Leave out hits under this cosine similarity (-1 to 1)."
+    MinScore = Annotated[float | None, Query(ge=-1, le=1, allow_inf_nan=False, description=MIN_SCORE)]
     guarded = [Depends(authorized)]
 
     @app.exception_handler(RetrievalError)
     async def library_error(_: Request, error: RetrievalError) -> JSONResponse:
-        status = 404 if isinstance(error, EmptyIndex) else 400 if isinstance(error, (UsageError, ImageError)) else 500
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        return JSONResponse({"detail": str(error)}, status_code=_status(error))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Deadline, seconds=options.request_timeout_s)
@@ -228,9 +229,14 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         """The search page: plain HTML, CSS and JS from the package, nothing fetched from elsewhere."""
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", responses={503: {"description": "The index is missing or corrupt; `detail` says why."}})
+    async def health() -> JSONResponse:
+        """Whether the index served is still on disk and whole (one small file read, no token needed)."""
+        try:
+            searcher.is_current()
+        except StoreError as e:
+            return JSONResponse({"status": "unavailable", "detail": str(e)}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/info", dependencies=guarded)
     async def info(s: Fresh) -> InfoOut:
@@ -249,11 +255,13 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         )
 
     @app.get("/search", dependencies=guarded)
-    async def search_by_id(s: Fresh, id: Annotated[int, Query(ge=0)], k: K = 10) -> SearchOut:
+    async def search_by_id(
+        s: Fresh, id: Annotated[int, Query(ge=0)], k: K = 10, min_score: MinScore = None
+    ) -> SearchOut:
         if _cheap(s.store):
-            generation, hits = s.neighbours(id, k)
+            generation, hits = s.neighbours(id, k, min_score)
         else:
-            generation, hits = await run_in_threadpool(s.neighbours, id, k)
+            generation, hits = await run_in_threadpool(s.neighbours, id, k, min_score)
         return SearchOut(generation=generation, metric=s.store.metric, results=[_out(hits)])
 
     @app.post("/search", dependencies=guarded)
@@ -261,7 +269,7 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
         s: Fresh,
         files: Annotated[list[UploadFile], File(description="One or more images.")],
         k: Annotated[int, Form(ge=1, le=options.max_k)] = 10,
-        min_score: Annotated[float | None, Form()] = None,
+        min_score: Annotated[float | None, Form(ge=-1, le=1, allow_inf_nan=False, description=MIN_SCORE)] = None,
     ) -> SearchOut:
         if len(files) > options.max_files:
             raise HTTPException(400, f"at most {options.max_files} images per request")
@@ -273,9 +281,7 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
             return await batcher.embed(pixels)
 
         vectors = np.stack(await asyncio.gather(*(embedded(upload) for upload in files)))
-        generation, found = await run_in_threadpool(s.search_vectors, vectors, k)
-        if min_score is not None:
-            found = [[h for h in hits if h.score >= min_score] for hits in found]
+        generation, found = await run_in_threadpool(s.search_vectors, vectors, k, min_score)
         return SearchOut(generation=generation, metric=s.store.metric, results=[_out(hits) for hits in found])
 
     @app.get("/images/{id}", dependencies=guarded, response_class=FileResponse)
@@ -350,6 +356,16 @@ async def _decoded(upload: UploadFile, size: tuple[int, int], max_pixels: int, o
     except ImageError as e:
         status = 413 if e.reason == "decompression bomb" else 400
         raise HTTPException(status, f"{upload.filename}: {e}") from None
+
+
+def _status(error: RetrievalError) -> int:
+    """The HTTP status of a library error: what is not there 404, a bad request 400, an index that is gone or
+    damaged under the server 503 (the next ingest brings it back), anything else 500."""
+    if isinstance(error, (EmptyIndex, NoSuchImage)):
+        return 404
+    if isinstance(error, (UsageError, ImageError)):
+        return 400
+    return 503 if isinstance(error, StoreError) else 500
 
 
 def _cheap(store: Store) -> bool:

@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from retrieval.cli import app
 from retrieval.generations import current_generation
+from retrieval.manifest import Entry
 from retrieval.store import VECTORS, Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
 
@@ -109,12 +111,23 @@ def test_a_missing_or_corrupt_index_exits_3(tmp_path, cli_index, photos):
     assert run("info", "--index", damaged).exit_code == 0  # info reads metadata only
 
 
-def test_an_empty_index_exits_4(tmp_path, photos, embedder):
+def test_an_empty_index_exits_4_for_every_command_that_searches_it(tmp_path, photos, embedder):
+    """BAD_INPUTS 42 and 58; and an index too small to measure is a usage error for the bench."""
     Store.create(dim=2048, metric="cosine", embedding=embedder.embedding(), root=photos, runtime={}).save(
         tmp_path / "idx"
     )
     result = run("query", photos / "photo-0000.jpg", "--index", tmp_path / "idx")
     assert result.exit_code == 4 and "no results" in result.output
+    for command in (["eval"], ["dupes", "--relative", "0.3"], ["bench", "search", "--out", tmp_path / "b"]):
+        flag = "--from-index" if command[0] == "bench" else "--index"
+        result = run(*command, flag, tmp_path / "idx")
+        assert result.exit_code == 4 and "is empty" in result.output, (command, result.output)
+    small = Store.create(dim=2048, metric="cosine", embedding=embedder.embedding(), root=photos, runtime={})
+    small.add(np.eye(1, 2048, dtype=np.float32), [Entry("photo-0000.jpg", 1, 1)])
+    small.save(tmp_path / "one")
+    result = run("bench", "search", "--from-index", tmp_path / "one", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "holds 1 rows; --from-index needs at least 100" in result.output, result.output
+    assert not (tmp_path / "b").exists()
 
 
 def test_bad_config_exits_2(tmp_path, photos):

@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -105,8 +106,14 @@ def test_uploads_find_their_originals_one_or_several_per_request(client):
     ]
     both = client.post("/search", files=files, data={"k": "2"}).json()["results"]
     assert [r[0]["path"] for r in both] == ["photo-0007.jpg", "photo-0002.jpg"]
-    filtered = client.post("/search", files=files[:1], data={"k": "12", "min_score": "2"}).json()["results"]
-    assert filtered == [[]]  # no cosine reaches 2
+    everything = client.post("/search", files=files[:1], data={"k": "12"}).json()["results"][0]
+    cut = everything[2]["score"]  # random weights: near ties are possible, so compare with what reaches the cut
+    filtered = client.post("/search", files=files[:1], data={"k": "12", "min_score": str(cut)}).json()["results"]
+    assert filtered == [[h for h in everything if h["score"] >= cut]] and len(filtered[0]) >= 3
+    by_id = client.get("/search", params={"id": 7, "k": 12}).json()["results"][0]
+    cut = by_id[3]["score"]
+    filtered = client.get("/search", params={"id": 7, "k": 12, "min_score": cut}).json()["results"]
+    assert filtered == [[h for h in by_id if h["score"] >= cut]] and len(filtered[0]) >= 4
 
 
 def test_bad_requests_get_clear_json_errors(client):
@@ -116,9 +123,13 @@ def test_bad_requests_get_clear_json_errors(client):
         "bomb": (client.post("/search", files={"files": ("b.png", png_header_only(40000, 40000))}), 413),
         "k=0": (client.get("/search", params={"id": 1, "k": 0}), 422),
         "k too big": (client.get("/search", params={"id": 1, "k": 10_000}), 422),
-        "no such id": (client.get("/search", params={"id": 999}), 400),
+        "no such id": (client.get("/search", params={"id": 999}), 404),
         "no files": (client.post("/search", data={"k": "3"}), 422),
     }
+    for bad in ("2", "-1.5", "nan", "inf", "-inf", "high"):  # BAD_INPUTS 53: the same on every route
+        upload = {"files": ("q.jpg", jpeg(photo(1)))}
+        cases[f"GET min_score={bad}"] = (client.get("/search", params={"id": 1, "min_score": bad}), 422)
+        cases[f"POST min_score={bad}"] = (client.post("/search", files=upload, data={"min_score": bad}), 422)
     for name, (response, status) in cases.items():
         assert response.status_code == status, (name, response.text)
         assert "detail" in response.json(), name
@@ -345,3 +356,21 @@ def test_query_with_server_sends_more_images_than_one_request_takes_in_several(i
         results = query_server(str(c.base_url), sorted(tmp_path.glob("q*.jpg")), 3)
     assert [r.hits[0].path for r in results] == [f"photo-{seed:04d}.jpg" for seed in range(5)]
     assert [r.query.name for r in results] == [f"q{seed}.jpg" for seed in range(5)]
+
+
+def test_an_index_deleted_under_the_server_answers_503_and_health_says_so_until_an_ingest(tmp_path, embedder):
+    """BAD_INPUTS 54."""
+    folder = tmp_path / "photos"
+    write_photos(folder, 4, seed=900)
+    settings = Settings(index=tmp_path / "index", weights="none")
+    ingest(folder, settings, embedder=embedder)
+    with serving(Searcher(settings, lambda _: embedder)) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        shutil.rmtree(settings.index)
+        gone = [c.get("/search", params={"id": 0}), c.get("/info"), c.get("/thumbnails/0"), c.get("/health")]
+        assert [r.status_code for r in gone] == [503] * 4, [r.text for r in gone]
+        assert all("no index in" in r.json()["detail"] for r in gone)
+        assert gone[-1].json()["status"] == "unavailable"
+        ingest(folder, settings, embedder=embedder)
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/search", params={"id": 0}).status_code == 200
