@@ -188,7 +188,8 @@ def ingest(
         typer.echo(f"embedded on {len(report.nodes)} Ray nodes: {spread}")
     if report.skipped:
         typer.echo(f"Skipped {len(report.skipped)}: {report.reasons()}. Details: {printable(report.error_report)}")
-    _warn(report.warning)
+    for warning in report.warnings:
+        _warn(warning)
 
 
 def _warn(warning: str | None) -> None:
@@ -324,6 +325,8 @@ def _int8_summary(int8: dict[str, Any] | None) -> str | None:
         parts.append(
             f"gate {'passed' if gate['passed'] else 'failed'}: min cosine to fp32 {gate['min_cosine']:.5f} "
             f"(at least {gate['threshold']}), {gate['copies_kept']} of {gate['copies']} copies still at rank 1"
+            + (f" (at most {gate['max_lost']:.1%} may be lost)" if "max_lost" in gate else "")
+            + (f", {gate['held_out']} held-out images (at least {gate['min_held_out']})" if "held_out" in gate else "")
         )
     if int8.get("calibration"):
         parts.append(f"calibration sample {int8['calibration']}")
@@ -509,7 +512,7 @@ def evaluate(
     truth: Annotated[
         Path | None,
         typer.Option(
-            help="Ground truth, JSON {query: [relevant, ...]} or CSV query,relevant; without it, changed copies "
+            help="Ground truth, JSON {query: \\[relevant, ...]} or CSV query,relevant; without it, changed copies "
             "of a sample of the indexed images are the queries.",
             exists=True,
             dir_okay=False,

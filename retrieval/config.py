@@ -50,6 +50,8 @@ class Settings:
     engine: str = "openvino"
     precision: str = "auto"
     int8_min_cosine: float = 0.999
+    int8_max_lost: float = 0.01
+    int8_min_held_out: int = 20
     calibration_images: int = 300
     decode_threads: int = 0  # 0: decode_threads_for() decides, by cores and precision
     checkpoint_every: int = 1000
@@ -85,6 +87,10 @@ class Settings:
             raise ConfigError("vgg16's fc1 features have no pooling to choose: leave pooling at avg for vgg16")
         if not 0 < self.int8_min_cosine <= 1:
             raise ConfigError(f"int8_min_cosine must be in (0, 1], not {self.int8_min_cosine}")
+        if not 0 <= self.int8_max_lost < 1:
+            raise ConfigError(f"int8_max_lost is a fraction of the copies, in [0, 1), not {self.int8_max_lost}")
+        if self.int8_min_held_out < 1:
+            raise ConfigError(f"int8_min_held_out must be at least 1, not {self.int8_min_held_out}")
         if self.engine == "tensorflow" and self.precision == "int8":
             raise ConfigError("precision int8 runs on the openvino engine only; use engine: openvino")
         if not 0 < self.recall_target <= 1:

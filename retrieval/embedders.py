@@ -63,6 +63,7 @@ def create_embedder(
     spec = spec_for(settings.model)
     if settings.engine == "openvino":
         from .openvino_engine import OpenVinoEmbedder
+        from .quantize import GateRule
 
         return OpenVinoEmbedder(
             spec,
@@ -72,7 +73,7 @@ def create_embedder(
             pooling_for(settings),
             calibration=calibration,
             calibrated=calibrated,
-            min_cosine=settings.int8_min_cosine,
+            gate=GateRule(settings.int8_min_cosine, settings.int8_max_lost, settings.int8_min_held_out),
         )
     from .tensorflow_engine import KerasEmbedder
 

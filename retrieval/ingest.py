@@ -66,7 +66,8 @@ class IngestReport:
     worker_runtime: dict[str, Any] = field(default_factory=dict)  # engine, precision of Ray's actors
     model_seconds: float = 0.0  # spent loading (or, once, converting) the model
     skipped: list[Skipped] = field(default_factory=list)
-    warning: str | None = None  # about the saved index's search (store.warning), e.g. recall below target
+    # printed after the summary: int8 asked for and not used, the saved index's recall below target (store.warning)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def error_report(self) -> Path:
@@ -215,22 +216,34 @@ def ingest(
         executor = _executor(settings, model, decode)
         vectors = embed(the_plan, executor, checkpoints, report, settings.checkpoint_every, progress)
         write_error_report(settings.index, report.skipped)
+        runtime = model.runtime(previous, report.worker_runtime)
         store = commit(
             previous,
             the_plan,
             vectors,
             settings,
             embedding=model.embedding,
-            runtime=model.runtime(previous, report.worker_runtime),
+            runtime=runtime,
             listing_count=len(listing.paths),
             report=report,
         )
         checkpoints.clear()
     report.indexed = store.count
-    report.warning = warning(store.meta)
+    report.warnings = [w for w in (_int8_refused(settings, report.embedded, runtime), warning(store.meta)) if w]
     report.model_seconds = model.load_seconds + model.calibration_seconds
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _int8_refused(settings: Settings, embedded: int, runtime: dict[str, Any]) -> str | None:
+    """Why `precision: int8`, asked for, did not embed this run's images (the gate's reason, say), else None."""
+    if settings.precision != "int8" or not embedded or runtime.get("precision") == "int8":
+        return None
+    if settings.executor == "ray":
+        why = "a Ray run embeds in the float precision auto picks"
+    else:
+        why = (runtime.get("int8") or {}).get("fallback", f"embedded in {runtime.get('precision')}")
+    return f"precision int8 was asked for and not used: {why} (`retrieval info` shows the gate's figures)"
 
 
 def _executor(settings: Settings, model: _LazyEmbedder, decode: Decoder) -> Executor:

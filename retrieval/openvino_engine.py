@@ -28,7 +28,7 @@ from .backbones import (
     keras_cache_file,
     weights_fingerprint,
 )
-from .quantize import Calibration, cached, fidelity, int8_capable, quantized
+from .quantize import DEFAULT_GATE, Calibration, GateRule, cached, fidelity, int8_capable, quantized
 from .system import package_version, resolve_precision
 
 
@@ -62,7 +62,7 @@ class OpenVinoEmbedder:
         *,
         calibration: Calibration | None = None,
         calibrated: str | None = None,
-        min_cosine: float = 0.999,
+        gate: GateRule = DEFAULT_GATE,
     ) -> None:
         import openvino as ov
 
@@ -80,8 +80,9 @@ class OpenVinoEmbedder:
         self._precision = resolve_precision("auto" if precision == "int8" else precision, self._native_bf16)
         self._int8: dict[str, Any] | None = None
         self._request = self._compile(self._model, self._precision)
-        if precision == "int8" or (precision == "auto" and int8_capable() and (calibration or calibrated)):
-            self._try_int8(calibration, calibrated, min_cosine)
+        # an int8 index's queries use its int8 model on any CPU: the same vectors as the index, if not the speed
+        if precision == "int8" or (precision == "auto" and (calibrated or (calibration and int8_capable()))):
+            self._try_int8(calibration, calibrated, gate)
 
     def _compile(self, xml: Path, precision: str) -> Any:
         model = self._core.read_model(xml)
@@ -92,15 +93,13 @@ class OpenVinoEmbedder:
         hints = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": floating}
         return self._core.compile_model(model, "CPU", hints).create_infer_request()
 
-    def _try_int8(self, calibration: Calibration | None, calibrated: str | None, min_cosine: float) -> None:
+    def _try_int8(self, calibration: Calibration | None, calibrated: str | None, rule: GateRule) -> None:
         """Switch to the int8 model if there is one for this collection and it passes the gate; otherwise
         keep the float precision and record why."""
         if calibration is not None:
             candidate = self._compile(quantized(self._model, calibration, caffe_preprocess), "int8")
             reference = self._compile(self._model, "fp32")
-            gate = fidelity(
-                partial(self._run, reference), partial(self._run, candidate), calibration.held_out, min_cosine
-            )
+            gate = fidelity(partial(self._run, reference), partial(self._run, candidate), calibration.held_out, rule)
             self._int8 = {"calibration": calibration.digest, "gate": gate.record()}
             if gate.passed:
                 self._request, self._precision = candidate, "int8"

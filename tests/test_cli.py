@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -268,3 +269,9 @@ def test_a_damaged_current_pointer_is_a_corrupt_index_for_every_command_and_inge
     assert rebuilt.exit_code == 0 and "Indexed 12 images" in rebuilt.output, rebuilt.output
     found = run("query", photos / "photo-0003.jpg", "--index", index, "-k", "1")
     assert found.exit_code == 0 and found.output.splitlines()[1].endswith("photo-0003.jpg"), found.output
+
+
+def test_the_help_shows_the_truth_files_format_with_its_brackets():
+    """Rich reads `[...]` as markup and ate `[relevant, ...]` from the help."""
+    shown = " ".join(re.sub(r"[│╭╮╰╯─]", " ", run("eval", "--help").output).split())
+    assert "JSON {query: [relevant, ...]} or CSV query,relevant" in shown, shown

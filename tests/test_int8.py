@@ -15,7 +15,7 @@ from retrieval.backbones import spec_for
 from retrieval.config import Settings
 from retrieval.ingest import Plan, _LazyEmbedder, ingest
 from retrieval.openvino_engine import OpenVinoEmbedder
-from retrieval.quantize import Calibration, cached, calibration_sample, int8_capable
+from retrieval.quantize import Calibration, Gate, GateRule, cached, calibration_sample, int8_capable
 from retrieval.search import Searcher
 from retrieval.store import Entry, Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
@@ -24,6 +24,9 @@ from .test_embedders import cosines
 
 RESNET = spec_for("resnet50")
 PHOTOS = 30
+# The gate judges on the 6 images held out of 30 (a fifth): below the default minimum of 20, which a
+# test of the gate's own refusal shows; the others state the smaller sample they trust.
+SMALL_SAMPLE = GateRule(min_held_out=PHOTOS // 5)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def calibration(collection) -> Calibration:
 
 @pytest.fixture(scope="module")
 def int8(calibration) -> OpenVinoEmbedder:
-    return OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration)
+    return OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration, gate=SMALL_SAMPLE)
 
 
 def test_int8_vectors_match_fp32_and_the_gate_records_it(int8, calibration):
@@ -67,10 +70,44 @@ def test_the_sample_is_seeded_and_holds_images_out(collection, calibration):
 
 
 def test_the_gate_falls_back_when_forced_to_fail(int8, calibration):
-    strict = OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration, min_cosine=1.0)
+    rule = GateRule(min_cosine=1.0, min_held_out=PHOTOS // 5)
+    strict = OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration, gate=rule)
     runtime = strict.runtime()
     assert runtime["precision"] in ("bf16", "fp32")
     assert runtime["int8"]["gate"]["passed"] is False and "cosine" in runtime["int8"]["fallback"]
+
+
+def test_the_default_gate_refuses_to_judge_on_too_few_held_out_images(int8, calibration):
+    refused = OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration).runtime()
+    assert refused["precision"] in ("bf16", "fp32")
+    gate = refused["int8"]["gate"]
+    assert (gate["held_out"], gate["min_held_out"], gate["passed"]) == (6, 20, False)
+    assert "6 held-out images, fewer than the 20" in refused["int8"]["fallback"]
+
+
+@pytest.mark.parametrize(("kept", "passed"), [(164, True), (163, True), (162, False)])
+def test_the_gate_tolerates_losing_a_stated_fraction_of_the_copies(kept, passed):
+    """The case that refused int8 before: 1 of 164 copies lost (1 allowed at 1 %: floor(1.64)), cosine 0.99964."""
+    gate = Gate(min_cosine=0.99964, held_out=60, copies=164, copies_kept=kept, rule=GateRule())
+    assert gate.passed is passed and gate.allowed_lost == 1
+    assert (
+        passed
+        or gate.reason == "int8 lost 2 of 164 copies fp32 finds at rank 1 (at most 1 allowed: int8_max_lost 0.01)"
+    )
+    assert gate.record()["passed"] is passed and gate.record()["max_lost"] == 0.01
+
+
+def test_an_ingest_that_asked_for_int8_and_did_not_get_it_says_so(tmp_path, collection, int8):
+    """The calibration sample is the fixture's (same files, same seed): its quantized model is cached."""
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    args = ["ingest", str(collection), "--index", str(tmp_path / "i"), "--weights", "none", "--precision", "int8"]
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "warning: precision int8 was asked for and not used: the gate had 6 held-out images" in result.output
+    assert Store.load(tmp_path / "i").meta["runtime"]["precision"] in ("bf16", "fp32")
 
 
 def test_the_quantized_model_is_cached_and_keyed_by_model_and_sample(int8, calibration, monkeypatch):
@@ -112,7 +149,9 @@ def test_auto_quantizes_only_big_runs_on_cpus_with_integer_dot_products(monkeypa
 
 
 def test_an_int8_index_finds_near_duplicates_with_its_int8_model_and_in_fp32(tmp_path, collection, int8):
-    settings = Settings(index=tmp_path / "index", weights="none", precision="int8", calibration_images=PHOTOS)
+    settings = Settings(
+        index=tmp_path / "index", weights="none", precision="int8", calibration_images=PHOTOS, int8_min_held_out=6
+    )
     ingest(collection, settings)
     runtime = Store.load(settings.index).meta["runtime"]
     assert runtime["precision"] == "int8" and runtime["int8"]["gate"]["passed"]
