@@ -151,9 +151,17 @@ def start_on_cluster(
 
 
 def actor_pids() -> list[int]:
-    """The processes of Ray Data's embedding actors (their process title names the map function)."""
-    found = subprocess.run(["pgrep", "-f", "MapBatches\\(_EmbedBatch\\)"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
+    """The processes of Ray Data's embedding actors (their process title names the map function), read
+    from /proc: no tool of the system's."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if b"MapBatches(_EmbedBatch)" in title:
+            pids.append(int(entry.name))
+    return pids
 
 
 def test_on_two_nodes_the_work_spreads_a_killed_worker_is_retried_and_the_index_equals_a_local_one(tmp_path, cluster):
