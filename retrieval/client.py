@@ -45,7 +45,12 @@ def query_server(
         try:
             results += [
                 QueryResult(
-                    image, root, answer["metric"], [Hit(h["rank"], h["score"], h["path"], h["id"]) for h in hits], True
+                    image,
+                    root,
+                    answer["metric"],
+                    [Hit(h["rank"], h["score"], h["path"], h["id"]) for h in hits],
+                    True,
+                    answer.get("generation"),
                 )
                 for image, hits in zip(chunk, answer["results"], strict=True)
             ]

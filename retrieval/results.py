@@ -32,6 +32,7 @@ class QueryResult:
     metric: str
     hits: list[Hit]
     embedded: bool  # False when the query was already indexed and its stored vector was used
+    generation: str | None = None  # the index generation that answered
 
     def absolute(self, hit: Hit) -> Location:
         return self.root / hit.path

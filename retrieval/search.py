@@ -131,7 +131,7 @@ class Searcher:
                 vectors[chunk] = embedder.embed(pixels)
         found = store.search(vectors, k or self._settings.top_k)
         return [
-            QueryResult(image, store.root, store.metric, _hits(store, pairs), embedded=row is None)
+            QueryResult(image, store.root, store.metric, _hits(store, pairs), row is None, store.generation)
             for image, row, pairs in zip(images, rows, found)
         ]
 

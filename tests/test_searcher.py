@@ -4,11 +4,18 @@ generation a later ingest commits without ever answering from a mix."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from retrieval.config import Settings
 from retrieval.generations import current_generation
+from retrieval.images import load_image
 from retrieval.ingest import ingest
+from retrieval.results import QueryResult
 from retrieval.search import Searcher
+from retrieval.store import Store, normalize
 from retrieval.synthetic import near_duplicates, photo, write_photos
 
 
@@ -51,39 +58,74 @@ def test_refresh_switches_to_a_newer_generation_and_keeps_the_embedder(tmp_path,
     assert len(made) == 1, "the same embedding: the embedder is kept across the switch"
 
 
-def test_threads_querying_during_commits_each_see_one_whole_generation(tmp_path, embedder):
-    """Each answer comes from the store its query started with: every hit's row maps to a path of that
-    generation, and the result has as many hits as that generation could give."""
+class SwitchingMidQuery:
+    """The real embedder, but each time a query has embedded its image, `commit` runs before the vectors are
+    handed back: an ingest commits a new generation and the searcher switches to it, inside the query."""
+
+    def __init__(self, embedder, commit) -> None:
+        self._embedder, self._commit, self.spec = embedder, commit, embedder.spec
+
+    def embedding(self):
+        return self._embedder.embedding()
+
+    def runtime(self):
+        return self._embedder.runtime()
+
+    def embed(self, images):
+        vectors = self._embedder.embed(images)
+        self._commit()
+        return vectors
+
+
+def test_threads_querying_while_switches_land_inside_their_queries_each_get_one_whole_generation(tmp_path, embedder):
+    """Two threads ask 10 queries each; inside every query an ingest commits and the searcher switches (the
+    switches that landed inside a query are counted: at least 20). Each answer names the generation it came
+    from and equals brute force over that generation's vectors: all its rows, each with its exact score."""
     folder = tmp_path / "photos"
     write_photos(folder, 5, seed=600)
     settings = Settings(index=tmp_path / "index", weights="none")
     ingest(folder, settings, embedder=embedder)
-    searcher = Searcher(settings, lambda _: embedder)
-    query = folder / "photo-0000.jpg"
-    failures: list[str] = []
-    answered = [0]
-    done = threading.Event()
+    generations: dict[str, tuple[list[str], np.ndarray]] = {}  # name -> (paths, vectors), saved as committed
+    lock, added = threading.Lock(), [0]
 
-    def ask() -> None:
-        while not done.is_set() and answered[0] < 2000:
+    def remember() -> None:
+        store = Store.load(settings.index)
+        generations[store.generation] = ([e.path for e in store.entries()], store.vectors())
+
+    def commit() -> None:
+        with lock:
+            photo(700 + added[0]).save(folder / f"new-{added[0]:02d}.jpg")
+            added[0] += 1
+            ingest(folder, settings, embedder=embedder, wait=True)
+            remember()
             searcher.refresh()
-            store = searcher.store
-            [result] = searcher.query([query], k=50)
-            paths = {e.path for e in store.entries()}
-            if store is searcher.store and ({h.path for h in result.hits} - paths or len(result.hits) != store.count):
-                failures.append(f"generation {store.generation}: {[h.path for h in result.hits]}")
-            answered[0] += 1
 
-    threads = [threading.Thread(target=ask) for _ in range(2)]
+    remember()
+    searcher = Searcher(settings, lambda _: SwitchingMidQuery(embedder, commit))
+    queries = []
+    for i in range(20):
+        queries.append(tmp_path / f"q{i}.png")
+        near_duplicates(photo(600 + i % 5))["mirrored"].save(queries[-1])
+    answers: list[tuple[QueryResult, str | None]] = []  # (the answer, the generation live once it returned)
+
+    def ask(mine: list[Path]) -> None:
+        for query in mine:
+            [result] = searcher.query([query], k=50)
+            answers.append((result, searcher.generation))
+
+    threads = [threading.Thread(target=ask, args=(queries[i::2],)) for i in range(2)]
     for t in threads:
         t.start()
-    try:
-        for i in range(4):
-            photo(700 + i).save(folder / f"new-{i}.jpg")
-            ingest(folder, settings, embedder=embedder)
-    finally:
-        done.set()
-        for t in threads:
-            t.join(timeout=60)
-    assert failures == [] and answered[0] > 0
-    assert Searcher(settings).store.count == 9
+    for t in threads:
+        t.join(timeout=300)
+    switched_inside = sum(result.generation != after for result, after in answers)
+    assert len(answers) == 20 and switched_inside >= 20, (len(answers), switched_inside)
+    for result, _ in answers:
+        paths, vectors = generations[result.generation]
+        query = normalize(embedder.embed(load_image(result.query, embedder.spec.input_size, 10**8)[None]))[0]
+        exact = dict(zip(paths, (vectors @ query).tolist()))
+        assert sorted(h.path for h in result.hits) == sorted(paths), result.generation
+        for hit in result.hits:
+            assert hit.score == pytest.approx(exact[hit.path], abs=1e-5)
+        assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
+    assert Searcher(settings).store.count == 25
