@@ -97,24 +97,30 @@ def test_top_k_equals_flat_where_exact_and_recall_where_not(kind_and_store, data
 
 
 def test_range_search_finds_the_rows_above_a_threshold_with_exact_scores(kind_and_store, data):
-    """Threshold: each query's exact 10th-best score. Exact kinds return exactly the rows at or above it;
-    approximate ones most of them (as with top-k), never one below it, always best first."""
+    """Threshold: each query's exact 10th-best score. Exact kinds return every row above it; approximate ones
+    most of them (as with top-k); none returns a row below it, and hits come best first. FAISS and numpy sum a
+    2048-d dot product in different orders (AVX2 and AVX-512 differently again), so a row within ROUNDING of
+    the threshold may fall on either side (on real features, which crowd together, one did by 2e-6)."""
     _, store = kind_and_store
     vectors, queries = data
     exact = queries[:20] @ vectors.T
     thresholds = np.sort(exact, axis=1)[:, -10]
     found, wanted = 0, 0
     for q, threshold, scores in zip(queries[:20], thresholds, exact):
-        [hits] = store.range_search(q, float(threshold) - 1e-6)
-        expected = set(np.flatnonzero(scores >= threshold - 1e-6))
+        [hits] = store.range_search(q, float(threshold))
+        above = set(np.flatnonzero(scores >= threshold + ROUNDING).tolist())
+        possible = set(np.flatnonzero(scores >= threshold - ROUNDING).tolist())
         rows = [row for row, _ in hits]
-        assert set(rows) <= expected and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+        assert set(rows) <= possible and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
         for row, score in hits:
             assert score == pytest.approx(float(scores[row]), abs=1e-4)
         if store.capabilities.exact:
-            assert set(rows) == expected
-        found, wanted = found + len(rows), wanted + len(expected)
+            assert above <= set(rows)
+        found, wanted = found + len(set(rows) & above), wanted + len(above)
     assert found / wanted >= 0.85
+
+
+ROUNDING = 1e-5  # float32 dot products of unit 2048-d vectors, summed in different orders
 
 
 def test_each_kind_declares_whether_it_is_exact(kind_and_store):
