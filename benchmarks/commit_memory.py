@@ -64,7 +64,7 @@ def commit_child(index: Path, kind: str) -> dict:
         done = time.perf_counter()
     return {
         "rows": store.count,
-        "factory": store.meta["index"]["factory"],
+        "factory": store.record.index["factory"],
         "load_pieces_s": loaded - began,
         "commit_s": done - loaded,
         "peak_anon_mb": peak.anon / 1024,

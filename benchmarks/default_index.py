@@ -60,7 +60,7 @@ def main() -> None:
     recall = np.mean([len({r for r, _ in d} & {r for r, _ in e}) / 10 for d, e in zip(default_hits, exact_hits)])
     same_first = sum(d[0][0] == e[0][0] for d, e in zip(default_hits, exact_hits))
     original_first = sum(store.entry(d[0][0]).path == name for d, name in zip(default_hits, names))
-    facts = store.meta["index"]
+    facts = store.record.index
     result = {
         "machine": machine(),
         "count": count,

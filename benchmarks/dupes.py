@@ -225,7 +225,7 @@ def main() -> None:
         for pooling, rules in RULES.items():
             settings = Settings(index=Path(tmp) / f"index-{pooling}", weights="none", pooling=pooling)
             ingest(folder, settings, embedder=create_embedder(settings))
-            result["small"]["index"] = Store.load(settings.index).meta["index"]["factory"]
+            result["small"]["index"] = Store.load(settings.index).record.index["factory"]
             for label, rule in rules.items():
                 answer = in_child(by_index, str(folder), str(settings.index), rule)
                 method = f"dupes, {pooling} pooling, {label}"
@@ -242,7 +242,7 @@ def main() -> None:
         started = time.perf_counter()
         index = large(100_000, 1_000, Path(tmp) / "large")
         result["large"]["build_seconds"] = time.perf_counter() - started
-        result["large"]["index"] = Store.load(index).meta["index"]["factory"]
+        result["large"]["index"] = Store.load(index).record.index["factory"]
         answer = in_child(by_index, "", str(index), {"relative": 0.3})
         labels = answer.pop("labels")
         copies = [n for n in labels if n.endswith("-copy.jpg")]

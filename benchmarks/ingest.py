@@ -187,7 +187,7 @@ def _pipeline(
         started = time.perf_counter()
         report = ingest(folder, settings, embedder=embedder, decode=decode)
         seconds = time.perf_counter() - started
-        runtime = embedder.runtime() if embedder else Store.load(settings.index).meta["runtime"]
+        runtime = embedder.runtime() if embedder else Store.load(settings.index).record.runtime
     return {
         "images": report.indexed,
         "seconds": seconds,

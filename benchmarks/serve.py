@@ -201,7 +201,7 @@ def main() -> None:
     result = {
         "machine": machine(),
         "count": count,
-        "index": Store.load(index).meta["index"]["factory"],
+        "index": Store.load(index).record.index["factory"],
         "rows": rows,
         "precision": precision,
         "forward_img_per_s": forward,

@@ -120,8 +120,8 @@ def commit_child(index: Path, pool: Path, start: int, add: int, delete: int, see
             plan,
             embedded,
             settings_for(index),
-            embedding=store.meta["embedding"],
-            runtime=store.meta["runtime"],
+            embedding=store.record.embedding,
+            runtime=store.record.runtime,
             listing_count=len(entries),
             report=IngestReport(index),
         )
@@ -163,7 +163,7 @@ def compact_child(index: Path) -> dict:
         "merged": done.segments,
         "new_file_bytes": new_files_bytes(current_generation(index)),
         "peak_anon_mb": peak.anon / 1024,
-        "recall_at_10_recorded": store.meta["index"].get("recall_at_10"),
+        "recall_at_10_recorded": store.record.index.get("recall_at_10"),
     }
 
 

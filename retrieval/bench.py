@@ -24,8 +24,9 @@ from .ann import IndexChoice, VectorIndex, describe, omp_threads, overlap
 from .durable import write_atomically, write_text_atomically
 from .errors import EmptyIndex, UsageError
 from .manifest import Entry, Manifest
+from .record import IndexRecord
 from .segments import Segment
-from .store import FORMAT_VERSION, Store
+from .store import Store
 from .synthetic import feature_vectors
 from .system import machine, memory_bytes
 
@@ -158,8 +159,8 @@ def measure_set(
 
 def searchable(index: VectorIndex, entries: Manifest, description: dict[str, Any]) -> Store:
     """A Store around a benchmark's index, so that the project's own search path can be timed on it."""
-    meta = {"metric": "cosine", "format_version": FORMAT_VERSION, "root": "/", "dim": index.dim, "index": description}
-    return Store([Segment("bench", index, entries, description)], meta)
+    record = IndexRecord(index.dim, "cosine", "/", embedding={}, runtime={}, index=description)
+    return Store([Segment("bench", index, entries, description)], record)
 
 
 def _latency(index: faiss.Index, store: Store, queries: np.ndarray) -> dict[str, float]:

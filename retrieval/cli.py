@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from .dupes import Group, Move
     from .ingest import ProgressCallback
+    from .record import IndexRecord
 
 # The library is imported inside each command, not here: `retrieval query --server` and `--help` then
 # start without numpy, Pillow or FAISS, in the time of a small client. Rich (messages and progress bars on
@@ -273,34 +274,34 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
     """Describe the index: size, model, weights, metric, when it was built."""
     settings = _settings(config, index=index)
     with _reported():
-        from . import store
+        from .record import live_record
+        from .store import disk_size
 
-        meta = store.live_meta(settings.index)
-        size = store.disk_size(settings.index)
-    embedding = meta["embedding"]
+        record = live_record(settings.index)
+        size = disk_size(settings.index)
     facts = {
         "index": str(settings.index),
-        "count": meta["count"],
-        "model": embedding.get("model"),
-        "weights": embedding.get("weights"),
-        "dim": meta["dim"],
-        "metric": meta["metric"],
-        "precision": meta.get("runtime", {}).get("precision"),
-        "int8": _int8_summary(meta.get("runtime", {}).get("int8")),
-        "index_type": meta["index"]["factory"],
-        "segments": _segments_summary(meta.get("segments")),
-        "recall_at_10": meta["index"].get("recall_at_10"),
-        "recall_target": meta["index"].get("recall_target"),
-        "warning": store.warning(meta),
+        "count": record.count,
+        "model": record.model,
+        "weights": record.weights,
+        "dim": record.dim,
+        "metric": record.metric,
+        "precision": record.precision,
+        "int8": _int8_summary(record.int8),
+        "index_type": record.factory,
+        "segments": _segments_summary(record),
+        "recall_at_10": record.recall_at_10,
+        "recall_target": record.recall_target,
+        "warning": record.warning(),
         "bytes_on_disk": size,
-        "created": meta.get("created"),
-        "root": meta["root"],
-        "format_version": meta["format_version"],
+        "created": record.created,
+        "root": record.root,
+        "format_version": record.format_version,
     }
     if as_json:
         _echo_json(facts)
         return
-    facts["weights"] = " ".join(f"{k}={v}" for k, v in embedding.get("weights", {}).items())
+    facts["weights"] = " ".join(f"{k}={v}" for k, v in record.weights.items())
     facts["bytes_on_disk"] = f"{size / 2**20:.1f} MiB"
     for key, value in facts.items():
         if value is not None and key != "warning":
@@ -308,12 +309,11 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
     _warn(facts["warning"])
 
 
-def _segments_summary(segments: list[dict[str, Any]] | None) -> str:
+def _segments_summary(record: IndexRecord) -> str:
     """How many segments hold the rows, and how many rows are marked deleted (`compact` drops them)."""
-    if not segments:
+    if not record.segments:
         return "1 (format 5 or older: moved into a segment by the next change, or by `retrieval compact`)"
-    deleted = sum(s["deleted"] for s in segments)
-    return f"{len(segments)}, {deleted} rows marked deleted"
+    return f"{len(record.segments)}, {record.deleted} rows marked deleted"
 
 
 def _int8_summary(int8: dict[str, Any] | None) -> str | None:
@@ -372,7 +372,6 @@ def compact(index: IndexOption = None, wait: WaitOption = False, config: ConfigO
     settings = _settings(config, index=index)
     with _reported():
         from .ingest import compact as run_compact
-        from .store import warning
 
         done = run_compact(settings.index, wait=wait)
     where, count = printable(settings.index), done.store.count
@@ -384,14 +383,15 @@ def compact(index: IndexOption = None, wait: WaitOption = False, config: ConfigO
         typer.echo(f"{where}: saved in the current layout (one segment, files linked); {count} vectors")
     else:
         typer.echo(f"{where}: already one segment with no deleted rows; nothing written")
-    _warn(warning(done.store.meta))
+    _warn(done.store.record.warning())
 
 
 @app.command()
 def dupes(
     index: IndexOption = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Cosine at which two images are duplicates (default 0.95 without --relative).")
+        float | None,
+        typer.Option(help="Cosine at which two images are duplicates (default 0.95 without --relative)."),
     ] = None,
     relative: Annotated[
         float | None,
@@ -429,17 +429,9 @@ def dupes(
         from . import dupes as found_dupes
         from .store import Store
 
-        rule = found_dupes.Rule(
-            threshold=0.95 if threshold is None and relative is None else threshold,
-            relative=relative,
-            neighbours=neighbours,
-        )
         store = Store.load(settings.index)
-        if store.meta["embedding"]["weights"].get("source") == "random" and threshold is relative is None:
-            _warn(
-                "this index was built with random weights, where almost every pair of images scores about 0.99: "
-                "the default --threshold 0.95 groups unrelated pictures; use --relative (e.g. 0.3)"
-            )
+        rule, caveat = found_dupes.rule_for(store.record, threshold, relative, neighbours)
+        _warn(caveat)
         groups = found_dupes.find_groups(store, rule, tuple(k.strip() for k in keep.split(",") if k.strip()))
         moves = found_dupes.plan_moves(groups, store.root, move_to) if move_to else []
         # drawn before anything moves: the collages show the extras where they were found

@@ -34,6 +34,7 @@ from PIL import Image
 from .errors import EmptyIndex, IndexMismatch, UsageError
 from .images import decoders
 from .lock import IndexLock
+from .record import IndexRecord
 from .results import as_cosine
 from .sources import Location, open_regular
 from .store import Store
@@ -75,6 +76,26 @@ class Rule:
             reference = 1.0 - cosines[-1]
             keep &= (1.0 - cosines) <= self.relative * reference
         return keep
+
+
+DEFAULT_THRESHOLD = 0.95
+
+
+def rule_for(
+    record: IndexRecord, threshold: float | None, relative: float | None, neighbours: int = 32
+) -> tuple[Rule, str | None]:
+    """The rule asked for, with DEFAULT_THRESHOLD where neither cut-off is given, and what a user should know
+    of it: on an index of random weights every pair scores about 0.99, so that default groups unrelated
+    pictures."""
+    if threshold is not None or relative is not None:
+        return Rule(threshold, relative, neighbours), None
+    caveat = None
+    if record.random_weights:
+        caveat = (
+            "this index was built with random weights, where almost every pair of images scores about 0.99: "
+            f"the default --threshold {DEFAULT_THRESHOLD} groups unrelated pictures; use --relative (e.g. 0.3)"
+        )
+    return Rule(DEFAULT_THRESHOLD, None, neighbours), caveat
 
 
 @dataclass(frozen=True)

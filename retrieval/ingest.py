@@ -40,7 +40,7 @@ from .files import Skipped, list_images, sha256_file
 from .images import load_image
 from .lock import IndexLock
 from .sources import Facts, Location, location
-from .store import Entry, Store, assembled, normalize, warning
+from .store import Entry, Store, assembled, normalize
 from .system import package_version
 
 ERROR_REPORT = "errors.jsonl"
@@ -66,7 +66,7 @@ class IngestReport:
     worker_runtime: dict[str, Any] = field(default_factory=dict)  # engine, precision of Ray's actors
     model_seconds: float = 0.0  # spent loading (or, once, converting) the model
     skipped: list[Skipped] = field(default_factory=list)
-    # printed after the summary: int8 asked for and not used, the saved index's recall below target (store.warning)
+    # printed after the summary: int8 asked for and not used, the saved index's recall below target (its record's)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -229,7 +229,7 @@ def ingest(
         )
         checkpoints.clear()
     report.indexed = store.count
-    report.warnings = [w for w in (_int8_refused(settings, report.embedded, runtime), warning(store.meta)) if w]
+    report.warnings = [w for w in (_int8_refused(settings, report.embedded, runtime), store.record.warning()) if w]
     report.model_seconds = model.load_seconds + model.calibration_seconds
     report.seconds = time.perf_counter() - started
     return report
@@ -346,7 +346,7 @@ def commit(
         )
     kind = index_choice(settings)
     requested = {**asdict(kind), "recall_target": settings.recall_target, "memory_budget_gb": settings.memory_budget_gb}
-    if previous is not None and not previous.stale and previous.requested_kind == requested:
+    if previous is not None and not previous.stale and previous.record.requested == requested:
         # arrays, not sets: at a million rows this is most of a small commit's time
         rows = np.fromiter(the_plan.kept.values(), np.int64, len(the_plan.kept))
         if the_plan.moved:
@@ -416,7 +416,7 @@ def compact(index: Path, *, wait: bool = False) -> Compaction:
     with IndexLock(index, wait=wait, existing=True):
         store = Store.load(index)
         segments, deleted = len(store.segments), sum(s["deleted"] for s in store.segments)
-        if segments == 1 and not deleted and "segments" in store.meta:
+        if segments == 1 and not deleted and store.record.segments is not None:
             return Compaction(segments, deleted, False, store)
         if segments > 1 or deleted:
             store.merge(everything=True)
@@ -464,7 +464,7 @@ class _LazyEmbedder:
             or settings.precision not in ("auto", "int8")
         ):
             return
-        calibrated = quantize.recorded_calibration(previous.meta.get("runtime", {})) if previous else None
+        calibrated = previous.record.calibration if previous else None
         if calibrated:
             self._int8 = {"calibrated": calibrated}
             return
@@ -492,7 +492,7 @@ class _LazyEmbedder:
         the vectors if none ran."""
         here = self._embedder.runtime() if self._embedder else workers
         if not here and previous is not None:
-            return previous.meta.get("runtime", {})
+            return previous.record.runtime
         versions = {n: v for n in ("retrieval", "pillow", "numpy", "faiss-cpu") if (v := package_version(n))}
         return {**here, **versions}
 

@@ -41,14 +41,6 @@ HELD_OUT = 60
 INT8_MIN_IMAGES = 1000  # `precision: auto` quantizes only runs embedding at least this many images
 
 
-def recorded_calibration(runtime: dict[str, Any]) -> str | None:
-    """The calibration sample digest of an index embedded in int8 (its `runtime` record), else None: an
-    update of that index and its queries use the int8 model cached under it."""
-    if runtime.get("precision") != "int8":
-        return None
-    return (runtime.get("int8") or {}).get("calibration")
-
-
 def int8_capable() -> bool:
     """Whether this CPU has integer dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), without which
     int8 runs no faster than bf16."""

@@ -16,7 +16,6 @@ from .config import Settings
 from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex, ImageError, NoSuchImage
 from .images import load_image
-from .quantize import recorded_calibration
 from .results import Hit, QueryResult, as_cosine
 from .store import Store, current_generation
 
@@ -63,7 +62,7 @@ class Searcher:
             return False
         store = Store.load(self._settings.index)
         with self._lock:
-            same = identity(store.meta["embedding"]) == identity(self._store.meta["embedding"])
+            same = identity(store.record.embedding) == identity(self._store.record.embedding)
             if self._embedder is not None and not same:
                 self._embedder = None
             self._store = store
@@ -75,7 +74,7 @@ class Searcher:
         with self._lock:
             if self._embedder is None:
                 store = self._store
-                recorded = store.meta["embedding"]
+                recorded = store.record.embedding
                 weights, seed = weights_setting(recorded)
                 pooling = Pooling.from_output(recorded["output"])
                 settings = replace(
@@ -147,7 +146,7 @@ def _query_pixels(image: Path, size: tuple[int, int], max_pixels: int) -> np.nda
 def _int8_model(store: Store, settings: Settings) -> dict[str, str]:
     """create_embedder's `calibrated` for an index embedded in int8, unless the settings ask for a float
     precision: its queries then embed with the same int8 model where it is cached."""
-    calibration = recorded_calibration(store.meta.get("runtime", {}))
+    calibration = store.record.calibration
     wanted = settings.engine == "openvino" and settings.precision in ("auto", "int8")
     return {"calibrated": calibration} if wanted and calibration else {}
 

@@ -34,7 +34,7 @@ from .errors import EmptyIndex, ImageError, NoSuchImage, RetrievalError, ServerE
 from .images import load_image_bytes, load_thumbnail
 from .search import Hit, Searcher
 from .sources import ArrowPath
-from .store import Store, warning
+from .store import Store
 
 STATIC = Path(__file__).parent / "static"
 
@@ -240,16 +240,16 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
 
     @app.get("/info", dependencies=guarded)
     async def info(s: Fresh) -> InfoOut:
-        meta = s.store.meta
+        record = s.store.record
         return InfoOut(
             count=s.store.count,
             root=str(s.store.root),
-            model=meta["embedding"]["model"],
-            weights=meta["embedding"]["weights"],
-            metric=meta["metric"],
-            index_type=meta["index"]["factory"],
-            recall_at_10=meta["index"].get("recall_at_10"),
-            warning=warning(meta),
+            model=record.model,
+            weights=record.weights,
+            metric=record.metric,
+            index_type=record.factory,
+            recall_at_10=record.recall_at_10,
+            warning=record.warning(),
             generation=s.generation,
             max_files=options.max_files,
         )

@@ -52,20 +52,12 @@ from .files import sha256_file
 from .generations import corrupt, current_generation, on_live_generation, publish
 from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
+from .record import FORMAT_VERSION, META, IndexRecord, SegmentRecord, read_record, write_record
 from .segments import NO_ROWS, SCAN_BELOW, Hits, Searcher, Segment, build_scan, merges_due, searchers
-from .sources import Location, location, recorded
+from .sources import Location, recorded
 
-FORMAT = "retrieval-index"
-FORMAT_VERSION = 6
-# Versions 5 and 4 differ only in their layout (one segment; version 4's manifest as JSON lines): they load as
-# they are.
-SINGLE_VERSIONS = (5, 4)
-# Version 3 searched approximate kinds by inner product, which misranks real features (see ann.py); its
-# flat indexes are unchanged and load as they are, its approximate ones are rebuilt by the next ingest.
-LEGACY_VERSION = 3
 VECTORS = "vectors.faiss"
 MANIFEST = "manifest.jsonl"  # versions 3 and 4
-META = "meta.json"
 FLAT = IndexChoice("flat")
 # a segment this small is searched exactly even in an approximate index, and finds every neighbour: a
 # flat scan of 1,000 vectors of 2048-d took 0.14 ms here against 0.09 ms for PCA-256 + HNSW32 + re-rank,
@@ -107,9 +99,9 @@ class Store:
     already written, and `save` writes only what is new, linking the rest into the new generation.
     """
 
-    def __init__(self, segments: list[Segment], meta: dict[str, Any], generation: Path | None = None) -> None:
+    def __init__(self, segments: list[Segment], record: IndexRecord, generation: Path | None = None) -> None:
         self._segments = segments
-        self._meta = meta
+        self._record = record
         self._folder = generation  # where the segments with files lie: the generation loaded or last saved
         self._starts = np.cumsum([0] + [s.live for s in segments])
         self._searchers = searchers(segments)
@@ -123,7 +115,7 @@ class Store:
     def stale(self) -> bool:
         """Whether the search structure was built by a definition that has since changed (an approximate
         kind of format version 3): its vectors are sound, its search is not, and ingest rebuilds it."""
-        return self._meta["format_version"] != FORMAT_VERSION
+        return self._record.stale
 
     @classmethod
     def create(
@@ -144,21 +136,9 @@ class Store:
         its vectors arrive."""
         if metric not in _FAISS_METRICS:
             raise UsageError(f"metric must be one of {', '.join(_FAISS_METRICS)}, not {metric!r}")
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "dim": dim,
-            "metric": metric,
-            "root": recorded(root),
-            "embedding": embedding,
-            "runtime": runtime,
-            "index": {
-                "requested": {**asdict(kind), "recall_target": recall_target, "memory_budget_gb": memory_budget_gb},
-                "kind": "flat",
-                "factory": "Flat",
-            },
-        }
-        return cls([], meta)
+        requested = {**asdict(kind), "recall_target": recall_target, "memory_budget_gb": memory_budget_gb}
+        record = IndexRecord(dim, metric, recorded(root), embedding, runtime, index={})
+        return cls([], record.with_index(requested, []))
 
     # --- facts -----------------------------------------------------------------------------------
 
@@ -168,20 +148,22 @@ class Store:
 
     @property
     def dim(self) -> int:
-        return int(self._meta["dim"])
+        return self._record.dim
 
     @property
     def metric(self) -> str:
-        return str(self._meta["metric"])
+        return self._record.metric
 
     @property
     def root(self) -> Location:
         """The ingested folder: a local path, or a sources.ArrowPath for a URI (s3://...)."""
-        return location(self._meta["root"])
+        return self._record.location
 
     @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self._meta)
+    def record(self) -> IndexRecord:
+        """What the index records of itself (record.py); as of the last change, `count` and `files` as of
+        the last save."""
+        return self._record
 
     @property
     def segments(self) -> list[dict[str, Any]]:
@@ -232,16 +214,11 @@ class Store:
             out.append((s, where, self._segments[s].local(rows[where] - self._starts[s])))
         return out
 
-    @property
-    def requested_kind(self) -> dict[str, Any]:
-        """The index kind and parameters asked for (before `auto` decided), to tell whether a setting changed."""
-        return dict(self._meta["index"]["requested"])
-
     def check_embedding(
         self, embedding: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
     ) -> None:
         """Refuse vectors made differently from the stored ones, naming what differs and `remedy`."""
-        stored, embedding = identity(self._meta["embedding"]), identity(embedding)
+        stored, embedding = identity(self._record.embedding), identity(embedding)
         if embedding == stored:
             return
         keys = sorted(k for k in set(stored) | set(embedding) if stored.get(k) != embedding.get(k))
@@ -250,7 +227,7 @@ class Store:
 
     def record_runtime(self, runtime: dict[str, Any]) -> None:
         """Record the engine and versions of the run that last changed the vectors."""
-        self._meta["runtime"] = runtime
+        self._record = replace(self._record, runtime=runtime)
 
     # --- changes ---------------------------------------------------------------------------------
 
@@ -297,7 +274,7 @@ class Store:
         else (or when no scan reaches the recall target) that one's kind and parameters (ann.build_like);
         otherwise, or when the reused parts no longer reach the recall target on `x`, its kind is built
         (trained, for PCA and IVF) and, for auto, chosen and tuned on `x` alone."""
-        requested = self._meta["index"]["requested"]
+        requested = self._record.requested
         metric, target = _FAISS_METRICS[self.metric], requested["recall_target"]
         largest = max(self._segments, key=lambda s: s.live, default=None)
         built = None
@@ -311,8 +288,8 @@ class Store:
         if built is None:
             budget = requested["memory_budget_gb"] * 2**30
             built = ann.build_measured(ann.choice_from(requested), x, metric, target, budget)
-        number = self._meta.get("next_segment", 1)
-        self._meta["next_segment"] = number + 1
+        number = self._record.next_segment
+        self._record = replace(self._record, next_segment=number + 1)
         return Segment(f"seg-{number:06d}", built[0], Manifest.of(entries), built[1])
 
     def _scan_group(self) -> list[Segment]:
@@ -323,7 +300,8 @@ class Store:
     def _changed(self) -> None:
         self._starts = np.cumsum([0] + [s.live for s in self._segments])
         self._searchers = searchers(self._segments)
-        self._meta["index"] = index_facts(self._meta["index"]["requested"], self._segments)
+        live = [(s.live, s.description) for s in self._segments]
+        self._record = self._record.with_index(self._record.requested, live)
 
     @property
     def capabilities(self) -> ann.Capabilities:
@@ -375,7 +353,7 @@ class Store:
         if self.count == 0:
             raise EmptyIndex("the index is empty: no results")
         if self.stale:
-            raise IndexMismatch(f"{warning(self._meta)} (nothing is embedded again); queries are refused until then")
+            raise IndexMismatch(f"{self._record.warning()} (nothing is embedded again); queries are refused until then")
         return q
 
     # --- disk ------------------------------------------------------------------------------------
@@ -389,7 +367,7 @@ class Store:
             final = publish(folder, self._write_generation)
         except (OSError, RuntimeError) as e:  # faiss raises RuntimeError for a failed write
             raise StoreError(f"cannot save the index in {folder} ({e}); the previous index is untouched") from e
-        self._segments, self._meta = self._staged
+        self._segments, self._record = self._staged
         self._folder = final
         return final
 
@@ -405,22 +383,21 @@ class Store:
                 fsync_file(staging / marker)
                 files[marker] = file_facts(staging / marker)
             segments.append(segment)
-        meta = dict(self._meta)
-        meta.update(
+        record = replace(
+            self._record,
             format_version=FORMAT_VERSION,
             count=self.count,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             files=files,
-            segments=[_summary(s) for s in segments],
+            segments=tuple(SegmentRecord(s.name, s.rows, len(s.deleted), s.description) for s in segments),
         )
-        (staging / META).write_text(json.dumps(meta, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
-        fsync_file(staging / META)
-        self._staged = segments, meta  # taken on by `save` once the generation is live
+        write_record(staging, record)
+        self._staged = segments, record  # taken on by `save` once the generation is live
 
     def _place(self, segment: Segment, staging: Path) -> Segment:
         """Put `segment`'s files in the generation being staged: written if new, else hard-linked (or, on a
         file system without hard links, copied). A segment of a format 5 index gets its own folder here."""
-        target = staging / (segment.name or f"seg-{self._meta.get('next_segment', 1):06d}")
+        target = staging / (segment.name or f"seg-{self._record.next_segment:06d}")
         target.mkdir()
         if segment.files is None:
             segment.index.write(target / VECTORS)
@@ -435,7 +412,7 @@ class Store:
             files = segment.files
         fsync_dir(target)
         if not segment.name:
-            self._meta["next_segment"] = self._meta.get("next_segment", 1) + 1
+            self._record = replace(self._record, next_segment=self._record.next_segment + 1)
         return replace(segment, name=target.name, files=files)
 
     @classmethod
@@ -452,22 +429,20 @@ class Store:
     @classmethod
     def _load_generation(cls, generation: Path, *, check_hashes: bool) -> Store:
         folder = generation.parent
-        meta = read_meta(generation)
-        for name, facts in meta["files"].items():
+        record = read_record(generation)
+        for name, facts in record.files.items():
             if (generation / name).stat().st_size != facts.get("bytes"):
                 raise corrupt(folder, f"{name} does not have the size recorded in {META}")
             if check_hashes and sha256_file(generation / name) != facts.get("sha256"):
                 raise corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
-        if "segments" in meta:
-            segments = [_read_segment(generation, s, meta) for s in meta["segments"]]
+        if record.segments is not None:
+            segments = [_read_segment(generation, s, record) for s in record.segments]
         else:  # format 5 or older: one segment, its files in the generation folder itself
-            segments = [_read_segment(generation, {"name": "", "index": meta["index"]}, meta)]
-            if meta["count"] != segments[0].rows:
-                raise corrupt(folder, f"row counts disagree: {meta['count']} in {META}, {segments[0].rows} stored")
+            segments = [_read_segment(generation, SegmentRecord("", record.count, 0, record.index), record)]
         ann.share_pca([s.index for s in segments])
-        store = cls(segments, meta, generation)
-        if store.count != meta["count"]:
-            raise corrupt(folder, f"row counts disagree: {meta['count']} in {META}, {store.count} in its segments")
+        store = cls(segments, record, generation)
+        if store.count != record.count:
+            raise corrupt(folder, f"row counts disagree: {record.count} in {META}, {store.count} in its segments")
         return store
 
 
@@ -475,35 +450,35 @@ DELETED = ".deleted.npy"  # beside a segment's folder: the sorted local rows thi
 SEGMENT_FILES = (VECTORS, *MANIFEST_FILES)
 
 
-def _read_segment(generation: Path, recorded: dict[str, Any], meta: dict[str, Any]) -> Segment:
-    """One segment of a generation, memory-mapped and checked against what `meta` records of it."""
-    folder, name = generation.parent, recorded["name"]
+def _read_segment(generation: Path, recorded: SegmentRecord, record: IndexRecord) -> Segment:
+    """One segment of a generation, memory-mapped and checked against what the record says of it."""
+    folder, name = generation.parent, recorded.name
     where = generation / name
-    choice, metric = ann.choice_from(recorded["index"]), _FAISS_METRICS.get(meta["metric"])
+    choice, metric = ann.choice_from(recorded.index), _FAISS_METRICS.get(record.metric)
     try:
         index = ann.VectorIndex.read(where / VECTORS, choice, metric)
     except RuntimeError as e:
         raise corrupt(folder, f"faiss cannot read {name or '.'}/{VECTORS}: {e}") from e
     manifest = _read_manifest(where, folder)
-    counts = {"index": index.count, "manifest": len(manifest), "meta": recorded.get("rows", index.count)}
+    counts = {"index": index.count, "manifest": len(manifest), "meta": recorded.rows}
     if len(set(counts.values())) != 1:
         raise corrupt(folder, f"row counts disagree in {name or 'the index'}: {counts}")
-    searched = ann.searched_metric(choice, metric) if meta["format_version"] == FORMAT_VERSION else metric
-    if index.dim != meta["dim"] or index.faiss.metric_type != searched:
+    searched = metric if record.stale else ann.searched_metric(choice, metric)
+    if index.dim != record.dim or index.faiss.metric_type != searched:
         raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
     deleted = NO_ROWS
-    if recorded.get("deleted"):
+    if recorded.deleted:
         try:
             deleted = np.load(generation / f"{name}{DELETED}")
         except (OSError, ValueError) as e:
             raise corrupt(folder, f"the deletion markers of {name} are unreadable ({e})") from e
-        shaped = deleted.ndim == 1 and len(deleted) == recorded["deleted"] and deleted.dtype == np.int64
+        shaped = deleted.ndim == 1 and len(deleted) == recorded.deleted and deleted.dtype == np.int64
         if not shaped or deleted[0] < 0 or deleted[-1] >= index.count or (np.diff(deleted) <= 0).any():
             raise corrupt(folder, f"the deletion markers of {name} do not fit its rows")
     # a format 5 generation's files are linked into a segment folder by the next save; format 4's are rewritten
-    recorded_files = {n: meta["files"].get(f"{name}/{n}" if name else n) for n in SEGMENT_FILES}
+    recorded_files = {n: record.files.get(f"{name}/{n}" if name else n) for n in SEGMENT_FILES}
     files = recorded_files if all(recorded_files.values()) else None
-    description = {k: v for k, v in recorded["index"].items() if k != "requested"}
+    description = {k: v for k, v in recorded.index.items() if k != "requested"}
     return Segment(name, index, manifest, description, deleted, files)
 
 
@@ -594,67 +569,6 @@ def _live_entries(segments: list[Segment]) -> list[Entry]:
         dead = set(s.deleted.tolist())
         out += [e for i, e in enumerate(s.manifest.entries()) if i not in dead]
     return out
-
-
-def index_facts(requested: dict[str, Any], segments: list[Segment]) -> dict[str, Any]:
-    """What meta.json says of the index as a whole: the kind asked for, the largest segment's kind and
-    parameters, and the lowest recall@10 measured on any segment (a search is at most as good as its
-    weakest part)."""
-    if not segments:
-        return {"requested": requested, "kind": "flat", "factory": "Flat"}
-    largest = max(segments, key=lambda s: s.live)
-    facts = {"requested": requested, **largest.description}
-    recalls = [s.description["recall_at_10"] for s in segments if "recall_at_10" in s.description]
-    if recalls:
-        facts["recall_at_10"] = min(recalls)
-    if len(segments) > 1:
-        facts["segments"] = len(segments)
-    return facts
-
-
-def warning(meta: dict[str, Any]) -> str | None:
-    """What a user of this index should know about its search: a structure to rebuild, or a measured
-    recall below the target. Printed by ingest, info and verify."""
-    if meta["format_version"] != FORMAT_VERSION:
-        return (
-            f"this index's {meta['index'].get('factory')} search structure was built by an older retrieval and "
-            "misranks results; run `retrieval ingest` on its folder to rebuild it from the stored vectors"
-        )
-    return ann.recall_warning(meta["index"])
-
-
-def live_meta(folder: Path) -> dict[str, Any]:
-    """The live generation's metadata, validated, without reading the vectors (for `info`)."""
-    return on_live_generation(folder, read_meta)
-
-
-def read_meta(generation: Path) -> dict[str, Any]:
-    """The generation's metadata, checked for format and version; cheap, never touches the vectors."""
-    folder = generation.parent
-    try:
-        meta = json.loads((generation / META).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise corrupt(folder, f"{META} is not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise corrupt(folder, f"{META} is not a retrieval index description")
-    version = meta.get("format_version")
-    legacy_flat = (
-        version == LEGACY_VERSION and isinstance(meta.get("index"), dict) and meta["index"].get("kind") == "flat"
-    )
-    if legacy_flat or version in SINGLE_VERSIONS:
-        meta["format_version"] = FORMAT_VERSION  # the same search; only the manifest's layout differs
-    elif version not in (FORMAT_VERSION, LEGACY_VERSION):
-        raise IndexMismatch(
-            f"the index in {folder} has format version {meta.get('format_version')!r}; this retrieval reads "
-            f"version {FORMAT_VERSION}. Rebuild it with `retrieval ingest --full`."
-        )
-    required = ("dim", "metric", "count", "root", "embedding", "files", "index")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise corrupt(folder, f"{META} lacks {', '.join(missing)}")
-    if not isinstance(meta["files"], dict) or not isinstance(meta["embedding"], dict):
-        raise corrupt(folder, f"{META} has malformed fields")
-    return meta
 
 
 def disk_size(folder: Path) -> int:

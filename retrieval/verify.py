@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import RetrievalError
 from .lock import IndexLock
 from .sources import Location
-from .store import Store, warning
+from .store import Store
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Health:
     missing: list[str] = field(default_factory=list)  # manifest paths whose files are gone
     changed: list[str] = field(default_factory=list)  # files changed since embedded: `ingest` updates them
     repaired: int = 0  # rows dropped by --repair
-    warning: str | None = None  # about the index's search (store.warning): reported, not damage
+    warning: str | None = None  # about the index's search (IndexRecord.warning): reported, not damage
 
     @property
     def healthy(self) -> bool:
@@ -41,7 +41,7 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
 
 def _check(index: Path, *, repair: bool) -> Health:
     store = Store.load(index, check_hashes=True)
-    health = Health(store.count, warning=warning(store.meta))
+    health = Health(store.count, warning=store.record.warning())
     _root_reachable(store.root)
     gone = []
     for row, entry in enumerate(store.entries()):
@@ -66,7 +66,7 @@ def _check(index: Path, *, repair: bool) -> Health:
         store.save(index)
         health.repaired = len(gone)
         health.count = store.count
-        health.warning = warning(store.meta)
+        health.warning = store.record.warning()
     return health
 
 

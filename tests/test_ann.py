@@ -16,7 +16,7 @@ from retrieval import ann
 from retrieval.ann import Candidate, IndexChoice, held_out_rows, resident_bytes
 from retrieval.errors import IndexMismatch
 from retrieval.generations import current_generation
-from retrieval.store import META, VECTORS, Entry, Store, file_facts, warning
+from retrieval.store import META, VECTORS, Entry, Store, file_facts
 from retrieval.synthetic import feature_vectors
 
 from .test_store import as_written_by_format_5
@@ -75,7 +75,7 @@ def test_round_trip_searches_the_same(tmp_path, kind_and_store, data):
     store.save(tmp_path / "index")
     loaded = Store.load(tmp_path / "index")
     assert loaded.search(data[1], 10) == before
-    assert loaded.meta["index"]["factory"] == store.meta["index"]["factory"]
+    assert loaded.record.index["factory"] == store.record.index["factory"]
 
 
 def test_every_kind_gives_back_the_exact_vectors(kind_and_store, data):
@@ -90,7 +90,7 @@ def test_top_k_equals_flat_where_exact_and_recall_where_not(kind_and_store, data
     truth = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
     found = np.array([[row for row, _ in hits] for hits in store.search(queries, 10)])
     recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
-    if store.meta["index"]["kind"] == "flat":
+    if store.record.index["kind"] == "flat":
         assert (found == truth).all()
     else:
         assert recall >= 0.9, f"{name}: recall@10 {recall:.3f}"
@@ -125,7 +125,7 @@ ROUNDING = 1e-5  # float32 dot products of unit 2048-d vectors, summed in differ
 
 def test_each_kind_declares_whether_it_is_exact(kind_and_store):
     _, store = kind_and_store
-    assert store.capabilities.exact == (store.meta["index"]["kind"] == "flat")
+    assert store.capabilities.exact == (store.record.index["kind"] == "flat")
 
 
 def test_scores_are_exact_cosines_even_after_compression(kind_and_store, data):
@@ -139,9 +139,9 @@ def test_scores_are_exact_cosines_even_after_compression(kind_and_store, data):
 def test_auto_measures_and_records_its_recall(synthetic):
     data = synthetic
     small = build(IndexChoice("auto"), data[0][:1000])
-    assert small.meta["index"]["kind"] == "flat" and small.meta["index"]["recall_at_10"] == 1.0
+    assert small.record.index["kind"] == "flat" and small.record.index["recall_at_10"] == 1.0
     large = build(IndexChoice("auto"), data[0])
-    facts = large.meta["index"]
+    facts = large.record.index
     assert facts["kind"] == "hnsw" and facts["recall_at_10"] >= 0.95
     assert facts["requested"]["kind"] == "auto"
     assert facts["recall_queries"] == len(held_out_rows(N)) == 200
@@ -163,7 +163,7 @@ def test_auto_keeps_within_a_memory_budget(synthetic):
         memory_budget_gb=resident_bytes(graph, DIM, N) / 2**30 / 2,
     )
     store.add(vectors, [Entry(f"{i}.jpg", i, i) for i in range(N)])
-    facts = store.meta["index"]
+    facts = store.record.index
     assert facts["kind"] == "ivf" and facts["pq_bytes"] == 64
     assert facts["resident_bytes"] <= facts["requested"]["memory_budget_gb"] * 2**30
     assert facts["recall_at_10"] >= 0.95
@@ -176,21 +176,21 @@ WEAK = IndexChoice("ivf", ivf_lists=150, pq_bytes=2, nprobe=1, rerank=1)
 def test_auto_falls_back_to_flat_when_no_kind_reaches_the_target(synthetic, monkeypatch):
     monkeypatch.setattr(ann, "candidates", lambda *_: [Candidate(WEAK, "nprobe", (1, 2))])
     store = build(IndexChoice("auto"), synthetic[0])
-    facts = store.meta["index"]
+    facts = store.record.index
     assert facts["kind"] == "flat" and facts["recall_at_10"] == 1.0
     assert "IVF150,PQ4x4fs,RFlat" in facts["fallback"] and "nprobe=2" in facts["fallback"]
-    assert "auto chose exact search (flat)" in warning(store.meta)
+    assert "auto chose exact search (flat)" in store.record.warning()
     found = [[r for r, _ in hits] for hits in store.search(synthetic[1], 10)]
     assert found == faiss.knn(synthetic[1], synthetic[0], 10, metric=faiss.METRIC_INNER_PRODUCT)[1].tolist()
 
 
 def test_an_explicit_kind_below_the_target_records_its_recall_and_warns(synthetic):
     store = build(WEAK, synthetic[0])
-    facts = store.meta["index"]
+    facts = store.record.index
     assert facts["kind"] == "ivf" and facts["recall_at_10"] < 0.5
-    message = warning(store.meta)
+    message = store.record.warning()
     assert f"measured recall@10 {facts['recall_at_10']:.3f}" in message and "Raise nprobe" in message
-    assert warning(build(IndexChoice("hnsw"), synthetic[0]).meta) is None
+    assert build(IndexChoice("hnsw"), synthetic[0]).record.warning() is None
 
 
 def as_written_by_format_3(index: Path, store: Store) -> None:
@@ -215,7 +215,7 @@ def test_a_format_3_approximate_index_is_refused_until_rebuilt(tmp_path, synthet
     store.save(tmp_path / "index")
     as_written_by_format_3(tmp_path / "index", store)
     old = Store.load(tmp_path / "index")
-    assert old.stale and "older retrieval" in warning(old.meta)
+    assert old.stale and "older retrieval" in old.record.warning()
     with pytest.raises(IndexMismatch, match="run `retrieval ingest`"):
         old.search(synthetic[1], 5)
     np.testing.assert_allclose(old.vectors(), store.vectors(), atol=1e-6)  # what a rebuild starts from
@@ -226,7 +226,7 @@ def test_a_format_3_flat_index_loads_and_searches_as_before(tmp_path, synthetic)
     store.save(tmp_path / "index")
     as_written_by_format_3(tmp_path / "index", store)
     old = Store.load(tmp_path / "index")
-    assert not old.stale and warning(old.meta) is None
+    assert not old.stale and old.record.warning() is None
     assert old.search(synthetic[1], 5) == store.search(synthetic[1], 5)
 
 

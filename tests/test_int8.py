@@ -107,7 +107,7 @@ def test_an_ingest_that_asked_for_int8_and_did_not_get_it_says_so(tmp_path, coll
     result = CliRunner().invoke(app, [*args, "--quiet"])
     assert result.exit_code == 0, result.output
     assert "warning: precision int8 was asked for and not used: the gate had 6 held-out images" in result.output
-    assert Store.load(tmp_path / "i").meta["runtime"]["precision"] in ("bf16", "fp32")
+    assert Store.load(tmp_path / "i").record.runtime["precision"] in ("bf16", "fp32")
 
 
 def test_the_quantized_model_is_cached_and_keyed_by_model_and_sample(int8, calibration, monkeypatch):
@@ -153,7 +153,7 @@ def test_an_int8_index_finds_near_duplicates_with_its_int8_model_and_in_fp32(tmp
         index=tmp_path / "index", weights="none", precision="int8", calibration_images=PHOTOS, int8_min_held_out=6
     )
     ingest(collection, settings)
-    runtime = Store.load(settings.index).meta["runtime"]
+    runtime = Store.load(settings.index).record.runtime
     assert runtime["precision"] == "int8" and runtime["int8"]["gate"]["passed"]
     copies = []
     for seed in (903, 917, 925):

@@ -59,7 +59,7 @@ def test_a_pooling_round_trips_through_save_load_and_query(tmp_path, kind):
     settings = Settings(index=tmp_path / "index", weights="none", pooling=kind)
     ingest(folder, settings, embedder=create_embedder(settings))
     store = Store.load(settings.index)
-    assert store.meta["embedding"]["output"] == Pooling(kind).output
+    assert store.record.embedding["output"] == Pooling(kind).output
     copy = tmp_path / "copy.jpg"
     near_duplicates(photo(703))["resized"].save(copy, quality=95)
     # the query's settings say nothing of pooling: the searcher takes the index's own

@@ -49,7 +49,7 @@ def test_a_ray_ingest_gives_the_index_a_local_one_gives_and_updates_it_the_same_
         assert [(s.path, s.reason) for s in by_ray.skipped] == [(s.path, s.reason) for s in here.skipped]
         ours, theirs = Store.load(distributed.index), Store.load(local.index)
         assert ours.entries() == theirs.entries()  # paths, sizes, mtimes and content hashes, in listing order
-        engines = [(s.meta["runtime"]["engine"], s.meta["runtime"]["precision"]) for s in (ours, theirs)]
+        engines = [(s.record.runtime["engine"], s.record.runtime["precision"]) for s in (ours, theirs)]
         assert engines[0] == engines[1], "the actors' engine and precision are recorded, as a local run's are"
         a, b = ours.vectors(), theirs.vectors()
         assert (a * b).sum(axis=1).min() >= 0.9999, run  # unit vectors: their cosines

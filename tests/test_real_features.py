@@ -60,7 +60,7 @@ def flat_copy(store: Store) -> Store:
 
 
 def test_the_default_index_is_approximate_and_records_a_recall_that_meets_the_target(store):
-    facts = store.meta["index"]
+    facts = store.record.index
     assert store.count == REAL_COUNT
     assert facts["requested"]["kind"] == "auto" and facts["kind"] != "flat"
     assert facts["recall_at_10"] >= facts["recall_target"] == 0.95

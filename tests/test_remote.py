@@ -146,7 +146,7 @@ def test_an_s3_folder_gives_the_index_a_local_copy_gives_and_is_updated_the_same
         assert [(s.path, s.reason) for s in by_s3.skipped] == [(s.path, s.reason) for s in here.skipped]
         assert [s.path for s in by_s3.skipped] == ["broken.jpg"]
         assert_same_index(remote.index, local.index)
-    assert Store.load(remote.index).meta["root"] == uri, "the root is recorded with its options, to be read again"
+    assert Store.load(remote.index).record.root == uri, "the root is recorded with its options, to be read again"
 
 
 def test_hits_from_s3_are_listed_drawn_served_evaluated_and_verified_from_the_bucket(tmp_path, s3, embedder):

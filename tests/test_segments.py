@@ -219,7 +219,7 @@ def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keep
     store = Store.load(tmp_path / "index")
     big, small, tiny = (s["index"] for s in store.segments)
     assert big["factory"] == "PCA256,HNSW32,RFlat" and small["factory"] == factory and tiny["factory"] == "Flat"
-    assert small["reused"] and small["recall_at_10"] >= 0.95 and store.meta["index"]["recall_at_10"] >= 0.95
+    assert small["reused"] and small["recall_at_10"] >= 0.95 and store.record.index["recall_at_10"] >= 0.95
     pcas = [s.index.trained_pca for s in store._segments[:2]]
     assert int(pcas[0].this) == int(pcas[1].this)  # one PCA object, searched by both
     assert pcas[0].PCAMat.size() == 0  # written without the training's full eigenvector matrix

@@ -17,7 +17,8 @@ from retrieval.errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissi
 from retrieval.generations import current_generation
 from retrieval.manifest import FILES as MANIFEST_FILES
 from retrieval.manifest import ORDER, RECORDS, Manifest
-from retrieval.store import MANIFEST, META, VECTORS, Entry, Store, file_facts, live_meta
+from retrieval.record import IndexRecord, live_record
+from retrieval.store import MANIFEST, META, VECTORS, Entry, Store, file_facts
 
 DIM = 64
 EMBEDDING = {"model": "test", "dim": DIM}
@@ -334,7 +335,7 @@ def test_saves_switch_generations_and_keep_only_the_previous_one(tmp_path):
         make_store(n).save(folder)
     assert Store.load(folder).count == 7
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("gen-")) == ["gen-000002", "gen-000003"]
-    assert live_meta(folder)["count"] == 7
+    assert live_record(folder).count == 7
 
 
 def test_a_pointer_outside_the_index_is_refused(saved):
@@ -365,3 +366,34 @@ def test_normalize_checks_every_chunk_of_a_large_array(monkeypatch, bad, message
     x[13] = bad
     with pytest.raises(UsageError, match=message):
         store_module.normalize(x)
+
+
+def test_the_record_reads_back_what_it_wrote_and_meta_json_keeps_its_keys(saved):
+    """record.py is the one reader and writer of meta.json: a saved record loads equal, and the file holds
+    exactly format 6's keys (an index written before this module reads after it: the format tests above)."""
+    store = Store.load(saved)
+    raw = json.loads(live(saved, META).read_text())
+    assert IndexRecord.from_json(raw, saved) == store.record == live_record(saved)
+    assert IndexRecord.from_json(store.record.to_json(), saved) == store.record
+    assert set(raw) == {
+        "format", "format_version", "dim", "metric", "root", "embedding", "runtime", "index", "count", "created",
+        "files", "next_segment", "segments",
+    }  # fmt: skip
+    assert [(s.name, s.rows, s.deleted) for s in store.record.segments] == [("seg-000001", 40, 0)]
+    assert (store.record.count, store.record.dim, store.record.factory, store.record.stale) == (40, DIM, "Flat", False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda raw: raw.update(count="many"), "malformed"),
+        (lambda raw: raw.update(segments=[{"name": "seg-000001"}]), "malformed"),
+        (lambda raw: raw.pop("embedding"), "lacks embedding"),
+        (lambda raw: raw.update(format_version=99), "format version 99"),
+    ],
+)
+def test_a_malformed_record_is_refused_with_what_is_wrong(saved, change, message):
+    raw = json.loads(live(saved, META).read_text())
+    change(raw)
+    with pytest.raises(StoreError, match=message):
+        IndexRecord.from_json(raw, saved)
