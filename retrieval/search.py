@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .ann import AUTO_FLAT_BELOW
 from .backbones import Pooling, identity, weights_setting
 from .config import Settings
 from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex, ImageError, NoSuchImage
 from .images import load_image
+from .record import IndexRecord
 from .results import Hit, QueryResult, as_cosine
+from .sources import Location
 from .store import Store, current_generation
 
 # called with settings, and for an int8 index `calibrated=` (see create_embedder)
@@ -50,6 +53,38 @@ class Searcher:
     @property
     def generation(self) -> str | None:
         return self._store.generation
+
+    @property
+    def record(self) -> IndexRecord:
+        """What the held index records of itself (record.py)."""
+        return self._store.record
+
+    @property
+    def count(self) -> int:
+        return self._store.count
+
+    @property
+    def root(self) -> Location:
+        """The indexed folder, which hit paths are relative to."""
+        return self._store.root
+
+    @property
+    def metric(self) -> str:
+        return self._store.metric
+
+    def image(self, row: int) -> Location:
+        """Where the indexed image `row` is, from the manifest only (never a path a client sent)."""
+        store = self._store
+        if not 0 <= row < store.count:
+            raise NoSuchImage(f"no image with id {row}")
+        return store.root / store.entry(row).path
+
+    def lookups_are_cheap(self) -> bool:
+        """Whether a search by a stored vector takes well under a millisecond: an approximate index, or a small
+        exact one. A server runs such lookups on its event loop, where handing them to a thread costs more
+        than the lookup (and under load the threads' contention for the GIL halved the rate)."""
+        store = self._store
+        return not store.capabilities.exact or store.count <= AUTO_FLAT_BELOW
 
     def is_current(self) -> bool:
         """Whether the held generation is the live one: one read of a small file, cheap enough per request."""

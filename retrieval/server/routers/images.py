@@ -1,0 +1,42 @@
+"""An indexed image and its thumbnail, by row id: the server opens only files the live manifest lists."""
+
+import mimetypes
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from ...sources import ArrowPath
+from ..dependencies import GUARDED, Fresh
+from ..schemas import ServeOptions
+
+
+def router(options: ServeOptions) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get("/images/{id}", dependencies=GUARDED, response_class=FileResponse)
+    async def image(s: Fresh, id: int) -> Response:
+        path = s.image(id)
+        if isinstance(path, ArrowPath):  # a remote root: fetched here, as the client cannot reach it
+            return await run_in_threadpool(_fetched, path, id)
+        if not path.is_file():
+            raise HTTPException(404, f"image {id} is no longer on disk")
+        return FileResponse(path)
+
+    @routes.get("/thumbnails/{id}", dependencies=GUARDED, response_class=Response)
+    async def thumbnail(request: Request, s: Fresh, id: int) -> Response:
+        picture = await request.app.state.thumbnails.get(s, id)
+        return Response(picture, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+    return routes
+
+
+def _fetched(path: ArrowPath, id: int) -> Response:
+    """A remote image's bytes as a response, typed by its name as FileResponse types a local one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HTTPException(404, f"image {id} is no longer in {path.uri}") from None
+    except OSError as e:
+        raise HTTPException(502, f"image {id} could not be fetched: {e}") from e
+    return Response(data, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")

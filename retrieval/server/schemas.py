@@ -1,0 +1,58 @@
+"""The server's limits and its request and response models: typed, so that the OpenAPI schema documents them."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..errors import UsageError
+from ..results import Hit
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Limits and access of one server."""
+
+    token: str | None = None  # required on every route but /health when set
+    max_upload_bytes: int = 20 * 2**20
+    max_k: int = 100
+    max_files: int = 32  # images in one POST /search
+    max_batch: int = 32  # uploads embedded in one forward pass
+    max_wait_ms: float = 5.0  # how long the first upload of a batch waits for others
+    request_timeout_s: float = 30.0  # a request still running then gets a 504, and others go on
+    thumbnail_size: int = 256
+    thumbnail_cache: int = 512  # thumbnails kept in memory
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():
+            raise UsageError("an empty token would let every request in: give a non-empty --token, or none")
+
+
+class HitOut(BaseModel):
+    rank: int
+    score: float
+    id: int
+    path: str
+
+
+class SearchOut(BaseModel):
+    generation: str | None
+    metric: str
+    results: list[list[HitOut]]  # one list per query image (one for a search by id)
+
+
+class InfoOut(BaseModel):
+    count: int
+    root: str  # the indexed folder, which hit paths are relative to
+    model: str
+    weights: dict[str, Any]
+    metric: str
+    index_type: str
+    recall_at_10: float | None
+    warning: str | None
+    generation: str | None
+    max_files: int  # images one POST /search takes
+
+
+def hits_out(hits: list[Hit]) -> list[HitOut]:
+    return [HitOut(rank=h.rank, score=h.score, id=h.row, path=h.path) for h in hits]
