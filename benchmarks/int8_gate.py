@@ -28,6 +28,7 @@ def main(seeds: list[int]) -> dict:
     from retrieval.backbones import spec_for
     from retrieval.config import Settings
     from retrieval.openvino_engine import OpenVinoEmbedder
+    from retrieval.preparation import prepare
     from retrieval.quantize import DEFAULT_GATE, calibration_sample
     from retrieval.synthetic import write_photos
     from retrieval.system import machine
@@ -41,7 +42,8 @@ def main(seeds: list[int]) -> dict:
             paths = sorted(p.name for p in folder.iterdir())
             started = time.perf_counter()
             sample = calibration_sample(folder, paths, spec.input_size, Settings().max_pixels)
-            embedder = OpenVinoEmbedder(spec, "none", seed=0, precision="int8", calibration=sample, gate=DEFAULT_GATE)
+            model = prepare(spec, "none", seed=0, precision="int8", calibration=sample, gate=DEFAULT_GATE)
+            embedder = OpenVinoEmbedder(model)
             gate = embedder.runtime()["int8"]["gate"]
             run = {
                 "seed": seed,

@@ -1,7 +1,7 @@
 """Writing files so that a crash leaves either the old content or the new, never a part: every file the
 project writes goes through here (index generations, the CURRENT pointer, checkpoints, the error report,
 collages, benchmark results). The one folder written by another library, OpenVINO's converted model, is
-staged the same way and renamed into place whole (openvino_engine.py)."""
+staged the same way and renamed into place whole (preparation.py)."""
 
 from __future__ import annotations
 

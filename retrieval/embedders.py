@@ -2,7 +2,7 @@
 builds one from settings, on one of two engines.
 
 - `tensorflow` (tensorflow_engine.py): the Keras model itself, traced once into a `tf.function`.
-- `openvino` (openvino_engine.py): the same Keras model and weights converted once to OpenVINO IR
+- `openvino` (preparation.py, openvino_engine.py): the same Keras model and weights converted once to OpenVINO IR
   (cached on disk), which runs bf16 on CPUs that have it at about twice TensorFlow's fp32 rate.
 
 What a backbone is (spec, weights, preprocessing) lives in backbones.py, shared by both engines. Vectors
@@ -63,9 +63,11 @@ def create_embedder(
     spec = spec_for(settings.model)
     if settings.engine == "openvino":
         from .openvino_engine import OpenVinoEmbedder
+        from .preparation import prepare
         from .quantize import GateRule
 
-        return OpenVinoEmbedder(
+        gate = GateRule(settings.int8_min_cosine, settings.int8_max_lost, settings.int8_min_held_out)
+        model = prepare(
             spec,
             settings.weights,
             settings.seed,
@@ -73,8 +75,9 @@ def create_embedder(
             pooling_for(settings),
             calibration=calibration,
             calibrated=calibrated,
-            gate=GateRule(settings.int8_min_cosine, settings.int8_max_lost, settings.int8_min_held_out),
+            gate=gate,
         )
+        return OpenVinoEmbedder(model)
     from .tensorflow_engine import KerasEmbedder
 
     return KerasEmbedder(spec, settings.weights, settings.seed, settings.precision, pooling_for(settings))

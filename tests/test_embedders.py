@@ -12,6 +12,7 @@ import pytest
 from retrieval.backbones import caffe_preprocess, keras_cache_file, spec_for, weights_fingerprint
 from retrieval.errors import IndexMismatch, UsageError, WeightsUnavailable
 from retrieval.openvino_engine import OpenVinoEmbedder
+from retrieval.preparation import prepare
 from retrieval.store import Store
 from retrieval.synthetic import photo
 from retrieval.tensorflow_engine import KerasEmbedder
@@ -128,7 +129,7 @@ def fidelity_batch() -> np.ndarray:
 
 @pytest.mark.parametrize("precision, floor", [("fp32", 0.99999), ("bf16", 0.999)])
 def test_openvino_vectors_match_tensorflow_fp32(embedder, fidelity_batch, precision, floor):
-    ov = OpenVinoEmbedder(RESNET, "none", seed=0, precision=precision)
+    ov = OpenVinoEmbedder(prepare(RESNET, "none", seed=0, precision=precision))
     assert ov.embedding() == embedder.embedding(), "same model and weights: the same embedding"
     assert ov.runtime()["engine"] == "openvino" and ov.runtime()["precision"] == precision
     assert cosines(ov.embed(fidelity_batch), embedder.embed(fidelity_batch)).min() >= floor
@@ -144,13 +145,14 @@ CACHED_OPENVINO = """
 import sys
 from retrieval.backbones import spec_for
 from retrieval.openvino_engine import OpenVinoEmbedder
-OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0, precision="fp32")
+from retrieval.preparation import prepare
+OpenVinoEmbedder(prepare(spec_for("resnet50"), "none", seed=0, precision="fp32"))
 print("tensorflow" in sys.modules)
 """
 
 
 def test_a_cached_openvino_model_runs_without_tensorflow(model_cache):
-    OpenVinoEmbedder(RESNET, "none", seed=0, precision="fp32")  # converts and caches, if not done yet
+    OpenVinoEmbedder(prepare(RESNET, "none", seed=0, precision="fp32"))  # converts and caches, if not done yet
     run = subprocess.run([sys.executable, "-c", CACHED_OPENVINO], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False"]

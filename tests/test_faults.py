@@ -22,6 +22,7 @@ from PIL import Image
 from retrieval.backbones import spec_for
 from retrieval.checkpoints import PENDING
 from retrieval.openvino_engine import OpenVinoEmbedder
+from retrieval.preparation import prepare
 from retrieval.store import Store
 from retrieval.synthetic import write_photos
 
@@ -35,7 +36,7 @@ def retrieval_command(*args: object) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def converted_model():
     """Convert the OpenVINO model once up front, so that every subprocess below spends its time ingesting."""
-    OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0)
+    OpenVinoEmbedder(prepare(spec_for("resnet50"), "none", seed=0))
 
 
 def ingest_command(folder: Path, index: Path, *extra: object) -> list[str]:

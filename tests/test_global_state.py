@@ -22,7 +22,8 @@ def state():
 
 before = state()
 import retrieval, retrieval.cli, retrieval.ingest, retrieval.search, retrieval.verify, retrieval.bench
-import retrieval.collage, retrieval.openvino_engine, retrieval.tensorflow_engine, retrieval.synthetic
+import retrieval.collage, retrieval.openvino_engine, retrieval.preparation, retrieval.tensorflow_engine
+import retrieval.synthetic
 print(before == state())
 """
 

@@ -15,6 +15,7 @@ from retrieval.backbones import spec_for
 from retrieval.config import Settings
 from retrieval.ingest import Plan, _LazyEmbedder, ingest
 from retrieval.openvino_engine import OpenVinoEmbedder
+from retrieval.preparation import prepare
 from retrieval.quantize import Calibration, Gate, GateRule, cached, calibration_sample, int8_capable
 from retrieval.search import Searcher
 from retrieval.store import Entry, Store
@@ -46,7 +47,9 @@ def calibration(collection) -> Calibration:
 
 @pytest.fixture(scope="module")
 def int8(calibration) -> OpenVinoEmbedder:
-    return OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration, gate=SMALL_SAMPLE)
+    return OpenVinoEmbedder(
+        prepare(RESNET, "none", seed=0, precision="int8", calibration=calibration, gate=SMALL_SAMPLE)
+    )
 
 
 def test_int8_vectors_match_fp32_and_the_gate_records_it(int8, calibration):
@@ -56,7 +59,7 @@ def test_int8_vectors_match_fp32_and_the_gate_records_it(int8, calibration):
     assert gate["passed"] and gate["min_cosine"] >= 0.999 and gate["copies"] == gate["copies_kept"] > 0
     assert runtime["int8"]["calibration"] == calibration.digest
     fresh = np.stack([np.asarray(photo(seed, (224, 224))) for seed in range(950, 958)])  # not in the sample
-    fp32 = OpenVinoEmbedder(RESNET, "none", seed=0, precision="fp32")
+    fp32 = OpenVinoEmbedder(prepare(RESNET, "none", seed=0, precision="fp32"))
     assert cosines(int8.embed(fresh), fp32.embed(fresh)).min() >= 0.999
 
 
@@ -71,14 +74,14 @@ def test_the_sample_is_seeded_and_holds_images_out(collection, calibration):
 
 def test_the_gate_falls_back_when_forced_to_fail(int8, calibration):
     rule = GateRule(min_cosine=1.0, min_held_out=PHOTOS // 5)
-    strict = OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration, gate=rule)
+    strict = OpenVinoEmbedder(prepare(RESNET, "none", seed=0, precision="int8", calibration=calibration, gate=rule))
     runtime = strict.runtime()
     assert runtime["precision"] in ("bf16", "fp32")
     assert runtime["int8"]["gate"]["passed"] is False and "cosine" in runtime["int8"]["fallback"]
 
 
 def test_the_default_gate_refuses_to_judge_on_too_few_held_out_images(int8, calibration):
-    refused = OpenVinoEmbedder(RESNET, "none", seed=0, precision="int8", calibration=calibration).runtime()
+    refused = OpenVinoEmbedder(prepare(RESNET, "none", seed=0, precision="int8", calibration=calibration)).runtime()
     assert refused["precision"] in ("bf16", "fp32")
     gate = refused["int8"]["gate"]
     assert (gate["held_out"], gate["min_held_out"], gate["passed"]) == (6, 20, False)
@@ -111,7 +114,7 @@ def test_an_ingest_that_asked_for_int8_and_did_not_get_it_says_so(tmp_path, coll
 
 
 def test_the_quantized_model_is_cached_and_keyed_by_model_and_sample(int8, calibration, monkeypatch):
-    model = int8._model  # the converted fp32 IR this embedder quantized
+    model = int8.prepared.converted  # the converted fp32 IR this embedder quantized
     target = cached(model, calibration.digest)
     assert (target / "model.xml").is_file()
     import nncf
@@ -166,7 +169,7 @@ def test_an_int8_index_finds_near_duplicates_with_its_int8_model_and_in_fp32(tmp
     first = [r.hits[0].path for r in searcher.query([p for p, _ in copies], 3)]
     assert searcher.embedder().runtime()["precision"] == "int8"
     assert first == [original for _, original in copies]
-    shutil.rmtree(cached(int8._model, runtime["int8"]["calibration"]))  # as on a machine without it
+    shutil.rmtree(cached(int8.prepared.converted, runtime["int8"]["calibration"]))  # as on a machine without it
     elsewhere = Searcher(queries)
     again = [r.hits[0].path for r in elsewhere.query([p for p, _ in copies], 3)]
     assert elsewhere.embedder().runtime()["precision"] == "fp32" and again == first

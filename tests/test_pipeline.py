@@ -20,6 +20,7 @@ from retrieval.generations import current_generation
 from retrieval.images import load_image
 from retrieval.ingest import ERROR_REPORT, ingest
 from retrieval.openvino_engine import OpenVinoEmbedder
+from retrieval.preparation import prepare
 from retrieval.search import query
 from retrieval.store import META, Store
 from retrieval.synthetic import near_duplicates, photo
@@ -189,7 +190,7 @@ def test_ctrl_c_stops_the_decoding_threads_and_keeps_the_index(tmp_path, photos,
 @pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_gives_the_same_near_duplicate_answers(tmp_path, photos, indexed, make_embedder):
     """Ingest and query on OpenVINO bf16: every copy still finds its original first, as with fp32."""
-    bf16 = OpenVinoEmbedder(spec_for("resnet50"), "none", seed=0, precision="bf16")
+    bf16 = OpenVinoEmbedder(prepare(spec_for("resnet50"), "none", seed=0, precision="bf16"))
     settings = Settings(index=tmp_path / "index", weights="none", batch_size=5)
     ingest(photos, settings, embedder=bf16)
     for seed in range(PHOTOS):

@@ -12,6 +12,7 @@ from retrieval.embedders import create_embedder
 from retrieval.errors import ConfigError, IndexMismatch
 from retrieval.ingest import ingest
 from retrieval.openvino_engine import OpenVinoEmbedder
+from retrieval.preparation import prepare
 from retrieval.search import Searcher
 from retrieval.store import Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
@@ -46,7 +47,7 @@ def test_average_pooling_equals_keras_own_global_average_pool(embedder):
 @pytest.mark.parametrize("pooling", [Pooling("max"), Pooling("gem", 3)])
 def test_openvino_and_tensorflow_pool_alike(embedder, pooling):
     batch = np.stack([np.asarray(photo(seed, (224, 224))) for seed in range(4)])
-    ov = OpenVinoEmbedder(RESNET, "none", seed=0, precision="fp32", pooling=pooling)
+    ov = OpenVinoEmbedder(prepare(RESNET, "none", seed=0, precision="fp32", pooling=pooling))
     tf = KerasEmbedder(RESNET, "none", seed=0, precision="fp32", pooling=pooling)
     assert ov.embedding() == tf.embedding() and ov.embedding()["output"] == pooling.output
     assert cosines(ov.embed(batch), tf.embed(batch)).min() >= 0.99999
