@@ -33,7 +33,6 @@ from PIL import Image
 
 from .errors import EmptyIndex, IndexMismatch, UsageError
 from .images import decoders
-from .lock import IndexLock
 from .record import IndexRecord
 from .results import as_cosine
 from .sources import Location, open_regular
@@ -268,8 +267,8 @@ def apply_moves(store: Store, index: Path, moves: list[Move], target: Path) -> t
     """Move the extras, logging each move to `target`/dupes-log.jsonl as it happens, then save a new
     generation of the index without them, all under the index's write lock. IndexMismatch if the index
     changed since `store` was loaded (the groups may no longer hold)."""
-    with IndexLock(index, existing=True):
-        live = Store.load(index)
+    with Store.writing(index) as writing:
+        live = writing.live
         if live.generation != store.generation:
             raise IndexMismatch(f"the index in {index} changed since its duplicates were found; run dupes again")
         target.mkdir(parents=True, exist_ok=True)
@@ -287,7 +286,7 @@ def apply_moves(store: Store, index: Path, moves: list[Move], target: Path) -> t
         moved = {m.row for m in done if m.done}
         if moved:
             live.delete(sorted(moved))
-            live.save(index)
+            writing.save(live)
         return done, live
 
 

@@ -34,13 +34,12 @@ from .checkpoints import Checkpoints
 from .config import Settings
 from .durable import write_text_atomically
 from .embedders import Embedder, create_embedder, embedding_for
-from .errors import IndexMismatch, IndexMissing, NothingToIndex, StoreError
+from .errors import IndexMismatch, NothingToIndex, StoreError
 from .executors import Decoder, Embedded, Executor, LocalExecutor
 from .files import Skipped, list_images, sha256_file
 from .images import load_image
-from .lock import IndexLock
 from .sources import Facts, Location, location
-from .store import Entry, Store, assembled, normalize
+from .store import Entry, Store, Writing, assembled, normalize
 from .system import package_version
 
 ERROR_REPORT = "errors.jsonl"
@@ -194,7 +193,7 @@ def ingest(
     """
     started = time.perf_counter()
     folder = location(folder)
-    with IndexLock(settings.index, wait=wait):
+    with Store.writing(settings.index, wait=wait, create=True, load=not full) as index:
         listing = list_images(folder)
         if not listing.paths:
             raise NothingToIndex(f"no image files found in {folder}; nothing was written")
@@ -202,7 +201,7 @@ def ingest(
         checkpoints = Checkpoints(settings.index, model.embedding)
         if full:
             checkpoints.clear()
-        previous = None if full else _previous(settings, model.embedding, folder)
+        previous = _updatable(index.live, settings, model.embedding, folder)
         the_plan = plan(folder, listing.paths, previous, checkpoints.load(), listing.facts)
         report = IngestReport(
             settings.index,
@@ -218,7 +217,7 @@ def ingest(
         write_error_report(settings.index, report.skipped)
         runtime = model.runtime(previous, report.worker_runtime)
         store = commit(
-            previous,
+            index,
             the_plan,
             vectors,
             settings,
@@ -319,7 +318,7 @@ def _account(
 
 
 def commit(
-    previous: Store | None,
+    index: Writing,
     the_plan: Plan,
     embedded: dict[int, np.ndarray],
     settings: Settings,
@@ -329,8 +328,8 @@ def commit(
     listing_count: int,
     report: IngestReport,
 ) -> Store:
-    """Save the plan's outcome as a new generation of vectors made by `embedding`
-    (backbones.describe_embedding; `runtime` is recorded beside it).
+    """Save the plan's outcome, through the write transaction `index` (Store.writing), as a new generation of
+    vectors made by `embedding` (backbones.describe_embedding; `runtime` is recorded beside it).
 
     Into a current index of the same kind, only the change is written: one new segment with the new,
     changed and moved files' vectors, and deletion markers for the rows they replace or that are gone;
@@ -338,6 +337,7 @@ def commit(
     for, an older format) every vector is assembled in listing order into a new index. When nothing
     changed, the previous index is kept and nothing is written. NothingToIndex when no file gave a
     vector: the existing index, if any, stays as it is."""
+    previous = index.live
     if not (the_plan.kept or the_plan.resumed or embedded):
         raise NothingToIndex(
             f"none of the {listing_count} image files in {the_plan.root} could be read "
@@ -362,7 +362,7 @@ def commit(
             previous.add(x, [the_plan.entries[s] for s in new])
         previous.merge()
         previous.record_runtime(runtime)
-        previous.save(settings.index)
+        index.save(previous)
         return previous
     store = Store.create(
         dim=embedding["dim"],
@@ -378,7 +378,7 @@ def commit(
     fill = partial(_vectors_of, slots, previous, the_plan, embedded)
     with assembled(len(slots), store.dim, fill, settings.index) as x:
         store.add(x, [the_plan.entries[s] for s in slots])
-    store.save(settings.index)
+    index.save(store)
     return store
 
 
@@ -413,14 +413,14 @@ def compact(index: Path, *, wait: bool = False) -> Compaction:
     under the write lock (what an ingest's merge policy does by tiers, all at once). An index of format 5
     or older, one segment already, is only saved in the current layout (its files hard-linked into a
     segment, nothing rebuilt)."""
-    with IndexLock(index, wait=wait, existing=True):
-        store = Store.load(index)
+    with Store.writing(index, wait=wait) as writing:
+        store = writing.live
         segments, deleted = len(store.segments), sum(s["deleted"] for s in store.segments)
         if segments == 1 and not deleted and store.record.segments is not None:
             return Compaction(segments, deleted, False, store)
         if segments > 1 or deleted:
             store.merge(everything=True)
-        store.save(index)
+        writing.save(store)
         return Compaction(segments, deleted, True, store)
 
 
@@ -497,11 +497,10 @@ class _LazyEmbedder:
         return {**here, **versions}
 
 
-def _previous(settings: Settings, embedding: dict[str, Any], folder: Location) -> Store | None:
-    """The live index if this run can update it; IndexMismatch if it was built otherwise."""
-    try:
-        store = Store.load(settings.index)
-    except IndexMissing:
+def _updatable(store: Store | None, settings: Settings, embedding: dict[str, Any], folder: Location) -> Store | None:
+    """The live index, if any, once checked that this run can update it; IndexMismatch if it was built
+    otherwise."""
+    if store is None:
         return None
     store.check_embedding(embedding, remedy="pass --full to rebuild the index with the new settings")
     if store.metric != settings.metric:

@@ -34,7 +34,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -47,9 +47,10 @@ from . import ann
 from .ann import IndexChoice
 from .backbones import identity
 from .durable import TEMPORARY, fsync_dir, fsync_file
-from .errors import EmptyIndex, IndexMismatch, StoreError, UsageError
+from .errors import EmptyIndex, IndexMismatch, IndexMissing, StoreError, UsageError
 from .files import sha256_file
 from .generations import corrupt, current_generation, on_live_generation, publish
+from .lock import IndexLock
 from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
 from .record import FORMAT_VERSION, META, IndexRecord, SegmentRecord, read_record, write_record
@@ -416,6 +417,27 @@ class Store:
         return replace(segment, name=target.name, files=files)
 
     @classmethod
+    @contextmanager
+    def writing(
+        cls, index: Path, *, wait: bool = False, create: bool = False, load: bool = True, check_hashes: bool = False
+    ) -> Iterator[Writing]:
+        """One writer's transaction (Lucene's IndexWriter): the index's lock taken (IndexBusy at once, or with
+        `wait` when it is free), its live store loaded, and `Writing.save` to commit a store as the next
+        generation while the lock is held; the lock is released however the block ends. Every change the
+        package makes to an index goes through here. `create`: an index that is not there yet is allowed (the
+        live store is then None); without it IndexMissing is raised before anything is created. `load=False`
+        leaves whatever is there unread, for a rebuild that replaces it (`ingest --full`)."""
+        with IndexLock(index, wait=wait, existing=not create):
+            live = None
+            if load:
+                try:
+                    live = cls.load(index, check_hashes=check_hashes)
+                except IndexMissing:
+                    if not create:
+                        raise
+            yield Writing(index, live)
+
+    @classmethod
     def load(cls, folder: Path, *, check_hashes: bool = False) -> Store:
         """Load and validate the live generation; refuse anything inconsistent with IndexCorrupt.
 
@@ -444,6 +466,20 @@ class Store:
         if store.count != record.count:
             raise corrupt(folder, f"row counts disagree: {record.count} in {META}, {store.count} in its segments")
         return store
+
+
+@dataclass
+class Writing:
+    """An index held for writing (Store.writing): the live store as loaded (None where there was none, or it
+    was not read), and `save`, the one way the package commits a store to the index."""
+
+    index: Path
+    live: Store | None
+
+    def save(self, store: Store) -> None:
+        """Commit `store` as the index's next generation, under the lock this transaction holds."""
+        store.save(self.index)
+        self.live = store
 
 
 DELETED = ".deleted.npy"  # beside a segment's folder: the sorted local rows this generation has deleted

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RetrievalError
-from .lock import IndexLock
 from .sources import Location
-from .store import Store
+from .store import Store, Writing
 
 
 @dataclass
@@ -34,13 +33,13 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
     index's write lock.
     """
     if repair:
-        with IndexLock(index, wait=wait, existing=True):
-            return _check(index, repair=True)
-    return _check(index, repair=False)
+        with Store.writing(index, wait=wait, check_hashes=True) as writing:
+            return _check(writing.live, writing)
+    return _check(Store.load(index, check_hashes=True), None)
 
 
-def _check(index: Path, *, repair: bool) -> Health:
-    store = Store.load(index, check_hashes=True)
+def _check(store: Store, repair: Writing | None) -> Health:
+    """The store's health; with `repair`, the rows whose files are gone dropped through that transaction."""
     health = Health(store.count, warning=store.record.warning())
     _root_reachable(store.root)
     gone = []
@@ -63,7 +62,7 @@ def _check(index: Path, *, repair: bool) -> Health:
         )
     if repair and gone:
         store.delete(gone)
-        store.save(index)
+        repair.save(store)
         health.repaired = len(gone)
         health.count = store.count
         health.warning = store.record.warning()

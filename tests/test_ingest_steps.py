@@ -160,15 +160,16 @@ def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp
     spy = lambda path, *a, **kw: files.append(Path(path).name) or real(path, *a, **kw)  # noqa: E731
     monkeypatch.setattr(np.lib.format, "open_memmap", spy)
     names = sorted(p.name for p in folder.iterdir())
-    previous = previous_index(folder, names)
+    settings = Settings(index=tmp_path / "index")
+    previous_index(folder, names).save(settings.index)
     the_plan = Plan(
         folder, [entry_of(folder, n) for n in names], kept={0: 4, 3: 1}, resumed={1: unit(11)}, to_embed=[2, 4]
     )
-    settings = Settings(index=tmp_path / "index")
     report = IngestReport(settings.index)
-    store = commit(
-        previous, the_plan, {2: unit(12)}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report
-    )  # slot 4 was to be embedded but failed: it has no vector and no row
+    with Store.writing(settings.index) as index:
+        store = commit(
+            index, the_plan, {2: unit(12)}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report
+        )  # slot 4 was to be embedded but failed: it has no vector and no row
     assert [e.path for e in store.entries()] == names[:4]
     expected = np.stack([unit(4), unit(11), unit(12), unit(1)])
     np.testing.assert_allclose(store.vectors(), expected, atol=1e-6)
@@ -182,11 +183,13 @@ def test_commit_writes_nothing_when_nothing_changed_and_refuses_an_empty_result(
     settings = Settings(index=tmp_path / "index", index_type="flat")
     previous = previous_index(folder, names)
     previous.save(settings.index)
-    previous = Store.load(settings.index)
-    the_plan = Plan(folder, previous.entries(), kept={i: i for i in range(5)})
     report = IngestReport(settings.index)
-    same = commit(previous, the_plan, {}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report)
-    assert same is previous
-    with pytest.raises(NothingToIndex):
-        commit(None, Plan(folder, previous.entries(), to_embed=[0]), {}, settings, embedding=EMBEDDING, runtime={},
-               listing_count=5, report=report)  # fmt: skip
+    with Store.writing(settings.index) as index:
+        the_plan = Plan(folder, index.live.entries(), kept={i: i for i in range(5)})
+        same = commit(index, the_plan, {}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report)
+        assert same is index.live
+    generation = Store.load(settings.index).generation
+    with pytest.raises(NothingToIndex), Store.writing(tmp_path / "other", create=True) as nothing:
+        commit(nothing, Plan(folder, previous.entries(), to_embed=[0]), {}, settings, embedding=EMBEDDING,
+               runtime={}, listing_count=5, report=report)  # fmt: skip
+    assert Store.load(settings.index).generation == generation, "nothing written when nothing changed"

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval.errors import EmptyIndex, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
+from retrieval.errors import EmptyIndex, IndexBusy, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
 from retrieval.generations import current_generation
 from retrieval.manifest import FILES as MANIFEST_FILES
 from retrieval.manifest import ORDER, RECORDS, Manifest
@@ -397,3 +397,28 @@ def test_a_malformed_record_is_refused_with_what_is_wrong(saved, change, message
     change(raw)
     with pytest.raises(StoreError, match=message):
         IndexRecord.from_json(raw, saved)
+
+
+def test_writing_holds_the_lock_commits_what_it_saves_and_releases_on_error(saved, tmp_path):
+    """Store.writing, the one transaction every writer uses: a second writer is busy while it runs, a store
+    saved through it is the live index after, an error leaves the index as it was and the lock free, and an
+    index that is not there is IndexMissing with nothing created (unless `create`)."""
+    with Store.writing(saved) as writing:
+        with pytest.raises(IndexBusy):
+            Store.writing(saved).__enter__()
+        writing.live.delete([0])
+        writing.save(writing.live)
+    assert Store.load(saved).count == 39
+    with pytest.raises(RuntimeError), Store.writing(saved) as writing:
+        writing.live.delete([0])
+        raise RuntimeError("a writer's bug")
+    assert Store.load(saved).count == 39
+    with Store.writing(saved, wait=False) as writing:  # free again
+        assert writing.live.count == 39
+    with pytest.raises(IndexMissing):
+        Store.writing(tmp_path / "nothing").__enter__()
+    assert not (tmp_path / "nothing").exists()
+    with Store.writing(tmp_path / "new", create=True) as writing:
+        assert writing.live is None
+        writing.save(make_store(3))
+    assert Store.load(tmp_path / "new").count == 3
