@@ -25,7 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 RUNS = 5
 
 OPEN_AND_FIND = {
-    "columnar": "from retrieval.manifest import Manifest\nm = Manifest.read(folder)\nrow = m.find(target)",
+    "columnar": "from retrieval.manifest import Manifest\nm = Manifest.read(folder)\nrow = m.row_of(target)",
     "JSON lines": (
         "import json\nfrom retrieval.manifest import Entry\n"
         "lines = (folder / 'manifest.jsonl').read_text().splitlines()\n"

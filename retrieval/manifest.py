@@ -107,7 +107,7 @@ class Manifest:
             out.append(Entry(path, size, mtime, "" if digest == _NO_HASH else digest.hex()))
         return out
 
-    def find(self, path: str) -> int | None:
+    def row_of(self, path: str) -> int | None:
         """The row of `path`, by binary search over the rows in path order: a few page reads."""
         target = _encode(path)
         low, high = 0, len(self._order)

@@ -141,7 +141,7 @@ def read_ground_truth(path: Path) -> dict[Path, set[str]]:
 def evaluate_labelled(searcher: Searcher, truth: dict[Path, set[str]], k: int = 10, depth: int = 100) -> LabelledReport:
     """Recall@k, precision@k and mAP (over the top `depth`) of the index against `truth`."""
     store = searcher.store
-    unknown = sorted({p for relevant in truth.values() for p in relevant if store.find(p) is None})
+    unknown = sorted({p for relevant in truth.values() for p in relevant if store.row_of(p) is None})
     if unknown:
         raise UsageError(f"{len(unknown)} relevant paths are not in the index, e.g. {unknown[0]!r}")
     queries = list(truth)

@@ -225,7 +225,7 @@ def indexed_row(store: Store, image: Path) -> int | None:
         rel = Path(os.path.abspath(image)).relative_to(root).as_posix()
     except ValueError:
         return None
-    row = store.find(rel)
+    row = store.row_of(rel)
     if row is None:
         return None
     entry = store.entry(row)

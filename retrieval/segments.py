@@ -240,10 +240,10 @@ class ScanGroup:
         return self.hits(queries, k, self.find(queries, k, rerank), rerank)
 
 
-Searcher = Alone | ScanGroup  # a search's two halves: `find` (FAISS alone) and `hits`
+SegmentSearch = Alone | ScanGroup  # a search's two halves: `find` (FAISS alone) and `hits`
 
 
-def searchers(segments: list[Segment]) -> list[tuple[list[int], Searcher]]:
+def searchers(segments: list[Segment]) -> list[tuple[list[int], SegmentSearch]]:
     """How a store searches its segments: scan segments with the others coded alike as one ScanGroup, every
     other segment alone. Per searcher, the segments' positions and the searcher; the one holding the most
     rows first."""
@@ -256,7 +256,7 @@ def searchers(segments: list[Segment]) -> list[tuple[list[int], Searcher]]:
             joined.append(i)
         else:
             groups.append([i])
-    found: list[tuple[list[int], Searcher]] = []
+    found: list[tuple[list[int], SegmentSearch]] = []
     for group in groups:
         members = [segments[i] for i in group]
         found.append((group, ScanGroup(members) if members[0].index.choice.kind == "scan" else Alone(members[0])))

@@ -54,7 +54,7 @@ from .lock import IndexLock
 from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
 from .record import FORMAT_VERSION, META, IndexRecord, SegmentRecord, read_record, write_record
-from .segments import NO_ROWS, SCAN_BELOW, Hits, Searcher, Segment, build_scan, merges_due, searchers
+from .segments import NO_ROWS, SCAN_BELOW, Hits, Segment, SegmentSearch, build_scan, merges_due, searchers
 from .sources import Location, recorded
 
 VECTORS = "vectors.faiss"
@@ -183,10 +183,10 @@ class Store:
         """Every stored (normalized) vector in row order, (count, dim)."""
         return _live_vectors(self._segments) if self._segments else np.empty((0, self.dim), np.float32)
 
-    def find(self, path: str) -> int | None:
+    def row_of(self, path: str) -> int | None:
         """Row of a manifest path (relative, POSIX), or None: a binary search per segment, nothing built."""
         for start, segment in zip(self._starts, self._segments):
-            local = segment.manifest.find(path)
+            local = segment.manifest.row_of(path)
             if local is not None and not segment.is_deleted(np.array([local]))[0]:
                 return int(start + segment.positions(np.array([local]))[0])
         return None
@@ -521,8 +521,8 @@ def _read_segment(generation: Path, recorded: SegmentRecord, record: IndexRecord
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
 
 
-def concurrently(searchers: list[Searcher], queries: np.ndarray, k: int) -> list[list[Hits]]:
-    """Each searcher's hits, in order: the first one's FAISS search (the largest segment's, Searcher.find)
+def concurrently(searchers: list[SegmentSearch], queries: np.ndarray, k: int) -> list[list[Hits]]:
+    """Each searcher's hits, in order: the first one's FAISS search (the largest segment's, SegmentSearch.find)
     on a worker thread while this thread searches the others, then its hits made here. The worker runs
     nothing but FAISS, which releases the GIL, and with one OpenMP thread: with FAISS's default (one per
     core) a worker's search of one query competed with this thread. Measured by hand on 1,000,000 rows plus

@@ -71,7 +71,7 @@ def assert_answers_like_brute_force(store: Store, ref: Reference, queries: np.nd
         assert [store.entry(r).path for r, _ in hits] == [ref.paths[i] for i in expected]
         np.testing.assert_allclose([s for _, s in hits], q[expected], atol=1e-5)
     for row in range(0, store.count, max(1, store.count // 10)):
-        assert store.find(ref.paths[row]) == row
+        assert store.row_of(ref.paths[row]) == row
         np.testing.assert_allclose(store.vector(row), ref.vectors[row], atol=1e-6)
 
 
@@ -97,7 +97,7 @@ def test_a_seeded_sequence_of_adds_deletes_merges_and_reloads_answers_like_brute
             gone = [ref.paths[r] for r in rows]
             store.delete(rows)
             ref.delete(rows)
-            assert all(store.find(p) is None for p in gone)
+            assert all(store.row_of(p) is None for p in gone)
         elif step == "merge":
             store.merge()
         else:

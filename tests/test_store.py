@@ -240,7 +240,7 @@ def test_a_format_4_index_loads_as_it_is_and_its_next_save_is_columnar(tmp_path)
     as_written_by_format_4(tmp_path / "index")
     old = Store.load(tmp_path / "index")
     assert old.entries() == store.entries() and not old.stale
-    assert old.find("caf\udce9.jpg") == 30 and old.find("dir/img-007.jpg") == 7
+    assert old.row_of("caf\udce9.jpg") == 30 and old.row_of("dir/img-007.jpg") == 7
     np.testing.assert_array_equal(old.search(vectors(1, seed=9), 1)[0][0][0], 30)
     old.save(tmp_path / "index")
     generation = current_generation(tmp_path / "index")
@@ -276,12 +276,12 @@ def test_the_manifest_round_trips_and_finds_paths_by_binary_search(tmp_path):
     Manifest.of(rows).write(tmp_path)
     loaded = Manifest.read(tmp_path)
     assert loaded.entries() == rows and [loaded.entry(i) for i in range(4)] == rows
-    assert [loaded.find(e.path) for e in rows] == [0, 1, 2, 3]
-    assert loaded.find("a/0.jpg") is None and loaded.find("zzz") is None and loaded.find("") is None
+    assert [loaded.row_of(e.path) for e in rows] == [0, 1, 2, 3]
+    assert loaded.row_of("a/0.jpg") is None and loaded.row_of("zzz") is None and loaded.row_of("") is None
     empty = tmp_path / "empty"
     empty.mkdir()
     Manifest.of([]).write(empty)
-    assert len(Manifest.read(empty)) == 0 and Manifest.read(empty).find("a") is None
+    assert len(Manifest.read(empty)) == 0 and Manifest.read(empty).row_of("a") is None
 
 
 def test_missing_meta_is_refused(saved):
