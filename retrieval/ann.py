@@ -427,7 +427,7 @@ def choice_from(description: dict[str, Any]) -> IndexChoice:
     return IndexChoice(**{k: v for k, v in description.items() if k in IndexChoice.__dataclass_fields__})
 
 
-def recall_at(
+def neighbour_recall(
     index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10, own_rows: np.ndarray | None = None
 ) -> float:
     """Fraction of the exact top-k (brute force over `vectors`, no copy) that `index` also returns.
@@ -518,7 +518,7 @@ def measure(
     index = VectorIndex.build(choice, metric, vectors, pca=pca)
     rows = held_out_rows(len(vectors))
     recall = tune_until(
-        index, candidate, lambda i: recall_at(i.faiss, vectors, vectors[rows], own_rows=rows), target_recall
+        index, candidate, lambda i: neighbour_recall(i.faiss, vectors, vectors[rows], own_rows=rows), target_recall
     )
     return index, index.choice, recall
 

@@ -74,7 +74,9 @@ def _call(
         headers["Content-Type"] = content_type
     call = request.Request(url.rstrip("/") + path, data=body, headers=headers, method="POST" if body else "GET")
     try:
-        with request.urlopen(call, timeout=timeout) as response:
+        # an opener of its own, with the proxies the environment names now: urllib's global one keeps those of
+        # its first use in the process for good (a library's caller may have changed them since)
+        with request.build_opener().open(call, timeout=timeout) as response:
             data = response.read()
     except error.HTTPError as e:
         try:

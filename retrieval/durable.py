@@ -1,11 +1,12 @@
 """Writing files so that a crash leaves either the old content or the new, never a part: every file the
 project writes goes through here (index generations, the CURRENT pointer, checkpoints, the error report,
 collages, benchmark results). The one folder written by another library, OpenVINO's converted model, is
-staged the same way and renamed into place whole (preparation.py)."""
+staged the same way and renamed into place whole (place_folder: the converted and the int8 models)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +41,18 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         staging.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def place_folder(staging: Path, target: Path) -> None:
+    """Rename a folder written in full at `staging` to `target`: a reader finds all of it or none. Where a
+    concurrent writer placed `target` first (a cache keyed by its content: the same folder), theirs is kept
+    and the staged copy removed."""
+    try:
+        os.rename(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.is_dir():
+            raise
 
 
 def write_text_atomically(path: Path, text: str) -> None:

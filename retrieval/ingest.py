@@ -116,7 +116,7 @@ def plan(
     only when a vanished one had its size."""
     result = Plan(folder, [], previous_paths=frozenset(e.path for e in previous.entries()) if previous else frozenset())
     known, vanished = _previous_rows(paths, previous)
-    resumed = {(e.path, e.size, e.mtime_ns): (e, v) for e, v in checkpointed}
+    resumed = {e.key: (e, v) for e, v in checkpointed}
     vanished_sizes = {entry.size for entry, _ in vanished.values()}
     for rel in paths:
         try:
@@ -125,13 +125,12 @@ def plan(
             reason = "file not found" if isinstance(e, FileNotFoundError) else "unreadable"
             result.skipped.append(Skipped(rel, reason, str(e)))
             continue
-        key = (rel, st.st_size, st.st_mtime_ns)
         slot = len(result.entries)
         entry = Entry(rel, st.st_size, st.st_mtime_ns)
-        if key in resumed:
-            entry, result.resumed[slot] = resumed[key]
-        elif key in known:
-            entry, result.kept[slot] = known[key]
+        if entry.key in resumed:
+            entry, result.resumed[slot] = resumed[entry.key]
+        elif entry.key in known:
+            entry, result.kept[slot] = known[entry.key]
             result.unchanged += 1
         elif (source := _moved(folder, entry, vanished, vanished_sizes)) is not None:
             entry, result.kept[slot] = source
@@ -155,7 +154,7 @@ def _previous_rows(
     known, vanished = {}, {}
     for row, entry in enumerate(previous.entries()):
         if entry.path in listed:
-            known[(entry.path, entry.size, entry.mtime_ns)] = (entry, row)
+            known[entry.key] = (entry, row)
         else:
             vanished[entry.sha256 or f"row-{row}"] = (entry, row)
     return known, vanished

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,16 @@ class Entry:
     size: int
     mtime_ns: int
     sha256: str = ""  # of the file's bytes: recognises a moved file without embedding it again
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """Path, size and mtime: a file listed with the key it was embedded under is taken as unchanged."""
+        return self.path, self.size, self.mtime_ns
+
+    def unchanged(self, st: Any) -> bool:
+        """Whether a file's stat (os.stat_result, or sources.Facts) says it is still the file embedded: the
+        same size and mtime, the test ingest (by `key`), a query by an indexed image and verify all make."""
+        return (st.st_size, st.st_mtime_ns) == (self.size, self.mtime_ns)
 
 
 def _encode(path: str) -> bytes:

@@ -28,6 +28,7 @@ from .backbones import (
     keras_cache_file,
     weights_fingerprint,
 )
+from .durable import place_folder
 from .openvino_engine import PreparedModel, compile_ir, infer, native_bf16
 from .quantize import DEFAULT_GATE, Calibration, GateRule, cached, fidelity, int8_capable, quantized
 from .system import package_version, resolve_precision
@@ -123,9 +124,5 @@ def _converted(spec: ModelSpec, weights: str, seed: int, fingerprint: dict[str, 
             staging = Path(tmp) / "ir"
             # fp32 weights on disk: bf16 or not is decided at compile time, per machine
             ov.save_model(ov.convert_model(f"{tmp}/savedmodel"), staging / "model.xml", compress_to_fp16=False)
-            try:
-                os.rename(staging, target)  # atomic: a reader never sees half an IR
-            except OSError:
-                if not (target / "model.xml").is_file():  # not a concurrent conversion that won the race
-                    raise
+            place_folder(staging, target)
     return target / "model.xml"

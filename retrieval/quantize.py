@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .durable import place_folder
 from .errors import ImageError
 from .images import load_image
 from .sources import Location
@@ -213,11 +214,7 @@ def quantized(model_xml: Path, calibration: Calibration, preprocess: Callable[[n
         int8 = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     staging = target.parent / f".tmp-{target.name}-{os.getpid()}"
     ov.save_model(int8, staging / "model.xml", compress_to_fp16=False)
-    try:
-        os.rename(staging, target)  # atomic: a reader never sees half a model
-    except OSError:
-        if not (target / "model.xml").is_file():
-            raise
+    place_folder(staging, target)
     return target / "model.xml"
 
 

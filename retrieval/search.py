@@ -233,4 +233,4 @@ def indexed_row(store: Store, image: Path) -> int | None:
         st = image.stat()
     except OSError:
         return None
-    return row if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
+    return row if entry.unchanged(st) else None

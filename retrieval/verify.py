@@ -52,7 +52,7 @@ def _check(store: Store, repair: Writing | None) -> Health:
             continue
         except OSError as e:  # unreadable, or a remote root out of reach: not proof that the file is gone
             raise RetrievalError(f"cannot check {entry.path}: {e}; nothing was repaired") from e
-        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+        if not entry.unchanged(st):
             health.changed.append(entry.path)
     if repair and gone and len(gone) == store.count:
         raise RetrievalError(
