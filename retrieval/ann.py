@@ -1,13 +1,7 @@
-"""Index kinds: how the vectors are searched. Every kind is a FAISS index built from a factory string, so
-the store, the tests and the benchmark treat them alike (add, search, reconstruct, write, read).
-
-- `flat`: exact search over every vector (IndexFlatIP / IndexFlatL2). Time grows with N: about 4.5 ms
-  at 10k vectors of 2048-d here, so it is sub-millisecond only for a few thousand images.
-- `hnsw`: a navigable graph (HNSW32) over the vectors, optionally after PCA; approximate.
-- `ivf`: inverted lists over k-means cells with scalar (SQ8) or product (PQ) quantization; approximate.
-- `scan`: every vector's product-quantized code (4 bits per dimension, after PCA), all of them scanned
-  with FAISS's SIMD "fast scan"; approximate. Time grows with N but at a few nanoseconds a row,
-  so it is what the store gives its small update segments (store.py, segments.ScanGroup), not a user's kind.
+"""Vector indexes: how the vectors are searched. Every kind (kinds/: flat, hnsw, hnsw-sq8, ivf, scan, each
+declaring its structure and search parameter) is a FAISS index built from a factory string, so the store,
+the tests and the benchmark treat them alike (add, search, reconstruct, write, read); `auto` measures which
+to build.
 
 Whenever the searched representation is compressed (PCA, SQ8, PQ), the index is wrapped in a refine
 stage (`RFlat`) that keeps the exact vectors and re-ranks `rerank` × k candidates exactly: results carry
@@ -22,7 +16,6 @@ ranks exactly like cosine (|a - b|² = 2 - 2 cos). `scores` turns the distances 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -32,11 +25,12 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .kinds import AUTO, Kind, kind_of
+
 # below this many vectors `auto` keeps exact search: it is then as fast as a graph and never misses
 AUTO_FLAT_BELOW = 5_000
 TRAIN_SAMPLE = 50_000  # vectors used to train PCA and k-means: more buys little
 HEADROOM_STEPS = 1  # auto raises a search parameter this many values past the first that meets the target
-SCAN_RERANKS = (2, 4, 8, 16, 32, 64)  # candidates per wanted result a scan index may re-rank exactly
 
 
 @dataclass(frozen=True)
@@ -52,37 +46,33 @@ class IndexChoice:
     pq_bytes: int = 0  # 0: SQ8 (1 byte per dimension); else PQ (4-bit codes) with this many bytes per vector
     rerank: int = 4  # with compression: candidates re-ranked exactly, per wanted result
 
+    @property
+    def declared(self) -> Kind:
+        """The registered kind (kinds.KINDS) this choice builds; ValueError for `auto` or an unknown name."""
+        return kind_of(self.kind)
+
+    def width(self, dim: int) -> int:
+        """The dimensions searched: after the PCA, if there is one."""
+        return self.pca if 0 < self.pca < dim else dim
+
     def factory(self, dim: int, count: int) -> str:
         """The faiss index_factory string for `count` vectors of `dim` dimensions."""
-        if self.kind == "flat":
-            return "Flat"
+        kind = self.declared
+        if kind.exact:
+            return kind.structure(self, dim, count)
         parts = [f"PCA{self.pca}"] if 0 < self.pca < dim else []
-        if self.kind == "hnsw":
-            parts.append(f"HNSW{self.hnsw_m}")
-        elif self.kind == "scan":
-            width = self.pca if 0 < self.pca < dim else dim
-            # a 4-bit code per dimension: on the 21,952 update rows of benchmarks/update.py it met recall@10
-            # 0.95 re-ranking 4 candidates per result, where a code per two dimensions needed 16; searched
-            # as one group, 0.33 against 0.43 ms a query
-            parts.append(f"PQ{2 * self.pq_bytes or width}x4fs")
-        elif self.kind == "ivf":
-            lists = self.ivf_lists or max(1, min(int(4 * math.sqrt(count)), count // 39))
-            # PQ with 4-bit codes and SIMD "fast scan": trains in a fraction of a second where 8-bit
-            # codes took 24 s for 6,000 vectors here, and scans faster
-            parts.append(f"IVF{lists},{f'PQ{2 * self.pq_bytes}x4fs' if self.pq_bytes else 'SQ8'}")
-        else:
-            raise ValueError(f"no factory for kind {self.kind!r}")
+        parts.append(kind.structure(self, self.width(dim), count))
         if self.compressed(dim):
             parts.append("RFlat")
         return ",".join(parts)
 
     def compressed(self, dim: int) -> bool:
-        return self.kind in ("ivf", "scan") or 0 < self.pca < dim
+        return self.declared.compresses or 0 < self.pca < dim
 
 
 def searched_metric(choice: IndexChoice, metric: int) -> int:
     """The FAISS metric a kind searches by: the asked-for one when exact, L2 when approximate (see above)."""
-    return metric if choice.kind == "flat" else faiss.METRIC_L2
+    return metric if choice.declared.exact else faiss.METRIC_L2
 
 
 def scores(distances: np.ndarray, searched: int, metric: int) -> np.ndarray:
@@ -264,7 +254,7 @@ class VectorIndex:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(exact=self.choice.kind == "flat", range_search=True)
+        return Capabilities(exact=self.choice.declared.exact, range_search=True)
 
     def tune(self, choice: IndexChoice) -> None:
         """Change the search parameters (efSearch, nprobe, re-rank factor) of the built index."""
@@ -303,8 +293,7 @@ class VectorIndex:
         """Every (row, score) within `threshold` of each query (cosine at least, or distance at most),
         best first, with exact scores. Approximate kinds may miss rows, as they do in `search`."""
         searched = self.faiss.metric_type
-        # fast scan has no range search: a scan index (a small one) is range-searched exactly, over its vectors
-        ranged = self.stored if self.choice.kind == "scan" else self.faiss
+        ranged = self.faiss if self.choice.declared.range_searched else self.stored
         if searched == faiss.METRIC_INNER_PRODUCT:
             radius = threshold
         else:  # squared L2 between unit vectors
@@ -361,7 +350,7 @@ def same_pca(a: VectorIndex, b: VectorIndex) -> bool:
 def same_codes(a: VectorIndex, b: VectorIndex) -> bool:
     """Whether two `scan` indexes code every vector alike (the same PCA, or none, and the same codebook), so
     that their codes can be scanned as one (segments.ScanGroup)."""
-    if a.choice.kind != "scan" or b.choice.kind != "scan" or a.metric != b.metric:
+    if not (a.choice.declared.scanned_as_group and b.choice.declared.scanned_as_group) or a.metric != b.metric:
         return False
     if not same_pca(a, b):
         return False
@@ -410,11 +399,9 @@ def _parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchP
 
 def apply_search_parameters(index: faiss.Index, choice: IndexChoice) -> None:
     """efSearch / nprobe / re-rank factor, wherever they sit inside the wrappers."""
-    space = faiss.ParameterSpace()
-    if choice.kind == "hnsw":
-        space.set_index_parameter(index, "efSearch", choice.ef_search)
-    elif choice.kind == "ivf":
-        space.set_index_parameter(index, "nprobe", choice.nprobe)
+    kind = choice.declared
+    if kind.faiss_parameter:
+        faiss.ParameterSpace().set_index_parameter(index, kind.faiss_parameter, getattr(choice, kind.parameter))
     if isinstance(index, faiss.IndexRefine):
         index.k_factor = float(choice.rerank)
 
@@ -454,15 +441,7 @@ def overlap(found: np.ndarray, truth: np.ndarray) -> float:
 def resident_bytes(choice: IndexChoice, dim: int, count: int) -> int:
     """Memory a search of `choice` keeps busy: flat scans every exact vector; compressed kinds touch only
     their codes (and graph or lists), while the exact vectors for re-ranking stay memory-mapped on disk."""
-    width = choice.pca if 0 < choice.pca < dim else dim
-    if choice.kind == "flat":
-        return count * dim * 4
-    if choice.kind == "hnsw":
-        return count * (width * 4 + 2 * choice.hnsw_m * 4)  # vectors searched + level-0 neighbour lists
-    if choice.kind == "scan":
-        return count * (choice.pq_bytes or width // 2)  # a 4-bit code per dimension
-    code = choice.pq_bytes or width  # PQ bytes, or SQ8's byte per dimension
-    return count * (code + 8)  # codes + ids in the inverted lists
+    return choice.declared.resident_bytes(choice, choice.width(dim), count)
 
 
 @dataclass(frozen=True)
@@ -470,7 +449,7 @@ class Candidate:
     """A kind `auto` may take, and the search parameter it may raise to reach the recall target."""
 
     choice: IndexChoice
-    parameter: str  # "ef_search" or "nprobe"
+    parameter: str  # the IndexChoice field its kind tunes (Kind.parameter)
     values: tuple[int, ...]
 
 
@@ -488,12 +467,9 @@ def candidates(base: IndexChoice, dim: int, count: int, memory_budget: float) ->
 
 
 def tunable(choice: IndexChoice) -> Candidate:
-    """`choice` with the search parameter auto raises for its kind, and the values it tries."""
-    if choice.kind == "hnsw":
-        return Candidate(choice, "ef_search", (16, 32, 64, 128, 256, 512))
-    if choice.kind == "scan":
-        return Candidate(choice, "rerank", SCAN_RERANKS)
-    return Candidate(choice, "nprobe", (4, 8, 16, 32, 64, 128, 256))
+    """`choice` with the search parameter its kind declares for tuning, and the values it tries."""
+    kind = choice.declared
+    return Candidate(choice, kind.parameter, kind.values)
 
 
 def held_out_rows(count: int, sample: int = 200) -> np.ndarray:
@@ -557,11 +533,11 @@ def build_measured(
     recorded that was not measured.
     """
     count, dim = vectors.shape
-    if choice.kind == "flat" or (choice.kind == "auto" and count < AUTO_FLAT_BELOW):
+    if (choice.kind == AUTO and count < AUTO_FLAT_BELOW) or (choice.kind != AUTO and choice.declared.exact):
         flat = replace(choice, kind="flat")
         return VectorIndex.build(flat, metric, vectors), {**describe(flat, dim, count), "recall_at_10": 1.0}
     facts: dict[str, Any] = {"recall_target": target_recall, "recall_queries": len(held_out_rows(count))}
-    if choice.kind != "auto":
+    if choice.kind != AUTO:
         index, choice, recall = measure(choice, vectors, metric, target_recall)
         return index, measured(choice, dim, count, target_recall, recall)
     tried = []
@@ -626,7 +602,7 @@ def recall_warning(facts: dict[str, Any]) -> str | None:
     recall, target = facts.get("recall_at_10"), facts.get("recall_target")
     if recall is None or target is None or recall >= target:
         return None
-    parameter = "ef_search" if facts["kind"] == "hnsw" else "nprobe"
+    parameter = kind_of(facts["kind"]).parameter
     return (
         f"index {facts['factory']} ({parameter}={facts.get(parameter)}) measured recall@10 {recall:.3f}, below "
         f"recall_target {target}: queries miss some true neighbours. Raise {parameter}, or use "

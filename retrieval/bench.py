@@ -23,6 +23,7 @@ import numpy as np
 from .ann import IndexChoice, VectorIndex, describe, omp_threads, overlap
 from .durable import write_atomically, write_text_atomically
 from .errors import EmptyIndex, UsageError
+from .kinds import KINDS
 from .manifest import Entry, Manifest
 from .record import IndexRecord
 from .segments import Segment
@@ -44,16 +45,16 @@ class Sweep:
 
     label: str
     choice: IndexChoice
-    parameter: str = ""  # "ef_search" or "nprobe"; "" for flat
+    parameter: str = ""  # the kind's tuned parameter (Kind.parameter); "" for flat
     values: tuple[int, ...] = ()
 
 
-SWEEPS = (
-    Sweep("flat", IndexChoice("flat")),
-    Sweep("HNSW32", IndexChoice("hnsw"), "ef_search", (16, 32, 64, 128, 256)),
-    Sweep("PCA256+HNSW32+rerank", IndexChoice("hnsw", pca=256), "ef_search", (16, 32, 64, 128, 256)),
-    Sweep("IVF+SQ8+rerank", IndexChoice("ivf"), "nprobe", (4, 16, 64)),
-    Sweep("IVF+PQ64+rerank", IndexChoice("ivf", pq_bytes=64, rerank=8), "nprobe", (4, 16, 64)),
+SWEPT_VALUES = 5  # of each kind's tuning values, the first ones: past them recall is saturated on these sets
+# every registered kind's swept configurations (kinds/): a new kind is measured with no edit here
+SWEEPS = tuple(
+    Sweep(label, IndexChoice(kind.name, **fields), kind.parameter or "", kind.values[:SWEPT_VALUES])
+    for kind in KINDS.values()
+    for label, fields in kind.swept.items()
 )
 
 

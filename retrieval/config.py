@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .kinds import OFFERED
 from .sources import open_regular
 
 DEFAULT_CONFIG = Path("config.yaml")
@@ -27,7 +28,7 @@ ENGINES = ("openvino", "tensorflow")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 POOLINGS = ("avg", "max", "gem")
 EXECUTORS = ("local", "ray")  # where an ingest's embed step runs  # of ResNet50's last feature map
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+INDEX_TYPES = OFFERED  # auto, and every kind a user may ask for (kinds/)
 FAMILIES = ("clustered", "hard", "cone")  # synthetic feature families of `retrieval bench search`
 # Pillow's own default: a 10000 x 10000 image is over it and so treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485

@@ -249,7 +249,7 @@ def searchers(segments: list[Segment]) -> list[tuple[list[int], SegmentSearch]]:
     rows first."""
     groups: list[list[int]] = []
     for i, segment in enumerate(segments):
-        joined = segment.index.choice.kind == "scan" and next(
+        joined = segment.index.choice.declared.scanned_as_group and next(
             (g for g in groups if ann.same_codes(segments[g[0]].index, segment.index)), None
         )
         if joined:
@@ -259,7 +259,8 @@ def searchers(segments: list[Segment]) -> list[tuple[list[int], SegmentSearch]]:
     found: list[tuple[list[int], SegmentSearch]] = []
     for group in groups:
         members = [segments[i] for i in group]
-        found.append((group, ScanGroup(members) if members[0].index.choice.kind == "scan" else Alone(members[0])))
+        grouped = members[0].index.choice.declared.scanned_as_group
+        found.append((group, ScanGroup(members) if grouped else Alone(members[0])))
     return sorted(found, key=lambda item: -sum(segments[i].rows for i in item[0]))
 
 

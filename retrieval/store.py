@@ -295,7 +295,7 @@ class Store:
 
     def _scan_group(self) -> list[Segment]:
         """The live scan segments coded like the newest one: the group a new scan segment would join."""
-        scans = [s for s in self._segments if s.index.choice.kind == "scan" and s.live]
+        scans = [s for s in self._segments if s.index.choice.declared.scanned_as_group and s.live]
         return [s for s in scans if ann.same_codes(s.index, scans[-1].index)] if scans else []
 
     def _changed(self) -> None:

@@ -16,6 +16,7 @@ from retrieval import ann
 from retrieval.ann import Candidate, IndexChoice, held_out_rows, resident_bytes
 from retrieval.errors import IndexMismatch
 from retrieval.generations import current_generation
+from retrieval.kinds import KINDS as REGISTERED
 from retrieval.store import META, VECTORS, Entry, Store, file_facts
 from retrieval.synthetic import feature_vectors
 
@@ -24,15 +25,11 @@ from .test_store import as_written_by_format_5
 DIM = 256
 N = 6000
 
+# every registered kind in the configurations it declares for this battery (kinds/), and auto
 KINDS = {
-    "flat": IndexChoice("flat"),
-    "hnsw": IndexChoice("hnsw", ef_search=64),
-    "pca-hnsw": IndexChoice("hnsw", pca=64, ef_search=128),
-    "ivf-sq8": IndexChoice("ivf", nprobe=16),
-    "ivf-pq": IndexChoice("ivf", pq_bytes=64, nprobe=16, rerank=8),
-    "scan": IndexChoice("scan", pca=64),
-    "auto": IndexChoice("auto"),
+    label: IndexChoice(kind.name, **fields) for kind in REGISTERED.values() for label, fields in kind.tested.items()
 }
+KINDS["auto"] = IndexChoice("auto")
 
 
 @pytest.fixture(scope="module")
