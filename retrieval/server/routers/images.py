@@ -1,8 +1,9 @@
 """An indexed image and its thumbnail, by row id: the server opens only files the live manifest lists."""
 
 import mimetypes
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
@@ -10,12 +11,15 @@ from ...sources import ArrowPath
 from ..dependencies import GUARDED, Fresh
 from ..schemas import ServeOptions
 
+# as GET /search's `id`: a negative id is a malformed request (422) on every route, one past the end a 404
+RowId = Annotated[int, Path(ge=0, description="An indexed image's row id.")]
+
 
 def router(options: ServeOptions) -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/images/{id}", dependencies=GUARDED, response_class=FileResponse)
-    async def image(s: Fresh, id: int) -> Response:
+    async def image(s: Fresh, id: RowId) -> Response:
         path = s.image(id)
         if isinstance(path, ArrowPath):  # a remote root: fetched here, as the client cannot reach it
             return await run_in_threadpool(_fetched, path, id)
@@ -24,7 +28,7 @@ def router(options: ServeOptions) -> APIRouter:
         return FileResponse(path)
 
     @routes.get("/thumbnails/{id}", dependencies=GUARDED, response_class=Response)
-    async def thumbnail(request: Request, s: Fresh, id: int) -> Response:
+    async def thumbnail(request: Request, s: Fresh, id: RowId) -> Response:
         picture = await request.app.state.thumbnails.get(s, id)
         return Response(picture, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 
