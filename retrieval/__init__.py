@@ -1,6 +1,6 @@
 """Content-based image search: ResNet50 (or VGG16) features in a FAISS index.
 
-The CLI in `cli.py` is a thin layer over these functions; use them directly from Python the same way.
+The CLI in `cli/` is a thin layer over these functions; use them directly from Python the same way.
 
 The names below are imported on first use, not with the package: `retrieval query --server` and `--help`
 then start without numpy, Pillow or FAISS. Two of them, `ingest` and `verify`, are functions named like

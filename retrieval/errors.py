@@ -1,6 +1,6 @@
 """The exceptions the library raises, and the exit code the CLI maps each one to.
 
-The library never calls ``sys.exit``: it raises one of these, and only ``cli.py`` turns it into an exit
+The library never calls ``sys.exit``: it raises one of these, and only ``cli/app.py`` turns it into an exit
 code, so every command reports the same fault with the same code.
 """
 

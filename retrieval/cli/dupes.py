@@ -1,0 +1,132 @@
+"""`retrieval dupes`."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import EXIT_ERROR, UsageError
+from ..files import printable
+from ..results import QueryResult
+from ..sources import Location
+from .app import ConfigOption, IndexOption, JsonOption, reported, settings_from
+from .output import echo_json, say, warn
+
+if TYPE_CHECKING:
+    from ..dupes import Group, Move
+
+
+def dupes(
+    index: IndexOption = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Cosine at which two images are duplicates (default 0.95 without --relative)."),
+    ] = None,
+    relative: Annotated[
+        float | None,
+        typer.Option(
+            help="Duplicates: distance (1 - cosine) at most this fraction of that to the reference neighbour."
+        ),
+    ] = None,
+    neighbours: Annotated[
+        int, typer.Option(min=2, help="Neighbours searched per image; the last is the reference.")
+    ] = 32,
+    keep: Annotated[str, typer.Option(help="Which to keep, by order of: resolution,size,oldest,newest,path.")] = (
+        "resolution,size,oldest"
+    ),
+    as_json: JsonOption = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (group, keep, score, path, ...) instead.")] = False,
+    collage_dir: Annotated[
+        Path | None, typer.Option(help="Draw one collage per group into this folder.", file_okay=False)
+    ] = None,
+    move_to: Annotated[
+        Path | None, typer.Option(help="Move every group's extras here (a dry run unless --apply).", file_okay=False)
+    ] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Really move them, log it, and update the index.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Find groups of near-duplicate images through the index; optionally move the extras out of the folder.
+
+    Exit 0 whether or not duplicates are found; a dry run (no --apply) changes nothing.
+    """
+    settings = settings_from(config, index=index)
+    with reported():
+        if apply and move_to is None:
+            raise UsageError("--apply needs --move-to DIR")
+        if as_json and as_csv:
+            raise UsageError("--json and --csv are two formats for the same output: give one of them")
+        from .. import dupes as found_dupes
+        from ..store import Store
+
+        store = Store.load(settings.index)
+        rule, caveat = found_dupes.rule_for(store.record, threshold, relative, neighbours)
+        warn(caveat)
+        groups = found_dupes.find_groups(store, rule, tuple(k.strip() for k in keep.split(",") if k.strip()))
+        moves = found_dupes.plan_moves(groups, store.root, move_to) if move_to else []
+        # drawn before anything moves: the collages show the extras where they were found
+        collages = _group_collages(groups, store.root, collage_dir, settings.max_pixels) if collage_dir else []
+        if moves and apply:
+            moves, store = found_dupes.apply_moves(store, settings.index, moves, move_to)
+    extras = sum(len(g.extras) for g in groups)
+    if as_json:
+        echo_json({"groups": found_dupes.as_json(groups), "moves": [asdict(m) for m in moves], "applied": apply})
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["group", "keep", "score", "path", "width", "height", "bytes"])
+        for number, group in enumerate(groups, 1):
+            for member in group.members:
+                is_kept = member is group.keep
+                writer.writerow(
+                    [
+                        number,
+                        int(is_kept),
+                        f"{member.score:.6f}",
+                        member.path,
+                        member.width,
+                        member.height,
+                        member.bytes,
+                    ]
+                )
+    else:
+        typer.echo(f"{len(groups)} groups of near-duplicates, {extras} extra images ({printable(str(store.root))})")
+        for number, group in enumerate(groups, 1):
+            typer.echo(f"group {number}: {len(group.members)} images")
+            typer.echo(f"  keep    {printable(group.keep.path)}")
+            for member in group.extras:
+                typer.echo(f"  {member.score:.4f}  {printable(member.path)}")
+    for path in collages:
+        say(f"collage: {printable(str(path))}")
+    _report_moves(moves, apply, move_to)
+    if apply and any(m.problem for m in moves):
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _group_collages(groups: list[Group], root: Location, folder: Path, max_pixels: int) -> list[Path]:
+    """One collage per group: the kept image first, then the extras with their scores."""
+    from ..collage import render
+    from ..results import Hit
+
+    paths = []
+    for number, group in enumerate(groups, 1):
+        hits = [Hit(rank, m.score, m.path, m.row) for rank, m in enumerate(group.extras, 1)]
+        result = QueryResult(root / group.keep.path, root, "cosine", hits, embedded=False)
+        paths.append(render(result, folder / f"group-{number:04d}.jpg", max_pixels, first="Keep"))
+    return paths
+
+
+def _report_moves(moves: list[Move], applied: bool, target: Path | None) -> None:
+    if target is None:
+        return
+    problems = [m for m in moves if m.problem]
+    if applied:
+        moved = sum(m.done for m in moves)
+        say(f"moved {moved} files to {printable(str(target))}; log: {printable(str(target / 'dupes-log.jsonl'))}")
+    else:
+        say(f"dry run: {len(moves) - len(problems)} files would move to {printable(str(target))} (--apply moves them)")
+    for m in problems:
+        say(f"not moved: {printable(m.source)}: {m.problem}")
