@@ -36,14 +36,16 @@ def test_a_symlink_loop_ends_and_lists_each_file_once(tmp_path):
     assert list_images(tmp_path).paths == ["a/x.jpg"]
 
 
-def test_a_fifo_and_a_socket_are_reported_not_listed(tmp_path):
+def test_a_fifo_a_socket_and_a_device_are_reported_not_listed(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "null.png").symlink_to("/dev/null")  # a character device, as a link to it
     os.mkfifo(tmp_path / "pipe.jpg")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path / "sock.png"))
         listing = list_images(tmp_path)
     assert listing.paths == ["a.jpg"]
     assert sorted((e.path, e.reason, e.detail) for e in listing.errors) == [
+        ("null.png", "not a regular file", "a device"),
         ("pipe.jpg", "not a regular file", "a FIFO (named pipe)"),
         ("sock.png", "not a regular file", "a socket"),
     ]

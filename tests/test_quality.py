@@ -113,3 +113,22 @@ def test_eval_command_with_a_csv_ground_truth(indexed, tmp_path):
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
     assert (answer["queries"], answer["recall@5"], answer["precision@5"], answer["mAP@100"]) == (1, 1.0, 0.2, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("truth", "code", "message"),
+    [
+        ("query,relevant\nmissing.jpg,photo-0001.jpg\n", 1, "missing.jpg"),
+        ("query,relevant\nnotes.jpg,photo-0001.jpg\n", 1, "not an image"),
+        ("query,relevant\nquery.jpg,../outside.jpg\n", 2, "'../outside.jpg'"),
+        ("query,relevant\nquery.jpg,gone.jpg\n", 2, "not in the index, e.g. 'gone.jpg'"),
+    ],
+)
+def test_a_truth_file_naming_missing_non_image_or_outside_files_says_which(indexed, tmp_path, truth, code, message):
+    """BAD_INPUTS 59: a query that is not there or not an image, a relevant path outside the indexed folder or
+    not indexed: the exit code, and a message that names the file."""
+    near_duplicates(photo(1))["resized"].save(tmp_path / "query.jpg", quality=95)
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    (tmp_path / "truth.csv").write_text(truth)
+    result = runner.invoke(cli, ["eval", "--index", str(indexed.index), "--truth", str(tmp_path / "truth.csv")])
+    assert result.exit_code == code and message in result.output, result.output

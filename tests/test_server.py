@@ -375,19 +375,26 @@ def test_query_with_server_sends_more_images_than_one_request_takes_in_several(i
     assert [r.query.name for r in results] == [f"q{seed}.jpg" for seed in range(5)]
 
 
-def test_an_index_deleted_under_the_server_answers_503_and_health_says_so_until_an_ingest(tmp_path, embedder):
-    """BAD_INPUTS 54."""
+@pytest.mark.parametrize(("damage", "message"), [("deleted", "no index in"), ("corrupted", "is corrupt")])
+def test_an_index_deleted_or_corrupted_under_the_server_answers_503_and_health_says_so_until_an_ingest(
+    tmp_path, embedder, damage, message
+):
+    """BAD_INPUTS 54: every route answers 503 with the reason, /health too, until an ingest (--full for the
+    corrupt one, as its message says) brings the index back."""
     folder = tmp_path / "photos"
     write_photos(folder, 4, seed=900)
     settings = Settings(index=tmp_path / "index", weights="none")
     ingest(folder, settings, embedder=embedder)
     with serving(Searcher(settings, lambda _: embedder)) as c:
         assert c.get("/health").json() == {"status": "ok"}
-        shutil.rmtree(settings.index)
+        if damage == "deleted":
+            shutil.rmtree(settings.index)
+        else:
+            (settings.index / "CURRENT").write_bytes(b"\xff\xfe garbage")
         gone = [c.get("/search", params={"id": 0}), c.get("/info"), c.get("/thumbnails/0"), c.get("/health")]
         assert [r.status_code for r in gone] == [503] * 4, [r.text for r in gone]
-        assert all("no index in" in r.json()["detail"] for r in gone)
+        assert all(message in r.json()["detail"] for r in gone)
         assert gone[-1].json()["status"] == "unavailable"
-        ingest(folder, settings, embedder=embedder)
+        ingest(folder, settings, embedder=embedder, full=damage == "corrupted")
         assert c.get("/health").json() == {"status": "ok"}
         assert c.get("/search", params={"id": 0}).status_code == 200
