@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from .ann import IndexChoice, VectorIndex, describe, omp_threads, overlap
+from .config import FAMILIES
 from .durable import write_atomically, write_text_atomically
 from .errors import EmptyIndex, UsageError
 from .kinds import KINDS
@@ -72,6 +73,34 @@ def synthetic_sets(families: list[str], sizes: list[int]) -> Any:
     for family in families:
         for size in sizes:
             yield VectorSet(family, *feature_vectors(family, size, queries=QUERIES, seed=size))
+
+
+def search(
+    out: Path,
+    *,
+    sizes: str = "10000,100000",
+    families: str = "clustered,hard,cone",
+    from_index: Path | None = None,
+    kinds: str | None = None,
+    log: Log = print,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """`retrieval bench search`: the sets its arguments name (comma-separated sizes and families of synthetic
+    vectors, or the vectors of the index in `from_index`), measured for every swept kind or those `kinds`
+    names; UsageError, naming the flag, for arguments that cannot work. Writes and returns as `run`."""
+    known = {s.label for s in SWEEPS}
+    wanted = kinds.split(",") if kinds else None
+    if wanted and not set(wanted) <= known:
+        raise UsageError(f"--kinds: choose from {', '.join(sorted(known))}")
+    if from_index is not None:
+        return run([index_set(from_index)], wanted, out, log, progress)
+    try:
+        counts = [int(n) for n in sizes.split(",")]
+    except ValueError:
+        raise UsageError(f"--sizes takes comma-separated whole numbers, not {sizes!r}") from None
+    if min(counts) < MIN_INDEX_ROWS or not set(families.split(",")) <= set(FAMILIES):
+        raise UsageError(f"--sizes must be at least {MIN_INDEX_ROWS} and --families among {', '.join(FAMILIES)}")
+    return run(synthetic_sets(families.split(","), counts), wanted, out, log, progress)
 
 
 def index_set(folder: Path) -> VectorSet:

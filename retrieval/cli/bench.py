@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ..config import FAMILIES
-from ..errors import UsageError
 from .app import reported
 from .output import progress_bars, say
 
@@ -39,23 +38,8 @@ def bench_search(
 ) -> None:
     """Latency, throughput, recall and build cost of every index kind, on seeded synthetic features or on
     the vectors of an existing index."""
-    with reported():
-        from .. import bench
+    with reported(), progress_bars("vectors") as progress:
+        from ..bench import search
 
-        known = {s.label for s in bench.SWEEPS}
-        wanted = kinds.split(",") if kinds else None
-        if wanted and not set(wanted) <= known:
-            raise UsageError(f"--kinds: choose from {', '.join(sorted(known))}")
-        if from_index is not None:
-            sets = [bench.index_set(from_index)]
-        else:
-            try:
-                counts = [int(n) for n in sizes.split(",")]
-            except ValueError:
-                raise UsageError(f"--sizes takes comma-separated whole numbers, not {sizes!r}") from None
-            if min(counts) < 100 or not set(families.split(",")) <= set(FAMILIES):
-                raise UsageError(f"--sizes must be at least 100 and --families among {', '.join(FAMILIES)}")
-            sets = bench.synthetic_sets(families.split(","), counts)
-        with progress_bars("vectors") as progress:
-            bench.run(sets, wanted, out, log=say, progress=progress)
+        search(out, sizes=sizes, families=families, from_index=from_index, kinds=kinds, log=say, progress=progress)
     typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'} and {out / 'search.png'}")
