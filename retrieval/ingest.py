@@ -356,7 +356,8 @@ def commit(
         if not new and not len(gone):
             return previous
         fill = partial(_vectors_of, new, previous, the_plan, embedded)
-        with assembled(len(new), previous.dim, fill, settings.index) as x:  # read before rows are renumbered
+        mapped = index.tuning.mapped_rows
+        with assembled(len(new), previous.dim, fill, settings.index, mapped) as x:  # read before rows are renumbered
             previous.delete(gone)
             previous.add(x, [the_plan.entries[s] for s in new])
         previous.merge()
@@ -372,10 +373,11 @@ def commit(
         kind=kind,
         recall_target=settings.recall_target,
         memory_budget_gb=settings.memory_budget_gb,
+        tuning=index.tuning,
     )
     slots = [s for s in range(len(the_plan.entries)) if s in the_plan.kept or s in the_plan.resumed or s in embedded]
     fill = partial(_vectors_of, slots, previous, the_plan, embedded)
-    with assembled(len(slots), store.dim, fill, settings.index) as x:
+    with assembled(len(slots), store.dim, fill, settings.index, index.tuning.mapped_rows) as x:
         store.add(x, [the_plan.entries[s] for s in slots])
     index.save(store)
     return store

@@ -71,7 +71,7 @@ _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 CHECKED_ROWS = 65_536  # rows `normalize` checks at a time
 
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
+def normalize(vectors: np.ndarray, chunk: int = CHECKED_ROWS) -> np.ndarray:
     """L2-normalize rows: the one place vectors are normalized, for stored and query vectors alike.
 
     Checked explicitly rather than left to faiss, whose own checks are `assert`s that `python -O` drops.
@@ -80,16 +80,30 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise UsageError(f"vectors must be a 2-d array (n, dim), got shape {x.shape}")
     norms = np.empty((len(x), 1), np.float32)
-    for start in range(0, len(x), CHECKED_ROWS):  # a chunk at a time: whole-array temporaries would be 8 GB at 1M
-        part = x[start : start + CHECKED_ROWS]
+    for start in range(0, len(x), chunk):  # a chunk at a time: whole-array temporaries would be 8 GB at 1M
+        part = x[start : start + chunk]
         if not np.isfinite(part).all():
             raise UsageError("vectors contain NaN or infinity")
-        norms[start : start + CHECKED_ROWS] = np.linalg.norm(part, axis=1, keepdims=True)
+        norms[start : start + chunk] = np.linalg.norm(part, axis=1, keepdims=True)
     if (norms == 0).any():
         raise UsageError("a vector is all zeros and has no direction")
     if (np.abs(norms - 1.0) <= 1e-6).all():  # not np.allclose: 17 of a query's 30 us here
         return np.ascontiguousarray(x)  # already unit length: no copy of a possibly huge array
     return np.ascontiguousarray(x / norms)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Where a store switches strategy, each a measured threshold (see the constants above): set per store,
+    so that a test or a benchmark steers one store through this parameter, never by patching the module."""
+
+    small_flat: int = SMALL_FLAT  # a new segment of fewer rows is searched exactly
+    scan_below: int = SCAN_BELOW  # a new segment of fewer rows is a scan segment (segments.build_scan)
+    mapped_rows: int = MAPPED_ROWS  # a build from at least this many rows reads them from a mapped file
+    worker_thread: bool = True  # the largest segment searched on a worker thread beside the rest (concurrently)
+
+
+DEFAULT_TUNING = Tuning()
 
 
 class Store:
@@ -100,9 +114,16 @@ class Store:
     already written, and `save` writes only what is new, linking the rest into the new generation.
     """
 
-    def __init__(self, segments: list[Segment], record: IndexRecord, generation: Path | None = None) -> None:
+    def __init__(
+        self,
+        segments: list[Segment],
+        record: IndexRecord,
+        generation: Path | None = None,
+        tuning: Tuning = DEFAULT_TUNING,
+    ) -> None:
         self._segments = segments
         self._record = record
+        self._tuning = tuning
         self._folder = generation  # where the segments with files lie: the generation loaded or last saved
         self._starts = np.cumsum([0] + [s.live for s in segments])
         self._searchers = searchers(segments)
@@ -130,6 +151,7 @@ class Store:
         kind: IndexChoice = FLAT,
         recall_target: float = 0.95,
         memory_budget_gb: float = 0.0,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> Store:
         """An empty store. `embedding` says how vectors are made; a later query must embed the same way.
         `runtime` (engine, precision, versions) is recorded for the record, never compared. `kind` is
@@ -139,7 +161,7 @@ class Store:
             raise UsageError(f"metric must be one of {', '.join(_FAISS_METRICS)}, not {metric!r}")
         requested = {**asdict(kind), "recall_target": recall_target, "memory_budget_gb": memory_budget_gb}
         record = IndexRecord(dim, metric, recorded(root), embedding, runtime, index={})
-        return cls([], record.with_index(requested, []))
+        return cls([], record.with_index(requested, []), tuning=tuning)
 
     # --- facts -----------------------------------------------------------------------------------
 
@@ -261,7 +283,8 @@ class Store:
             if i in merged and i == merged[i][0]:
                 members = [self._segments[j] for j in merged[i]]
                 live, fill = sum(s.live for s in members), partial(_live_vectors, members)
-                with assembled(live, self.dim, fill, self._folder.parent if self._folder else None) as vectors:
+                folder = self._folder.parent if self._folder else None
+                with assembled(live, self.dim, fill, folder, self._tuning.mapped_rows) as vectors:
                     segments.append(self._build(vectors, _live_entries(members)))
             elif i not in merged and segment.live:
                 segments.append(segment)
@@ -280,9 +303,9 @@ class Store:
         largest = max(self._segments, key=lambda s: s.live, default=None)
         built = None
         if largest and not largest.index.capabilities.exact and len(x) < largest.live:
-            if len(x) < SMALL_FLAT:
+            if len(x) < self._tuning.small_flat:
                 built = ann.build_measured(FLAT, x, metric, target)
-            elif len(x) < SCAN_BELOW:
+            elif len(x) < self._tuning.scan_below:
                 built = build_scan(x, largest.index, self._scan_group(), metric, target)
             if built is None:
                 built = ann.build_like(largest.index, x, metric, target, tune=requested["kind"] == "auto")
@@ -321,7 +344,11 @@ class Store:
         if k < 1:
             raise UsageError(f"k must be at least 1, not {k}")
         q = self._checked(queries)
-        found = concurrently([searcher for _, searcher in self._searchers], q, k)
+        searchers = [searcher for _, searcher in self._searchers]
+        if self._tuning.worker_thread:
+            found = concurrently(searchers, q, k)
+        else:
+            found = [searcher.search(q, k) for searcher in searchers]
         per_segment: list[Hits] = [[] for _ in self._segments]
         for (members, _), hits in zip(self._searchers, found):
             for i, segment_hits in zip(members, hits):
@@ -419,7 +446,14 @@ class Store:
     @classmethod
     @contextmanager
     def writing(
-        cls, index: Path, *, wait: bool = False, create: bool = False, load: bool = True, check_hashes: bool = False
+        cls,
+        index: Path,
+        *,
+        wait: bool = False,
+        create: bool = False,
+        load: bool = True,
+        check_hashes: bool = False,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> Iterator[Writing]:
         """One writer's transaction (Lucene's IndexWriter): the index's lock taken (IndexBusy at once, or with
         `wait` when it is free), its live store loaded, and `Writing.save` to commit a store as the next
@@ -431,14 +465,14 @@ class Store:
             live = None
             if load:
                 try:
-                    live = cls.load(index, check_hashes=check_hashes)
+                    live = cls.load(index, check_hashes=check_hashes, tuning=tuning)
                 except IndexMissing:
                     if not create:
                         raise
-            yield Writing(index, live)
+            yield Writing(index, live, tuning)
 
     @classmethod
-    def load(cls, folder: Path, *, check_hashes: bool = False) -> Store:
+    def load(cls, folder: Path, *, check_hashes: bool = False, tuning: Tuning = DEFAULT_TUNING) -> Store:
         """Load and validate the live generation; refuse anything inconsistent with IndexCorrupt.
 
         The vectors are memory-mapped, not read: a query touches only what its search needs, so a
@@ -446,10 +480,10 @@ class Store:
         dimension, metric and format are always checked; the SHA-256 of every file (a full read) only
         with `check_hashes`, as `retrieval verify` does.
         """
-        return on_live_generation(folder, partial(cls._load_generation, check_hashes=check_hashes))
+        return on_live_generation(folder, partial(cls._load_generation, check_hashes=check_hashes, tuning=tuning))
 
     @classmethod
-    def _load_generation(cls, generation: Path, *, check_hashes: bool) -> Store:
+    def _load_generation(cls, generation: Path, *, check_hashes: bool, tuning: Tuning) -> Store:
         folder = generation.parent
         record = read_record(generation)
         for name, facts in record.files.items():
@@ -462,7 +496,7 @@ class Store:
         else:  # format 5 or older: one segment, its files in the generation folder itself
             segments = [_read_segment(generation, SegmentRecord("", record.count, 0, record.index), record)]
         ann.share_pca([s.index for s in segments])
-        store = cls(segments, record, generation)
+        store = cls(segments, record, generation, tuning)
         if store.count != record.count:
             raise corrupt(folder, f"row counts disagree: {record.count} in {META}, {store.count} in its segments")
         return store
@@ -475,6 +509,7 @@ class Writing:
 
     index: Path
     live: Store | None
+    tuning: Tuning = DEFAULT_TUNING  # for the stores a writer creates, as the live one was loaded with
 
     def save(self, store: Store) -> None:
         """Commit `store` as the index's next generation, under the lock this transaction holds."""
@@ -563,12 +598,14 @@ def _summary(segment: Segment) -> dict[str, Any]:
 
 
 @contextmanager
-def assembled(rows: int, dim: int, fill: Callable[[np.ndarray], object], folder: Path | None) -> Iterator[np.ndarray]:
+def assembled(
+    rows: int, dim: int, fill: Callable[[np.ndarray], object], folder: Path | None, mapped_rows: int = MAPPED_ROWS
+) -> Iterator[np.ndarray]:
     """A (rows, dim) float32 array that `fill(out)` fills, for a new segment to be built from: in memory when
-    under MAPPED_ROWS rows (or with no folder to write in); otherwise written to a temporary file in `folder`
+    under `mapped_rows` rows (or with no folder to write in); otherwise written to a temporary file in `folder`
     (an index folder) and memory-mapped, so that the build holds in memory only the index it makes (a
     million 2048-d vectors are 8 GB, and the new index keeps its own copy). The file is removed after."""
-    if rows < MAPPED_ROWS or folder is None:
+    if rows < mapped_rows or folder is None:
         out = np.empty((rows, dim), np.float32)
         fill(out)
         yield out

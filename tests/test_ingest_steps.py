@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import store as store_module
 from retrieval.backbones import spec_for
 from retrieval.checkpoints import PENDING, Checkpoints
 from retrieval.config import Settings
@@ -18,7 +17,7 @@ from retrieval.errors import NothingToIndex
 from retrieval.files import sha256_file
 from retrieval.images import load_image
 from retrieval.ingest import IngestReport, LocalExecutor, Plan, commit, embed, plan
-from retrieval.store import Entry, Store, normalize
+from retrieval.store import MAPPED_ROWS, Entry, Store, Tuning, normalize
 from retrieval.synthetic import photo, write_photos
 
 DIM = 8
@@ -153,8 +152,6 @@ def test_checkpoints_read_a_piece_into_memory_where_no_more_mappings_are_allowed
 def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp_path, folder, monkeypatch, mapped):
     """The same index whether the new segment's vectors are assembled in memory or, as for a large commit,
     in a memory-mapped file in the index folder (removed after)."""
-    if mapped:
-        monkeypatch.setattr(store_module, "MAPPED_ROWS", 1)
     files = []
     real = np.lib.format.open_memmap
     spy = lambda path, *a, **kw: files.append(Path(path).name) or real(path, *a, **kw)  # noqa: E731
@@ -166,7 +163,7 @@ def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp
         folder, [entry_of(folder, n) for n in names], kept={0: 4, 3: 1}, resumed={1: unit(11)}, to_embed=[2, 4]
     )
     report = IngestReport(settings.index)
-    with Store.writing(settings.index) as index:
+    with Store.writing(settings.index, tuning=Tuning(mapped_rows=1 if mapped else MAPPED_ROWS)) as index:
         store = commit(
             index, the_plan, {2: unit(12)}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report
         )  # slot 4 was to be embedded but failed: it has no vector and no row

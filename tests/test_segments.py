@@ -21,12 +21,11 @@ import pytest
 
 from retrieval import ann
 from retrieval import segments as segments_module
-from retrieval import store as store_module
 from retrieval.ann import IndexChoice
 from retrieval.errors import IndexCorrupt
 from retrieval.generations import current_generation
 from retrieval.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
-from retrieval.store import DELETED, META, Entry, Store
+from retrieval.store import DELETED, META, SCAN_BELOW, Entry, Store, Tuning
 from retrieval.synthetic import feature_vectors
 
 from .conftest import reading_in_a_thread
@@ -199,18 +198,25 @@ def test_tiers_grow_by_the_merge_factor():
 
 
 @pytest.mark.parametrize(
-    ("scan_below", "factory"), [(store_module.SCAN_BELOW, "PCA256,PQ256x4fs,RFlat"), (0, "PCA256,HNSW32,RFlat")]
+    ("scan_below", "factory"), [(SCAN_BELOW, "PCA256,PQ256x4fs,RFlat"), (0, "PCA256,HNSW32,RFlat")]
 )
 def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keeps_the_recall(
-    tmp_path, monkeypatch, scan_below, factory
+    tmp_path, scan_below, factory
 ):
     """auto over 6,000 cone vectors picks PCA + HNSW; 1,500 more become a segment around a copy of the first
     one's PCA: a scan segment (below SCAN_BELOW rows) or one of the first one's kind, tuned and measured on
     its own vectors; 100 more are searched exactly. Loaded, the small segment searches through the big
     one's copy of the PCA, with the same answers."""
-    monkeypatch.setattr(store_module, "SCAN_BELOW", scan_below)
     vectors, queries = feature_vectors("cone", 7_600, dim=768, queries=50, seed=7)
-    store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
+    store = Store.create(
+        dim=768,
+        metric="cosine",
+        embedding={},
+        root=Path("/p"),
+        runtime={},
+        kind=IndexChoice("auto"),
+        tuning=Tuning(scan_below=scan_below),
+    )
     names = [f"{i}.jpg" for i in range(7_600)]
     for part in (slice(0, 6_000), slice(6_000, 7_500), slice(7_500, 7_600)):
         store.add(vectors[part], [Entry(n, 1, 1) for n in names[part]])
@@ -229,7 +235,7 @@ def test_a_small_segment_of_an_approximate_index_reuses_its_trained_pca_and_keep
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.9
 
 
-def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp_path, monkeypatch):
+def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp_path):
     """auto over 6,000 cone vectors picks PCA + HNSW; four commits of 300 to 1,500 rows, with rows deleted in
     every segment, become scan segments of one codebook, searched as one group. Against brute force over the
     live rows: recall@10 at least 0.95, scores exact, no deleted row returned; the caller's OpenMP thread
@@ -259,8 +265,7 @@ def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp
     store.save(tmp_path / "index")
     loaded = Store.load(tmp_path / "index")
     assert loaded.search(queries, 10) == found
-    monkeypatch.setattr(store_module, "concurrently", lambda searchers, q, k: [s.search(q, k) for s in searchers])
-    assert loaded.search(queries, 10) == found
+    assert Store.load(tmp_path / "index", tuning=Tuning(worker_thread=False)).search(queries, 10) == found
 
 
 @pytest.mark.parametrize("fails", ["with the shared codebook", "always"])
@@ -428,7 +433,6 @@ def test_readers_during_merges_see_one_whole_generation(tmp_path, three_segments
 
 
 def test_a_large_merge_goes_through_a_memory_mapped_file_and_answers_the_same(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "MAPPED_ROWS", 100)  # "large" from 100 rows on
     opened = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **kw: opened.append(Path(path).name) or real_load(path, *a, **kw))
@@ -439,7 +443,7 @@ def test_a_large_merge_goes_through_a_memory_mapped_file_and_answers_the_same(tm
         store.add(vectors, [Entry(f"{part}/{i}.jpg", 1, 1) for i in range(200)])
         ref.add([f"{part}/{i}.jpg" for i in range(200)], vectors)
     store.save(tmp_path / "index")
-    store = Store.load(tmp_path / "index")
+    store = Store.load(tmp_path / "index", tuning=Tuning(mapped_rows=100))  # "large" from 100 rows on
     store.delete([0, 250, 599])
     ref.delete([0, 250, 599])
     assert store.merge(everything=True) == 2

@@ -360,12 +360,11 @@ def test_normalize_checks_every_chunk_of_a_large_array(monkeypatch, bad, message
     last chunk is still found, and good rows come back unit length."""
     from retrieval import store as store_module
 
-    monkeypatch.setattr(store_module, "CHECKED_ROWS", 4)
     x = vectors(14)
-    np.testing.assert_allclose(np.linalg.norm(store_module.normalize(x), axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(store_module.normalize(x, chunk=4), axis=1), 1.0, rtol=1e-6)
     x[13] = bad
     with pytest.raises(UsageError, match=message):
-        store_module.normalize(x)
+        store_module.normalize(x, chunk=4)
 
 
 def test_the_record_reads_back_what_it_wrote_and_meta_json_keeps_its_keys(saved):
