@@ -302,10 +302,14 @@ def _move(source: Path, destination: Path, move: Move) -> Move:
             raise
         except OSError:  # another file system, or one without hard links: copy, make it durable, then rename
             partial = destination.with_name(destination.name + ".partial")
-            shutil.copy2(source, partial)
-            with open(partial, "rb") as f:
-                os.fsync(f.fileno())
-            os.rename(partial, destination)
+            try:
+                shutil.copy2(source, partial)
+                with open(partial, "rb") as f:
+                    os.fsync(f.fileno())
+                os.rename(partial, destination)
+            except OSError:
+                partial.unlink(missing_ok=True)  # a full disk leaves no half copy behind
+                raise
         os.unlink(source)
     except OSError as e:
         return _failed(move, e.strerror or str(e))

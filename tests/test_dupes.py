@@ -4,6 +4,7 @@ the rules and the keep order on their own, and acting on groups: dry run, moves,
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,27 @@ def test_an_l2_index_gives_the_same_groups_with_cosine_scores(tmp_path, embedder
     found_groups = find_groups(Store.load(settings.index), Rule(threshold=0.9995))
     assert sorted(({m.path for m in g.members} for g in found_groups), key=sorted) == sorted(groups, key=sorted)
     assert all(0.9995 <= m.score <= 1.0 + 1e-6 for g in found_groups for m in g.members)
+
+
+def test_a_move_onto_a_full_disk_exits_1_logs_it_leaves_no_half_copy_and_the_index_true(planted, small_filesystem):
+    """BAD_INPUTS 57, the disk-full case: the extras go to a 3 MiB file system (another one: copied, not
+    linked) with room for about 40 KB; the copies that do not fit fail with the reason in the log, no
+    `.partial` file stays, the exit is 1, and verify finds the index consistent with the folder."""
+    settings, _ = planted
+    root = Store.load(settings.index).root
+    target = small_filesystem / "extras"
+    target.mkdir()
+    filler = small_filesystem / "filler"
+    free = shutil.disk_usage(small_filesystem).free
+    filler.write_bytes(b"\0" * max(0, free - 40_000))
+    args = ["dupes", "--index", str(settings.index), "--relative", "0.1", "--move-to", str(target), "--apply"]
+    result = runner.invoke(cli, args)
+    log = [json.loads(line) for line in (target / "dupes-log.jsonl").read_text().splitlines()]
+    failed = [e for e in log if not e["done"]]
+    assert result.exit_code == 1 and failed, (result.output, log)
+    assert len(log) == 6 and all("No space left on device" in e["problem"] for e in failed)
+    assert not list(target.rglob("*.partial"))
+    moved = {e["source"] for e in log if e["done"]}
+    assert all((target / p).is_file() and not (root / p).exists() for p in moved)
+    assert all((root / e["source"]).is_file() for e in failed)
+    assert verify(settings.index).healthy

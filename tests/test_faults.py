@@ -133,20 +133,6 @@ def test_ctrl_c_mid_embedding_exits_130_keeps_its_checkpoint_and_the_next_run_re
     assert Store.load(index).count == 200 and pieces(index) == []
 
 
-@pytest.fixture
-def small_filesystem(tmp_path) -> Path:
-    """A 3 MiB tmpfs mounted for the test, or a skip saying why where mounting is not permitted."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here: {done.stderr.strip() or done.returncode}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_disk_that_fills_up_while_saving_keeps_the_previous_generation(tmp_path, small_filesystem):
     folder, index = tmp_path / "photos", small_filesystem / "index"
     write_photos(folder, 12, seed=4000)
