@@ -23,9 +23,9 @@ from retrieval import Settings, Store, ingest
 from retrieval.ann import IndexChoice
 from retrieval.embedders import create_embedder
 from retrieval.images import load_image
-from retrieval.store import normalize
 from retrieval.synthetic import photo, write_photos
 from retrieval.system import machine
+from retrieval.vectors import normalize
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = (320, 240)

@@ -168,7 +168,7 @@ def _pipeline(
     from retrieval.config import decode_threads_for
     from retrieval.images import load_image
     from retrieval.ingest import ingest
-    from retrieval.openvino_engine import cache_dir
+    from retrieval.preparation import cache_dir
     from retrieval.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -150,8 +150,8 @@ def run_child(*args: str) -> dict:
 
 
 def compact_child(index: Path) -> dict:
+    from retrieval.compact import compact
     from retrieval.generations import current_generation
-    from retrieval.ingest import compact
 
     with Peak() as peak:
         began = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .ann import IndexChoice, VectorIndex, describe, omp_threads, overlap
+from .ann import IndexChoice, VectorIndex, describe, omp_threads
 from .config import FAMILIES
 from .durable import write_atomically, write_text_atomically
 from .errors import EmptyIndex, UsageError
@@ -31,6 +31,7 @@ from .segments import Segment
 from .store import Store
 from .synthetic import feature_vectors
 from .system import machine, memory_bytes
+from .tuning import overlap
 
 MIN_INDEX_ROWS = 100  # as --sizes: every kind can be built and measured on as few
 QUERIES = 1000  # fresh draws from each family; the first LATENCY_QUERIES are timed one by one

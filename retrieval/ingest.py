@@ -2,7 +2,7 @@
 
 Three steps, each testable alone:
 
-- `plan`: list the folder and decide, file by file, where its vector comes from: the current index
+- `plan` (plan.py): list the folder and decide, file by file, where its vector comes from: the current index
   (unchanged files, and moved ones recognised by content hash), the checkpoints of an interrupted run, or
   the model. No model, no decoding.
 - `embed`: an `Executor` decodes and embeds the planned files in batches and streams the vectors back
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -36,11 +36,13 @@ from .durable import write_text_atomically
 from .embedders import Embedder, create_embedder, embedding_for
 from .errors import IndexMismatch, NothingToIndex, StoreError
 from .executors import Decoder, Embedded, Executor, LocalExecutor
-from .files import Skipped, list_images, sha256_file
+from .files import Skipped, list_images
 from .images import load_image
-from .sources import Facts, Location, location
-from .store import Entry, Store, Writing, assembled, normalize
+from .plan import Plan, plan
+from .sources import Location, location
+from .store import Store, Writing
 from .system import package_version
+from .vectors import assembled, normalize
 
 ERROR_REPORT = "errors.jsonl"
 KEPT_CHUNK = 50_000  # vectors of the previous index read at a time into a new build
@@ -85,93 +87,6 @@ class IngestReport:
     def reasons(self) -> str:
         """The skipped files counted by reason, most common first: "2 not an image, 1 truncated"."""
         return ", ".join(f"{n} {reason}" for reason, n in self.skipped_by_reason().items())
-
-
-@dataclass
-class Plan:
-    """Where each listed file's vector comes from. Slot i is entries[i]; every slot is in exactly one of
-    `kept` (a row of the previous index), `resumed` (a checkpointed vector) or `to_embed`."""
-
-    root: Location
-    entries: list[Entry]
-    kept: dict[int, int] = field(default_factory=dict)  # slot -> row of the previous index
-    resumed: dict[int, np.ndarray] = field(default_factory=dict)  # slot -> vector (dim,)
-    to_embed: list[int] = field(default_factory=list)  # slots, in listing order
-    unchanged: int = 0
-    moved: set[int] = field(default_factory=set)  # slots of `kept` whose file moved: same vector, new path
-    removed: int = 0  # previous rows whose files are gone (and not moved)
-    previous_paths: frozenset[str] = frozenset()  # to tell an added file from an updated one
-    skipped: list[Skipped] = field(default_factory=list)  # listed, but gone or unreadable at stat time
-
-
-def plan(
-    folder: Location,
-    paths: list[str],
-    previous: Store | None,
-    checkpointed: list[tuple[Entry, np.ndarray]],
-    facts: Mapping[str, Facts] | None = None,
-) -> Plan:
-    """Decide each file's vector source from its size and mtime (and, for a possible move, its content
-    hash). Reads file metadata (from `facts` where the listing brought them), and the bytes of a new file
-    only when a vanished one had its size."""
-    result = Plan(folder, [], previous_paths=frozenset(e.path for e in previous.entries()) if previous else frozenset())
-    known, vanished = _previous_rows(paths, previous)
-    resumed = {e.key: (e, v) for e, v in checkpointed}
-    vanished_sizes = {entry.size for entry, _ in vanished.values()}
-    for rel in paths:
-        try:
-            st = facts[rel] if facts and rel in facts else (folder / rel).stat()
-        except OSError as e:
-            reason = "file not found" if isinstance(e, FileNotFoundError) else "unreadable"
-            result.skipped.append(Skipped(rel, reason, str(e)))
-            continue
-        slot = len(result.entries)
-        entry = Entry(rel, st.st_size, st.st_mtime_ns)
-        if entry.key in resumed:
-            entry, result.resumed[slot] = resumed[entry.key]
-        elif entry.key in known:
-            entry, result.kept[slot] = known[entry.key]
-            result.unchanged += 1
-        elif (source := _moved(folder, entry, vanished, vanished_sizes)) is not None:
-            entry, result.kept[slot] = source
-            result.moved.add(slot)
-        else:
-            result.to_embed.append(slot)
-        result.entries.append(entry)
-    result.removed = len(vanished)
-    return result
-
-
-def _previous_rows(
-    paths: list[str], previous: Store | None
-) -> tuple[dict[tuple[str, int, int], tuple[Entry, int]], dict[str, tuple[Entry, int]]]:
-    """The previous index's rows: by (path, size, mtime) for files still listed, and by content hash
-    for those no longer listed (candidates for a move). Rows, not vectors: each vector is read from
-    the index only when it is used, so no second copy of the index is made."""
-    if previous is None:
-        return {}, {}
-    listed = set(paths)
-    known, vanished = {}, {}
-    for row, entry in enumerate(previous.entries()):
-        if entry.path in listed:
-            known[entry.key] = (entry, row)
-        else:
-            vanished[entry.sha256 or f"row-{row}"] = (entry, row)
-    return known, vanished
-
-
-def _moved(
-    folder: Location, entry: Entry, vanished: dict[str, tuple[Entry, int]], sizes: set[int]
-) -> tuple[Entry, int] | None:
-    """A new path whose bytes equal a vanished entry's is that file, moved: re-key its vector.
-    Hashing only when a vanished file had the same size keeps this cheap."""
-    if entry.size not in sizes:
-        return None
-    digest = sha256_file(folder / entry.path)
-    if digest not in vanished:
-        return None
-    _, row = vanished.pop(digest)
-    return replace(entry, sha256=digest), row
 
 
 def ingest(
@@ -397,32 +312,6 @@ def _vectors_of(
             out[i] = the_plan.resumed[slot]
         elif slot not in the_plan.kept:
             out[i] = embedded.pop(slot)
-
-
-@dataclass(frozen=True)
-class Compaction:
-    """What `compact` found and did."""
-
-    segments: int  # before
-    deleted: int  # rows marked deleted before, now gone
-    written: bool  # whether a new generation was saved
-    store: Store
-
-
-def compact(index: Path, *, wait: bool = False) -> Compaction:
-    """Merge every segment of the index into one without its deleted rows and save it as a new generation,
-    under the write lock (what an ingest's merge policy does by tiers, all at once). An index of format 5
-    or older, one segment already, is only saved in the current layout (its files hard-linked into a
-    segment, nothing rebuilt)."""
-    with Store.writing(index, wait=wait) as writing:
-        store = writing.live
-        segments, deleted = len(store.segments), sum(s["deleted"] for s in store.segments)
-        if segments == 1 and not deleted and store.record.segments is not None:
-            return Compaction(segments, deleted, False, store)
-        if segments > 1 or deleted:
-            store.merge(everything=True)
-        writing.save(store)
-        return Compaction(segments, deleted, True, store)
 
 
 def index_choice(settings: Settings) -> IndexChoice:

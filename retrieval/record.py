@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import ann
 from .durable import fsync_file
 from .errors import IndexMismatch
 from .generations import corrupt, on_live_generation
 from .sources import Location, location
+from .tuning import recall_warning
 
 FORMAT = "retrieval-index"
 FORMAT_VERSION = 6
@@ -130,7 +130,7 @@ class IndexRecord:
                 f"this index's {self.factory} search structure was built by an older retrieval and misranks "
                 "results; run `retrieval ingest` on its folder to rebuild it from the stored vectors"
             )
-        return ann.recall_warning(self.index)
+        return recall_warning(self.index)
 
     # --- changes (a record is never changed in place) ------------------------------------------------
 

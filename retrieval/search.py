@@ -11,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .ann import AUTO_FLAT_BELOW
 from .backbones import Pooling, identity, weights_setting
 from .config import Settings
 from .embedders import Embedder, create_embedder
 from .errors import EmptyIndex, ImageError, NoSuchImage
+from .generations import current_generation
 from .images import load_image
 from .record import IndexRecord
 from .results import Hit, QueryResult, as_cosine
 from .sources import Location
-from .store import Store, current_generation
+from .store import Store
+from .tuning import AUTO_FLAT_BELOW
 
 # called with settings, and for an int8 index `calibrated=` (see create_embedder)
 EmbedderFactory = Callable[..., Embedder]

@@ -27,12 +27,7 @@ save moves them into a segment (format 5's files by hard link, format 4's writte
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import shutil
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -40,56 +35,39 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from . import ann
 from .ann import IndexChoice
 from .backbones import identity
-from .durable import TEMPORARY, fsync_dir, fsync_file
+from .durable import fsync_dir, fsync_file
 from .errors import EmptyIndex, IndexMismatch, IndexMissing, StoreError, UsageError
 from .files import sha256_file
-from .generations import corrupt, current_generation, on_live_generation, publish
+from .generations import corrupt, on_live_generation, publish
 from .lock import IndexLock
-from .manifest import FILES as MANIFEST_FILES
 from .manifest import Entry, Manifest
 from .record import FORMAT_VERSION, META, IndexRecord, SegmentRecord, read_record, write_record
-from .segments import NO_ROWS, SCAN_BELOW, Hits, Segment, SegmentSearch, build_scan, merges_due, searchers
+from .segment_files import DELETED, FAISS_METRICS, SEGMENT_FILES, VECTORS, file_facts, link, read_segment
+from .segments import (
+    SCAN_BELOW,
+    Hits,
+    Segment,
+    build_scan,
+    concurrently,
+    live_entries,
+    live_vectors,
+    merges_due,
+    searchers,
+)
 from .sources import Location, recorded
+from .tuning import build_like, build_measured
+from .vectors import MAPPED_ROWS, assembled, normalize
 
-VECTORS = "vectors.faiss"
-MANIFEST = "manifest.jsonl"  # versions 3 and 4
 FLAT = IndexChoice("flat")
 # a segment this small is searched exactly even in an approximate index, and finds every neighbour: a
 # flat scan of 1,000 vectors of 2048-d took 0.14 ms here against 0.09 ms for PCA-256 + HNSW32 + re-rank,
 # so below a quarter of that the scan is the cheaper
 SMALL_FLAT = 256
-MAPPED_ROWS = 100_000  # a build from at least this many rows reads its vectors through a memory-mapped file
-_FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-
-
-CHECKED_ROWS = 65_536  # rows `normalize` checks at a time
-
-
-def normalize(vectors: np.ndarray, chunk: int = CHECKED_ROWS) -> np.ndarray:
-    """L2-normalize rows: the one place vectors are normalized, for stored and query vectors alike.
-
-    Checked explicitly rather than left to faiss, whose own checks are `assert`s that `python -O` drops.
-    """
-    x = np.asarray(vectors, dtype=np.float32)
-    if x.ndim != 2:
-        raise UsageError(f"vectors must be a 2-d array (n, dim), got shape {x.shape}")
-    norms = np.empty((len(x), 1), np.float32)
-    for start in range(0, len(x), chunk):  # a chunk at a time: whole-array temporaries would be 8 GB at 1M
-        part = x[start : start + chunk]
-        if not np.isfinite(part).all():
-            raise UsageError("vectors contain NaN or infinity")
-        norms[start : start + chunk] = np.linalg.norm(part, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise UsageError("a vector is all zeros and has no direction")
-    if (np.abs(norms - 1.0) <= 1e-6).all():  # not np.allclose: 17 of a query's 30 us here
-        return np.ascontiguousarray(x)  # already unit length: no copy of a possibly huge array
-    return np.ascontiguousarray(x / norms)
 
 
 @dataclass(frozen=True)
@@ -157,8 +135,8 @@ class Store:
         `runtime` (engine, precision, versions) is recorded for the record, never compared. `kind` is
         the index kind asked for; each segment is built with it, and for `auto` chosen and tuned, when
         its vectors arrive."""
-        if metric not in _FAISS_METRICS:
-            raise UsageError(f"metric must be one of {', '.join(_FAISS_METRICS)}, not {metric!r}")
+        if metric not in FAISS_METRICS:
+            raise UsageError(f"metric must be one of {', '.join(FAISS_METRICS)}, not {metric!r}")
         requested = {**asdict(kind), "recall_target": recall_target, "memory_budget_gb": memory_budget_gb}
         record = IndexRecord(dim, metric, recorded(root), embedding, runtime, index={})
         return cls([], record.with_index(requested, []), tuning=tuning)
@@ -199,11 +177,11 @@ class Store:
 
     def entries(self) -> list[Entry]:
         """Every live row's entry, in row order."""
-        return _live_entries(self._segments)
+        return live_entries(self._segments)
 
     def vectors(self) -> np.ndarray:
         """Every stored (normalized) vector in row order, (count, dim)."""
-        return _live_vectors(self._segments) if self._segments else np.empty((0, self.dim), np.float32)
+        return live_vectors(self._segments) if self._segments else np.empty((0, self.dim), np.float32)
 
     def row_of(self, path: str) -> int | None:
         """Row of a manifest path (relative, POSIX), or None: a binary search per segment, nothing built."""
@@ -282,10 +260,10 @@ class Store:
         for i, segment in enumerate(self._segments):
             if i in merged and i == merged[i][0]:
                 members = [self._segments[j] for j in merged[i]]
-                live, fill = sum(s.live for s in members), partial(_live_vectors, members)
+                live, fill = sum(s.live for s in members), partial(live_vectors, members)
                 folder = self._folder.parent if self._folder else None
                 with assembled(live, self.dim, fill, folder, self._tuning.mapped_rows) as vectors:
-                    segments.append(self._build(vectors, _live_entries(members)))
+                    segments.append(self._build(vectors, live_entries(members)))
             elif i not in merged and segment.live:
                 segments.append(segment)
         self._segments = segments
@@ -295,23 +273,23 @@ class Store:
     def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
         """A new segment over `x`. Smaller than the largest approximate segment, it reuses that one's trained
         PCA: exact search when tiny (SMALL_FLAT rows), a scan segment below SCAN_BELOW rows (build_scan),
-        else (or when no scan reaches the recall target) that one's kind and parameters (ann.build_like);
+        else (or when no scan reaches the recall target) that one's kind and parameters (tuning.build_like);
         otherwise, or when the reused parts no longer reach the recall target on `x`, its kind is built
         (trained, for PCA and IVF) and, for auto, chosen and tuned on `x` alone."""
         requested = self._record.requested
-        metric, target = _FAISS_METRICS[self.metric], requested["recall_target"]
+        metric, target = FAISS_METRICS[self.metric], requested["recall_target"]
         largest = max(self._segments, key=lambda s: s.live, default=None)
         built = None
         if largest and not largest.index.capabilities.exact and len(x) < largest.live:
             if len(x) < self._tuning.small_flat:
-                built = ann.build_measured(FLAT, x, metric, target)
+                built = build_measured(FLAT, x, metric, target)
             elif len(x) < self._tuning.scan_below:
                 built = build_scan(x, largest.index, self._scan_group(), metric, target)
             if built is None:
-                built = ann.build_like(largest.index, x, metric, target, tune=requested["kind"] == "auto")
+                built = build_like(largest.index, x, metric, target, tune=requested["kind"] == "auto")
         if built is None:
             budget = requested["memory_budget_gb"] * 2**30
-            built = ann.build_measured(ann.choice_from(requested), x, metric, target, budget)
+            built = build_measured(ann.choice_from(requested), x, metric, target, budget)
         number = self._record.next_segment
         self._record = replace(self._record, next_segment=number + 1)
         return Segment(f"seg-{number:06d}", built[0], Manifest.of(entries), built[1])
@@ -436,7 +414,7 @@ class Store:
         else:
             source = self._folder / segment.name
             for name in segment.files:
-                _link(source / name, target / name)
+                link(source / name, target / name)
             files = segment.files
         fsync_dir(target)
         if not segment.name:
@@ -492,9 +470,9 @@ class Store:
             if check_hashes and sha256_file(generation / name) != facts.get("sha256"):
                 raise corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
         if record.segments is not None:
-            segments = [_read_segment(generation, s, record) for s in record.segments]
+            segments = [read_segment(generation, s, record) for s in record.segments]
         else:  # format 5 or older: one segment, its files in the generation folder itself
-            segments = [_read_segment(generation, SegmentRecord("", record.count, 0, record.index), record)]
+            segments = [read_segment(generation, SegmentRecord("", record.count, 0, record.index), record)]
         ann.share_pca([s.index for s in segments])
         store = cls(segments, record, generation, tuning)
         if store.count != record.count:
@@ -517,153 +495,5 @@ class Writing:
         self.live = store
 
 
-DELETED = ".deleted.npy"  # beside a segment's folder: the sorted local rows this generation has deleted
-SEGMENT_FILES = (VECTORS, *MANIFEST_FILES)
-
-
-def _read_segment(generation: Path, recorded: SegmentRecord, record: IndexRecord) -> Segment:
-    """One segment of a generation, memory-mapped and checked against what the record says of it."""
-    folder, name = generation.parent, recorded.name
-    where = generation / name
-    choice, metric = ann.choice_from(recorded.index), _FAISS_METRICS.get(record.metric)
-    try:
-        index = ann.VectorIndex.read(where / VECTORS, choice, metric)
-    except RuntimeError as e:
-        raise corrupt(folder, f"faiss cannot read {name or '.'}/{VECTORS}: {e}") from e
-    manifest = _read_manifest(where, folder)
-    counts = {"index": index.count, "manifest": len(manifest), "meta": recorded.rows}
-    if len(set(counts.values())) != 1:
-        raise corrupt(folder, f"row counts disagree in {name or 'the index'}: {counts}")
-    searched = metric if record.stale else ann.searched_metric(choice, metric)
-    if index.dim != record.dim or index.faiss.metric_type != searched:
-        raise corrupt(folder, f"{VECTORS} does not have the dimension and metric recorded in {META}")
-    deleted = NO_ROWS
-    if recorded.deleted:
-        try:
-            deleted = np.load(generation / f"{name}{DELETED}")
-        except (OSError, ValueError) as e:
-            raise corrupt(folder, f"the deletion markers of {name} are unreadable ({e})") from e
-        shaped = deleted.ndim == 1 and len(deleted) == recorded.deleted and deleted.dtype == np.int64
-        if not shaped or deleted[0] < 0 or deleted[-1] >= index.count or (np.diff(deleted) <= 0).any():
-            raise corrupt(folder, f"the deletion markers of {name} do not fit its rows")
-    # a format 5 generation's files are linked into a segment folder by the next save; format 4's are rewritten
-    recorded_files = {n: record.files.get(f"{name}/{n}" if name else n) for n in SEGMENT_FILES}
-    files = recorded_files if all(recorded_files.values()) else None
-    description = {k: v for k, v in recorded.index.items() if k != "requested"}
-    return Segment(name, index, manifest, description, deleted, files)
-
-
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
-
-
-def concurrently(searchers: list[SegmentSearch], queries: np.ndarray, k: int) -> list[list[Hits]]:
-    """Each searcher's hits, in order: the first one's FAISS search (the largest segment's, SegmentSearch.find)
-    on a worker thread while this thread searches the others, then its hits made here. The worker runs
-    nothing but FAISS, which releases the GIL, and with one OpenMP thread: with FAISS's default (one per
-    core) a worker's search of one query competed with this thread. Measured by hand on 1,000,000 rows plus
-    a scan group of four segments, one query at a time, blocks of 50 interleaved, three runs: p50 0.53-0.62
-    ms so, 0.64-0.67 ms one after the other, 0.30 ms for the same rows merged into one segment. What keeps the
-    gain small on 2 cores: handing a call to the worker and back costs 60-70 us, and the two searches slow
-    each other (FAISS alone: 0.28 + 0.17-0.21 ms apart, 0.38-0.41 ms together)."""
-    global _pool
-    if len(searchers) == 1:
-        return [searchers[0].search(queries, k)]
-    if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
-        workers = ThreadPoolExecutor(
-            os.cpu_count() or 1, "search", initializer=faiss.omp_set_num_threads, initargs=(1,)
-        )
-        _pool = os.getpid(), workers
-    first = _pool[1].submit(searchers[0].find, queries, k)
-    # One OpenMP thread here too, the worker holding the other core: with FAISS's default, the scan group's
-    # search beside the worker's made p50 after the benchmark's 23 commits 0.71-0.73 ms against 0.62 (by hand,
-    # interleaved; the merged index's 0.24-0.25 either way).
-    with ann.omp_threads(1):
-        rest = [searcher.search(queries, k) for searcher in searchers[1:]]
-    return [searchers[0].hits(queries, k, first.result()), *rest]
-
-
-def _link(source: Path, target: Path) -> None:
-    """Share an immutable file between generations: a hard link, or a copy where links are not supported."""
-    try:
-        os.link(source, target)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        shutil.copyfile(source, target)
-        fsync_file(target)
-
-
 def _summary(segment: Segment) -> dict[str, Any]:
     return {"name": segment.name, "rows": segment.rows, "deleted": len(segment.deleted), "index": segment.description}
-
-
-@contextmanager
-def assembled(
-    rows: int, dim: int, fill: Callable[[np.ndarray], object], folder: Path | None, mapped_rows: int = MAPPED_ROWS
-) -> Iterator[np.ndarray]:
-    """A (rows, dim) float32 array that `fill(out)` fills, for a new segment to be built from: in memory when
-    under `mapped_rows` rows (or with no folder to write in); otherwise written to a temporary file in `folder`
-    (an index folder) and memory-mapped, so that the build holds in memory only the index it makes (a
-    million 2048-d vectors are 8 GB, and the new index keeps its own copy). The file is removed after."""
-    if rows < mapped_rows or folder is None:
-        out = np.empty((rows, dim), np.float32)
-        fill(out)
-        yield out
-        return
-    folder.mkdir(parents=True, exist_ok=True)  # a first commit's index folder may not exist yet
-    path = folder / f"{TEMPORARY}vectors-{os.getpid()}.npy"
-    try:
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
-        fill(out)
-        out.flush()
-        del out
-        yield np.load(path, mmap_mode="r")
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _live_vectors(segments: list[Segment], out: np.ndarray | None = None, chunk: int = 50_000) -> np.ndarray:
-    """The live rows' vectors of `segments`, in order, read into one array (`out`, or a new one) a chunk
-    at a time: no second full-size copy."""
-    if out is None:
-        out = np.empty((sum(s.live for s in segments), segments[0].index.dim), np.float32)
-    at = 0
-    for segment in segments:
-        for start in range(0, segment.live, chunk):
-            rows = segment.local(np.arange(start, min(start + chunk, segment.live)))
-            out[at : at + len(rows)] = segment.index.reconstruct_batch(rows)
-            at += len(rows)
-    return out
-
-
-def _live_entries(segments: list[Segment]) -> list[Entry]:
-    out = []
-    for s in segments:
-        dead = set(s.deleted.tolist())
-        out += [e for i, e in enumerate(s.manifest.entries()) if i not in dead]
-    return out
-
-
-def disk_size(folder: Path) -> int:
-    """Bytes used by the live generation (its segments included, even those it shares with the previous)."""
-    return sum(p.stat().st_size for p in current_generation(folder).rglob("*") if p.is_file())
-
-
-def _read_manifest(generation: Path, folder: Path) -> Manifest:
-    """The columnar manifest, memory-mapped; or a version 3-4 JSON-lines one, parsed into the same form."""
-    if not (generation / MANIFEST).is_file():
-        try:
-            return Manifest.read(generation)
-        except (OSError, ValueError) as e:
-            raise corrupt(folder, f"the manifest is unreadable ({e})") from e
-    lines = (generation / MANIFEST).read_text(encoding="utf-8").splitlines()
-    try:
-        rows = json.loads("[" + ",".join(lines) + "]")  # one call: five times faster than line by line
-        return Manifest.of([Entry(**row) for row in rows])
-    except (json.JSONDecodeError, TypeError) as e:
-        raise corrupt(folder, f"{MANIFEST} is unreadable ({e})") from e
-
-
-def file_facts(path: Path) -> dict[str, Any]:
-    """Size and SHA-256 of a file, as meta.json records them and load checks them."""
-    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}

@@ -12,13 +12,16 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval import ann
-from retrieval.ann import Candidate, IndexChoice, held_out_rows, resident_bytes
+from retrieval import tuning
+from retrieval.ann import IndexChoice
 from retrieval.errors import IndexMismatch
 from retrieval.generations import current_generation
 from retrieval.kinds import KINDS as REGISTERED
-from retrieval.store import META, VECTORS, Entry, Store, file_facts
+from retrieval.record import META
+from retrieval.segment_files import VECTORS, file_facts
+from retrieval.store import Entry, Store
 from retrieval.synthetic import feature_vectors
+from retrieval.tuning import Candidate, held_out_rows, resident_bytes
 
 from .test_store import as_written_by_format_5
 
@@ -171,7 +174,7 @@ WEAK = IndexChoice("ivf", ivf_lists=150, pq_bytes=2, nprobe=1, rerank=1)
 
 
 def test_auto_falls_back_to_flat_when_no_kind_reaches_the_target(synthetic, monkeypatch):
-    monkeypatch.setattr(ann, "candidates", lambda *_: [Candidate(WEAK, "nprobe", (1, 2))])
+    monkeypatch.setattr(tuning, "candidates", lambda *_: [Candidate(WEAK, "nprobe", (1, 2))])
     store = build(IndexChoice("auto"), synthetic[0])
     facts = store.record.index
     assert facts["kind"] == "flat" and facts["recall_at_10"] == 1.0

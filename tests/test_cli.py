@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from retrieval.cli import app
 from retrieval.generations import current_generation
 from retrieval.manifest import Entry
-from retrieval.store import VECTORS, Store
+from retrieval.segment_files import VECTORS
+from retrieval.store import Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
 
 from .conftest import no_hang, segment_file
@@ -194,12 +195,13 @@ def test_the_index_type_can_be_chosen_on_the_command_line(photos, tmp_path):
 def test_a_recall_below_target_is_warned_by_ingest_info_and_verify(tmp_path, monkeypatch):
     """60 photos with auto's threshold lowered to 50 and its only candidate a kind far below the target:
     auto falls back to flat, and every command that reports on the index says so."""
-    from retrieval import ann
-    from retrieval.ann import Candidate, IndexChoice
+    from retrieval import tuning
+    from retrieval.ann import IndexChoice
+    from retrieval.tuning import Candidate
 
-    monkeypatch.setattr(ann, "AUTO_FLAT_BELOW", 50)
+    monkeypatch.setattr(tuning, "AUTO_FLAT_BELOW", 50)
     weak = IndexChoice("ivf", ivf_lists=30, pq_bytes=2, rerank=1)
-    monkeypatch.setattr(ann, "candidates", lambda *_: [Candidate(weak, "nprobe", (1,))])
+    monkeypatch.setattr(tuning, "candidates", lambda *_: [Candidate(weak, "nprobe", (1,))])
     write_photos(tmp_path / "photos", 60)
     index = tmp_path / "index"
     ingested = run("ingest", tmp_path / "photos", "--index", index, "--weights", "none", "-q")

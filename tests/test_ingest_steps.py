@@ -16,9 +16,11 @@ from retrieval.config import Settings
 from retrieval.errors import NothingToIndex
 from retrieval.files import sha256_file
 from retrieval.images import load_image
-from retrieval.ingest import IngestReport, LocalExecutor, Plan, commit, embed, plan
-from retrieval.store import MAPPED_ROWS, Entry, Store, Tuning, normalize
+from retrieval.ingest import IngestReport, LocalExecutor, commit, embed
+from retrieval.plan import Plan, plan
+from retrieval.store import Entry, Store, Tuning
 from retrieval.synthetic import photo, write_photos
+from retrieval.vectors import MAPPED_ROWS, normalize
 
 DIM = 8
 EMBEDDING = {"model": "test", "dim": DIM}

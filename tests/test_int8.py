@@ -13,8 +13,9 @@ import pytest
 from retrieval import quantize
 from retrieval.backbones import spec_for
 from retrieval.config import Settings
-from retrieval.ingest import Plan, _LazyEmbedder, ingest
+from retrieval.ingest import _LazyEmbedder, ingest
 from retrieval.openvino_engine import OpenVinoEmbedder
+from retrieval.plan import Plan
 from retrieval.preparation import prepare
 from retrieval.quantize import Calibration, Gate, GateRule, cached, calibration_sample, int8_capable
 from retrieval.search import Searcher

@@ -21,8 +21,9 @@ from retrieval.images import load_image
 from retrieval.ingest import ERROR_REPORT, ingest
 from retrieval.openvino_engine import OpenVinoEmbedder
 from retrieval.preparation import prepare
+from retrieval.record import META
 from retrieval.search import query
-from retrieval.store import META, Store
+from retrieval.store import Store
 from retrieval.synthetic import near_duplicates, photo
 from retrieval.system import native_bf16
 

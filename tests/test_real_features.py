@@ -12,8 +12,9 @@ from PIL import Image
 from retrieval.ann import IndexChoice
 from retrieval.images import load_image
 from retrieval.search import query_many
-from retrieval.store import Store, normalize
+from retrieval.store import Store
 from retrieval.synthetic import photo
+from retrieval.vectors import normalize
 
 from .conftest import REAL_COUNT
 

@@ -15,8 +15,9 @@ from retrieval.images import load_image
 from retrieval.ingest import ingest
 from retrieval.results import QueryResult
 from retrieval.search import Searcher
-from retrieval.store import Store, normalize
+from retrieval.store import Store
 from retrieval.synthetic import near_duplicates, photo, write_photos
+from retrieval.vectors import normalize
 
 
 def test_queries_by_indexed_images_build_no_embedder_and_new_images_build_one_once(tmp_path, indexed, photos, embedder):

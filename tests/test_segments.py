@@ -24,8 +24,10 @@ from retrieval import segments as segments_module
 from retrieval.ann import IndexChoice
 from retrieval.errors import IndexCorrupt
 from retrieval.generations import current_generation
+from retrieval.record import META
+from retrieval.segment_files import DELETED
 from retrieval.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
-from retrieval.store import DELETED, META, SCAN_BELOW, Entry, Store, Tuning
+from retrieval.store import SCAN_BELOW, Entry, Store, Tuning
 from retrieval.synthetic import feature_vectors
 
 from .conftest import reading_in_a_thread

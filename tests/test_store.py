@@ -17,8 +17,9 @@ from retrieval.errors import EmptyIndex, IndexBusy, IndexCorrupt, IndexMismatch,
 from retrieval.generations import current_generation
 from retrieval.manifest import FILES as MANIFEST_FILES
 from retrieval.manifest import ORDER, RECORDS, Manifest
-from retrieval.record import IndexRecord, live_record
-from retrieval.store import MANIFEST, META, VECTORS, Entry, Store, file_facts
+from retrieval.record import META, IndexRecord, live_record
+from retrieval.segment_files import MANIFEST, VECTORS, file_facts
+from retrieval.store import Entry, Store
 
 DIM = 64
 EMBEDDING = {"model": "test", "dim": DIM}
@@ -358,7 +359,7 @@ def test_damage_that_keeps_the_size_is_found_by_the_hash_check(saved):
 def test_normalize_checks_every_chunk_of_a_large_array(monkeypatch, bad, message):
     """Checked a few rows at a time (8 GB of temporaries at a million rows otherwise): a bad row in the
     last chunk is still found, and good rows come back unit length."""
-    from retrieval import store as store_module
+    from retrieval import vectors as store_module
 
     x = vectors(14)
     np.testing.assert_allclose(np.linalg.norm(store_module.normalize(x, chunk=4), axis=1), 1.0, rtol=1e-6)

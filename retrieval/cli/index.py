@@ -20,7 +20,7 @@ def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigO
     settings = settings_from(config, index=index)
     with reported():
         from ..record import live_record
-        from ..store import disk_size
+        from ..segment_files import disk_size
 
         record = live_record(settings.index)
         size = disk_size(settings.index)
@@ -114,7 +114,7 @@ def compact(index: IndexOption = None, wait: WaitOption = False, config: ConfigO
     """Merge the index's segments into one and drop its deleted rows (ingest merges by tiers on its own)."""
     settings = settings_from(config, index=index)
     with reported():
-        from ..ingest import compact as run_compact
+        from ..compact import compact as run_compact
 
         done = run_compact(settings.index, wait=wait)
     where, count = printable(settings.index), done.store.count

@@ -13,7 +13,7 @@ from .ivf import Ivf
 from .scan import Scan
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (Flat(), Hnsw(), HnswSq(), Ivf(), Scan())}
-AUTO = "auto"  # not a kind: ann.build_measured chooses one, measured (flat below a size, else tuned)
+AUTO = "auto"  # not a kind: tuning.build_measured chooses one, measured (flat below a size, else tuned)
 OFFERED = (AUTO, *(name for name, kind in KINDS.items() if kind.offered))  # what index_type may say
 
 
