@@ -27,11 +27,11 @@ RUNS = 5
 
 
 def build_indexes(count: int) -> tuple[Path, dict[str, Path]]:
+    from retrieval.analysis.synthetic import feature_vectors, photo
     from retrieval.config import Settings
-    from retrieval.embedders import embedding_for
-    from retrieval.ingest import index_choice
-    from retrieval.store import Entry, Store
-    from retrieval.synthetic import feature_vectors, photo
+    from retrieval.embedding.embedders import embedding_for
+    from retrieval.index.store import Entry, Store
+    from retrieval.ingestion.job import index_choice
 
     folder = DATA / f"cold-{count}"
     photos = folder / "photos"
@@ -93,7 +93,7 @@ def main() -> None:
                 }
             )
             print(f"{meta['index']['factory']:<22} {label:<14} median {statistics.median(times):.2f} s  {times}")
-    from retrieval.system import machine
+    from retrieval.io.system import machine
 
     host = machine()
     RESULTS.mkdir(exist_ok=True)

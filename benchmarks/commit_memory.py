@@ -29,9 +29,9 @@ PIECE = 1_000
 
 
 def write_pieces(index: Path, count: int) -> None:
-    from retrieval.checkpoints import Checkpoints
-    from retrieval.store import Entry
-    from retrieval.synthetic import feature_vectors
+    from retrieval.analysis.synthetic import feature_vectors
+    from retrieval.index.store import Entry
+    from retrieval.ingestion.checkpoints import Checkpoints
 
     checkpoints = Checkpoints(index, EMBEDDING)
     vectors = feature_vectors("cone", count, queries=0, seed=0)[0]
@@ -41,9 +41,9 @@ def write_pieces(index: Path, count: int) -> None:
 
 
 def commit_child(index: Path, kind: str) -> dict:
-    from retrieval.checkpoints import Checkpoints
     from retrieval.config import Settings
-    from retrieval.ingest import IngestReport, Plan, commit
+    from retrieval.ingestion.checkpoints import Checkpoints
+    from retrieval.ingestion.job import IngestReport, Plan, commit
 
     settings = Settings(index=index, index_type=kind, metric="cosine")
     with Peak() as peak:
@@ -81,7 +81,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(commit_child(Path(args.child[0]), args.child[1])))
         return
-    from retrieval.system import machine
+    from retrieval.io.system import machine
 
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         index = Path(tmp) / "index"

@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image
 
 from retrieval import Settings, Store, ingest
-from retrieval.ann import IndexChoice
-from retrieval.embedders import create_embedder
-from retrieval.images import load_image
-from retrieval.synthetic import photo, write_photos
-from retrieval.system import machine
-from retrieval.vectors import normalize
+from retrieval.analysis.synthetic import photo, write_photos
+from retrieval.ann.indexes import IndexChoice
+from retrieval.embedding.embedders import create_embedder
+from retrieval.index.vectors import normalize
+from retrieval.io.images import load_image
+from retrieval.io.system import machine
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = (320, 240)

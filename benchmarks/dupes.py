@@ -47,7 +47,7 @@ def write_set(folder: Path) -> list[str]:
     """The 1,000 files; returns each file's planted group name ('' for a distractor), in file-name order."""
     from PIL import Image, ImageEnhance
 
-    from retrieval.synthetic import near_duplicates, photo, write_photos
+    from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 
     write_photos(folder, DISTRACTORS, seed=90_000)
     for i in range(ORIGINALS):
@@ -114,8 +114,8 @@ def pair_scores(labels: dict[str, int], names: list[str]) -> dict[str, float]:
 
 def by_index(folder: str, index: str, rule: dict, queue: multiprocessing.Queue) -> None:
     """Child process: groups from the index; seconds and peak RSS of the grouping alone."""
-    from retrieval.dupes import Rule, find_groups
-    from retrieval.store import Store
+    from retrieval.index.store import Store
+    from retrieval.maintenance.dupes import Rule, find_groups
 
     store = Store.load(Path(index))
     before = peak_mb()
@@ -130,8 +130,8 @@ def best_threshold(folder: str, index: str, names: list[str], queue: multiproces
     """Child process: the threshold under which `dupes` scores best (the lower of precision and recall
     highest), chosen knowing the answers: a bound on what a threshold can do on this set. Each candidate is a
     real `find_groups` run; candidates are spread over the cosines of the highest pairs."""
-    from retrieval.dupes import Rule, find_groups
-    from retrieval.store import Store
+    from retrieval.index.store import Store
+    from retrieval.maintenance.dupes import Rule, find_groups
 
     store = Store.load(Path(index))
     vectors = store.vectors()
@@ -191,10 +191,10 @@ def in_child(target, *args) -> dict:
 def large(count: int, copies: int, folder: Path) -> Path:
     """An index of `count` cone-family vectors, `copies` of them near-copies of others (+2 % noise)."""
     from retrieval import Settings, Store
-    from retrieval.ann import IndexChoice
-    from retrieval.embedders import embedding_for
-    from retrieval.store import Entry
-    from retrieval.synthetic import feature_vectors
+    from retrieval.analysis.synthetic import feature_vectors
+    from retrieval.ann.indexes import IndexChoice
+    from retrieval.embedding.embedders import embedding_for
+    from retrieval.index.store import Entry
 
     vectors, _ = feature_vectors("cone", count - copies, seed=21)
     rng = np.random.default_rng(22)
@@ -215,8 +215,8 @@ def large(count: int, copies: int, folder: Path) -> Path:
 
 def main() -> None:
     from retrieval import Settings, Store, ingest
-    from retrieval.embedders import create_embedder
-    from retrieval.system import machine
+    from retrieval.embedding.embedders import create_embedder
+    from retrieval.io.system import machine
 
     result: dict = {"machine": machine(), "small": {}, "large": {}}
     with tempfile.TemporaryDirectory() as tmp:

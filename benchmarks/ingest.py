@@ -38,7 +38,7 @@ RESULTS = HERE / "results"
 
 def photo_set(size: tuple[int, int], count: int) -> Path:
     """`count` JPEGs of `size`, generated once and reused."""
-    from retrieval.synthetic import photo
+    from retrieval.analysis.synthetic import photo
 
     folder = DATA / f"jpeg-{size[0]}x{size[1]}-{count}"
     if not (folder / "done").exists():
@@ -86,7 +86,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             job.get("executor", "local"),
             job.get("ray_address", ""),
         )
-    from retrieval.system import memory_bytes
+    from retrieval.io.system import memory_bytes
 
     result["peak_rss_mb"] = memory_bytes("VmHWM") / 2**20
     return result
@@ -94,7 +94,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
 def _decode(folder: Path, jpeg_draft: bool) -> dict[str, Any]:
     """One thread decoding to model input, nothing else: the other half of the CPU budget."""
-    from retrieval.images import load_image
+    from retrieval.io.images import load_image
 
     paths = sorted(folder.glob("*.jpg"))
     started = time.perf_counter()
@@ -114,9 +114,9 @@ def _settings(engine: str, precision: str, index: Path, decode_threads: int | No
 def _embedder(settings: Any, folder: Path | None) -> Any:
     """The embedder, built before timing; for int8, quantized on `folder`'s calibration sample (as an
     ingest of that folder would, and cached the same way)."""
-    from retrieval.embedders import create_embedder
-    from retrieval.files import list_images
-    from retrieval.quantize import calibration_sample
+    from retrieval.embedding.embedders import create_embedder
+    from retrieval.embedding.quantize import calibration_sample
+    from retrieval.io.files import list_images
 
     if settings.precision != "int8":
         return create_embedder(settings)
@@ -166,10 +166,10 @@ def _pipeline(
     On Ray the actors build their own embedders: starting Ray (without an address) and the actors' model
     builds are inside the timed run, as a user pays them."""
     from retrieval.config import decode_threads_for
-    from retrieval.images import load_image
-    from retrieval.ingest import ingest
-    from retrieval.preparation import cache_dir
-    from retrieval.store import Store
+    from retrieval.embedding.preparation import cache_dir
+    from retrieval.index.store import Store
+    from retrieval.ingestion.job import ingest
+    from retrieval.io.images import load_image
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = _settings(
@@ -422,7 +422,7 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.job))))
         return
     os.environ.setdefault("RETRIEVAL_CACHE", str(DATA / "model-cache"))
-    from retrieval.system import machine
+    from retrieval.io.system import machine
 
     host = machine()
     flags = [flag for flag, on in (("--quick", args.quick), ("--int8", args.int8), ("--ray", args.ray)) if on]

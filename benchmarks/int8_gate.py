@@ -25,13 +25,13 @@ PHOTOS, SIZE = 300, (1024, 768)
 
 
 def main(seeds: list[int]) -> dict:
-    from retrieval.backbones import spec_for
+    from retrieval.analysis.synthetic import write_photos
     from retrieval.config import Settings
-    from retrieval.openvino_engine import OpenVinoEmbedder
-    from retrieval.preparation import prepare
-    from retrieval.quantize import DEFAULT_GATE, calibration_sample
-    from retrieval.synthetic import write_photos
-    from retrieval.system import machine
+    from retrieval.embedding.backbones import spec_for
+    from retrieval.embedding.openvino_engine import OpenVinoEmbedder
+    from retrieval.embedding.preparation import prepare
+    from retrieval.embedding.quantize import DEFAULT_GATE, calibration_sample
+    from retrieval.io.system import machine
 
     spec = spec_for("resnet50")
     result: dict = {"machine": machine(), "photos": PHOTOS, "size": list(SIZE), "rule": vars(DEFAULT_GATE), "runs": []}

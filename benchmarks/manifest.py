@@ -25,18 +25,18 @@ RESULTS = Path(__file__).parent / "results"
 RUNS = 5
 
 OPEN_AND_FIND = {
-    "columnar": "from retrieval.manifest import Manifest\nm = Manifest.read(folder)\nrow = m.row_of(target)",
+    "columnar": "from retrieval.index.manifest import Manifest\nm = Manifest.read(folder)\nrow = m.row_of(target)",
     "JSON lines": (
-        "import json\nfrom retrieval.manifest import Entry\n"
+        "import json\nfrom retrieval.index.manifest import Entry\n"
         "lines = (folder / 'manifest.jsonl').read_text().splitlines()\n"
         "rows = [Entry(**r) for r in json.loads('[' + ','.join(lines) + ']')]\n"
         "row = {e.path: i for i, e in enumerate(rows)}.get(target)"
     ),
 }
 EVERY_ROW = {
-    "columnar": "from retrieval.manifest import Manifest\nrows = Manifest.read(folder).entries()",
+    "columnar": "from retrieval.index.manifest import Manifest\nrows = Manifest.read(folder).entries()",
     "JSON lines": (
-        "import json\nfrom retrieval.manifest import Entry\n"
+        "import json\nfrom retrieval.index.manifest import Entry\n"
         "lines = (folder / 'manifest.jsonl').read_text().splitlines()\n"
         "rows = [Entry(**r) for r in json.loads('[' + ','.join(lines) + ']')]"
     ),
@@ -66,8 +66,8 @@ def timed(body: str, folder: Path, target: str) -> float:
 
 
 def main() -> None:
-    from retrieval.manifest import Entry, Manifest
-    from retrieval.system import machine
+    from retrieval.index.manifest import Entry, Manifest
+    from retrieval.io.system import machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1_000_000)

@@ -26,11 +26,11 @@ from pathlib import Path
 from PIL import Image
 
 from retrieval import Settings, ingest
-from retrieval.embedders import create_embedder
-from retrieval.quality import TRANSFORMS, evaluate_augmented
-from retrieval.search import Searcher
-from retrieval.synthetic import write_photos
-from retrieval.system import machine
+from retrieval.analysis.quality import TRANSFORMS, evaluate_augmented
+from retrieval.analysis.synthetic import write_photos
+from retrieval.embedding.embedders import create_embedder
+from retrieval.io.system import machine
+from retrieval.search.searcher import Searcher
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGURATIONS = [  # (model, pooling, precision)

@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import Settings, Store
-from retrieval.ann import IndexChoice
-from retrieval.client import multipart
-from retrieval.embedders import Embedder, create_embedder, embedding_for
-from retrieval.images import load_image
-from retrieval.quantize import calibration_sample
-from retrieval.store import Entry
-from retrieval.synthetic import feature_vectors, photo, write_photos
-from retrieval.system import machine
+from retrieval.analysis.synthetic import feature_vectors, photo, write_photos
+from retrieval.ann.indexes import IndexChoice
+from retrieval.embedding.embedders import Embedder, create_embedder, embedding_for
+from retrieval.embedding.quantize import calibration_sample
+from retrieval.index.store import Entry
+from retrieval.io.images import load_image
+from retrieval.io.system import machine
+from retrieval.search.client import multipart
 
 DATA = Path(__file__).parent / ".data" / "serve"
 RESULTS = Path(__file__).parent / "results"

@@ -98,8 +98,8 @@ def new_files_bytes(generation: Path) -> int:
 
 def commit_child(index: Path, pool: Path, start: int, add: int, delete: int, seed: int) -> dict:
     """One commit as an ingest makes it (run in its own process)."""
-    from retrieval.ingest import IngestReport, Plan, commit
-    from retrieval.store import Entry, Store
+    from retrieval.index.store import Entry, Store
+    from retrieval.ingestion.job import IngestReport, Plan, commit
 
     with Peak() as peak:
         began, io_before = time.perf_counter(), written_bytes()
@@ -126,7 +126,7 @@ def commit_child(index: Path, pool: Path, start: int, add: int, delete: int, see
             report=IngestReport(index),
         )
         done = time.perf_counter()
-    from retrieval.generations import current_generation
+    from retrieval.index.generations import current_generation
 
     return {
         "add": add,
@@ -150,8 +150,8 @@ def run_child(*args: str) -> dict:
 
 
 def compact_child(index: Path) -> dict:
-    from retrieval.compact import compact
-    from retrieval.generations import current_generation
+    from retrieval.index.generations import current_generation
+    from retrieval.maintenance.compact import compact
 
     with Peak() as peak:
         began = time.perf_counter()
@@ -181,9 +181,9 @@ def query_child(index: Path, queries: Path, ef_search: int = 0, with_recall: int
     """Latency (one query at a time) and recall@10 against exact search over the live rows. `ef_search`: the
     graph segments' search parameter instead of the one auto chose (to compare at equal parameters);
     `with_recall` 0: latency only (the paired rounds)."""
-    from retrieval.ann import omp_threads
-    from retrieval.generations import current_generation
-    from retrieval.store import Store
+    from retrieval.ann.indexes import omp_threads
+    from retrieval.index.generations import current_generation
+    from retrieval.index.store import Store
 
     store = Store.load(index)
     for segment in store._segments if ef_search else []:  # the benchmark's own override, before any search
@@ -226,7 +226,7 @@ def query_child(index: Path, queries: Path, ef_search: int = 0, with_recall: int
 
 def cold_query(index: Path) -> dict:
     """Median wall seconds of a fresh `retrieval query` process by an indexed image (see the docstring)."""
-    from retrieval.store import Store
+    from retrieval.index.store import Store
 
     store = Store.load(index)
     entry = store.entry(store.count // 2)
@@ -248,9 +248,9 @@ def cold_query(index: Path) -> dict:
 
 def build(index: Path, count: int, change: int, commits: int, work: Path) -> dict:
     """The base index, and the pool of vectors the commits add (drawn from the same distribution)."""
-    from retrieval.ingest import index_choice
-    from retrieval.store import Entry, Store
-    from retrieval.synthetic import feature_vectors
+    from retrieval.analysis.synthetic import feature_vectors
+    from retrieval.index.store import Entry, Store
+    from retrieval.ingestion.job import index_choice
 
     extra = change * (commits + 2) + QUERIES
     vectors, more = feature_vectors("cone", count, queries=extra, seed=0)
@@ -298,7 +298,7 @@ def main() -> None:
             result = query_child(Path(rest[0]), Path(rest[1]), *map(int, rest[2:]))
         print(json.dumps(result))
         return
-    from retrieval.system import machine
+    from retrieval.io.system import machine
 
     n = args.change
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:

@@ -1,5 +1,5 @@
 """`python -m retrieval` runs the same CLI as the `retrieval` command."""
 
-from .cli import app
+from retrieval.cli import app
 
 app(prog_name="retrieval")

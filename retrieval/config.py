@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .kinds import OFFERED
-from .sources import open_regular
+from retrieval.ann.kinds import OFFERED
+from retrieval.errors import ConfigError
+from retrieval.io.sources import open_regular
+from retrieval.io.system import PRECISIONS
 
 DEFAULT_CONFIG = Path("config.yaml")
 # libyaml's safe loader where PyYAML was built with it (about 10x faster than the pure-Python one: every
@@ -25,9 +26,8 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MODELS = ("resnet50", "vgg16")
 METRICS = ("cosine", "l2")
 ENGINES = ("openvino", "tensorflow")
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-POOLINGS = ("avg", "max", "gem")
-EXECUTORS = ("local", "ray")  # where an ingest's embed step runs  # of ResNet50's last feature map
+POOLINGS = ("avg", "max", "gem")  # of the backbone's last feature map
+EXECUTORS = ("local", "ray")  # where an ingest's embed step runs
 INDEX_TYPES = OFFERED  # auto, and every kind a user may ask for (kinds/)
 FAMILIES = ("clustered", "hard", "cone")  # synthetic feature families of `retrieval bench search`
 # Pillow's own default: a 10000 x 10000 image is over it and so treated as a decompression bomb.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from retrieval.synthetic import near_duplicates, photo, write_photos
+from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 
 
 def main() -> None:

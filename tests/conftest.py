@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.backbones import spec_for
+from retrieval.analysis.synthetic import write_photos
 from retrieval.config import Settings
-from retrieval.embedders import Embedder, create_embedder
-from retrieval.generations import current_generation
-from retrieval.ingest import ingest
-from retrieval.synthetic import write_photos
-from retrieval.tensorflow_engine import KerasEmbedder
+from retrieval.embedding.backbones import spec_for
+from retrieval.embedding.embedders import Embedder, create_embedder
+from retrieval.embedding.tensorflow_engine import KerasEmbedder
+from retrieval.index.generations import current_generation
+from retrieval.ingestion.job import ingest
 
 PHOTOS = 12
 

@@ -1,5 +1,5 @@
 """One battery for every index kind: round trip, exact vectors back, top-k equal to flat where the kind is
-exact and recall where it is not, on seeded synthetic features (retrieval.synthetic.feature_vectors) and on
+exact and recall where it is not, on seeded synthetic features (retrieval.analysis.synthetic.feature_vectors) and on
 the real model's own vectors (conftest's real_index); then auto's fallback, the recall warning, and indexes
 of the previous format."""
 
@@ -12,16 +12,16 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval import tuning
-from retrieval.ann import IndexChoice
+from retrieval.analysis.synthetic import feature_vectors
+from retrieval.ann import tuning
+from retrieval.ann.indexes import IndexChoice
+from retrieval.ann.kinds import KINDS as REGISTERED
+from retrieval.ann.tuning import Candidate, held_out_rows, resident_bytes
 from retrieval.errors import IndexMismatch
-from retrieval.generations import current_generation
-from retrieval.kinds import KINDS as REGISTERED
-from retrieval.record import META
-from retrieval.segment_files import VECTORS, file_facts
-from retrieval.store import Entry, Store
-from retrieval.synthetic import feature_vectors
-from retrieval.tuning import Candidate, held_out_rows, resident_bytes
+from retrieval.index.generations import current_generation
+from retrieval.index.record import META
+from retrieval.index.segment_files import VECTORS, file_facts
+from retrieval.index.store import Entry, Store
 
 from .test_store import as_written_by_format_5
 

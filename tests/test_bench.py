@@ -8,9 +8,9 @@ import json
 from PIL import Image
 from typer.testing import CliRunner
 
+from retrieval.analysis.synthetic import feature_vectors
 from retrieval.cli import app
-from retrieval.store import Entry, Store
-from retrieval.synthetic import feature_vectors
+from retrieval.index.store import Entry, Store
 
 runner = CliRunner()
 

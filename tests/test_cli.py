@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 from retrieval.cli import app
-from retrieval.generations import current_generation
-from retrieval.manifest import Entry
-from retrieval.segment_files import VECTORS
-from retrieval.store import Store
-from retrieval.synthetic import near_duplicates, photo, write_photos
+from retrieval.index.generations import current_generation
+from retrieval.index.manifest import Entry
+from retrieval.index.segment_files import VECTORS
+from retrieval.index.store import Store
 
 from .conftest import no_hang, segment_file
 from .test_images import png_header_only
@@ -195,9 +195,9 @@ def test_the_index_type_can_be_chosen_on_the_command_line(photos, tmp_path):
 def test_a_recall_below_target_is_warned_by_ingest_info_and_verify(tmp_path, monkeypatch):
     """60 photos with auto's threshold lowered to 50 and its only candidate a kind far below the target:
     auto falls back to flat, and every command that reports on the index says so."""
-    from retrieval import tuning
-    from retrieval.ann import IndexChoice
-    from retrieval.tuning import Candidate
+    from retrieval.ann import tuning
+    from retrieval.ann.indexes import IndexChoice
+    from retrieval.ann.tuning import Candidate
 
     monkeypatch.setattr(tuning, "AUTO_FLAT_BELOW", 50)
     weak = IndexChoice("ivf", ivf_lists=30, pq_bytes=2, rerank=1)

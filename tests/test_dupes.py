@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 from retrieval.cli import app as cli
 from retrieval.config import Settings
-from retrieval.dupes import Member, Rule, apply_moves, find_groups, order, plan_moves
 from retrieval.errors import IndexMismatch, UsageError
-from retrieval.ingest import ingest
-from retrieval.store import Store
-from retrieval.synthetic import near_duplicates, photo, write_photos
-from retrieval.verify import verify
+from retrieval.index.store import Store
+from retrieval.ingestion.job import ingest
+from retrieval.maintenance.dupes import Member, Rule, apply_moves, find_groups, order, plan_moves
+from retrieval.maintenance.verify import verify
 
 runner = CliRunner()
 ORIGINALS = 3  # photo-0000 … photo-0002 get a resized and a re-encoded copy each

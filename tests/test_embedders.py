@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from retrieval.backbones import caffe_preprocess, keras_cache_file, spec_for, weights_fingerprint
+from retrieval.analysis.synthetic import photo
+from retrieval.embedding.backbones import caffe_preprocess, keras_cache_file, spec_for, weights_fingerprint
+from retrieval.embedding.openvino_engine import OpenVinoEmbedder
+from retrieval.embedding.preparation import prepare
+from retrieval.embedding.tensorflow_engine import KerasEmbedder
 from retrieval.errors import IndexMismatch, UsageError, WeightsUnavailable
-from retrieval.openvino_engine import OpenVinoEmbedder
-from retrieval.preparation import prepare
-from retrieval.store import Store
-from retrieval.synthetic import photo
-from retrieval.tensorflow_engine import KerasEmbedder
+from retrieval.index.store import Store
 
 RESNET = spec_for("resnet50")
 
@@ -143,9 +143,9 @@ def test_tensorflow_bf16_vectors_match_fp32(embedder, fidelity_batch):
 
 CACHED_OPENVINO = """
 import sys
-from retrieval.backbones import spec_for
-from retrieval.openvino_engine import OpenVinoEmbedder
-from retrieval.preparation import prepare
+from retrieval.embedding.backbones import spec_for
+from retrieval.embedding.openvino_engine import OpenVinoEmbedder
+from retrieval.embedding.preparation import prepare
 OpenVinoEmbedder(prepare(spec_for("resnet50"), "none", seed=0, precision="fp32"))
 print("tensorflow" in sys.modules)
 """

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.backbones import spec_for
-from retrieval.checkpoints import PENDING
-from retrieval.openvino_engine import OpenVinoEmbedder
-from retrieval.preparation import prepare
-from retrieval.store import Store
-from retrieval.synthetic import write_photos
+from retrieval.analysis.synthetic import write_photos
+from retrieval.embedding.backbones import spec_for
+from retrieval.embedding.openvino_engine import OpenVinoEmbedder
+from retrieval.embedding.preparation import prepare
+from retrieval.index.store import Store
+from retrieval.ingestion.checkpoints import PENDING
 
 from .test_incremental import assert_same_index
 
@@ -200,7 +200,8 @@ def test_an_unreadable_file_is_skipped_as_permission_denied(tmp_path):
     write_photos(tmp_path, 1)
     (tmp_path / "photo-0000.jpg").chmod(0)
     run = as_ordinary_user(
-        "from pathlib import Path\nfrom retrieval.errors import ImageError\nfrom retrieval.images import load_image\n"
+        "from pathlib import Path\nfrom retrieval.errors import ImageError\n"
+        "from retrieval.io.images import load_image\n"
         f"try:\n    load_image(Path({str(tmp_path / 'photo-0000.jpg')!r}), (224, 224), 10**8)\n"
         "except ImageError as e:\n    print(e.reason)\n"
     )
@@ -213,7 +214,7 @@ def test_an_unreadable_sub_folder_is_reported_and_its_siblings_listed(tmp_path):
     (tmp_path / "closed").chmod(0)
     try:
         run = as_ordinary_user(
-            "from pathlib import Path\nfrom retrieval.files import list_images\n"
+            "from pathlib import Path\nfrom retrieval.io.files import list_images\n"
             f"listing = list_images(Path({str(tmp_path)!r}))\n"
             "print(listing.paths)\nprint([(e.path, e.reason) for e in listing.errors])\n"
         )

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from retrieval.errors import UsageError
-from retrieval.files import list_images
-from retrieval.sources import SpecialFile, open_regular
+from retrieval.io.files import list_images
+from retrieval.io.sources import SpecialFile, open_regular
 
 from .conftest import no_hang
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from retrieval.backbones import build_keras_model, import_tensorflow, spec_for
+from retrieval.embedding.backbones import build_keras_model, import_tensorflow, spec_for
 
 IMPORT_EVERYTHING = """
 import random, warnings
@@ -21,9 +21,9 @@ def state():
             np.random.get_state()[1].tolist())
 
 before = state()
-import retrieval, retrieval.cli, retrieval.ingest, retrieval.search, retrieval.verify, retrieval.bench
-import retrieval.collage, retrieval.openvino_engine, retrieval.preparation, retrieval.tensorflow_engine
-import retrieval.synthetic
+import retrieval, retrieval.cli, retrieval.ingestion.job, retrieval.search.searcher, retrieval.maintenance.verify
+import retrieval.analysis.bench, retrieval.analysis.synthetic, retrieval.search.collage
+import retrieval.embedding.openvino_engine, retrieval.embedding.preparation, retrieval.embedding.tensorflow_engine
 print(before == state())
 """
 
@@ -57,10 +57,12 @@ def test_the_command_line_starts_without_numpy_pillow_faiss_or_tensorflow():
     assert run.stdout.strip() == "[]"
 
 
-def test_the_package_keeps_its_functions_named_like_their_modules():
-    import retrieval
-    import retrieval.ingest
-    import retrieval.verify
+def test_every_public_name_is_the_object_its_home_module_defines():
+    import importlib
 
-    assert callable(retrieval.ingest) and retrieval.ingest.__module__ == "retrieval.ingest"
-    assert callable(retrieval.verify) and retrieval.verify.__module__ == "retrieval.verify"
+    import retrieval
+
+    for name in retrieval.__all__:
+        value = getattr(retrieval, name)
+        assert getattr(importlib.import_module(value.__module__), name) is value, name
+    assert callable(retrieval.ingest) and callable(retrieval.verify)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from retrieval.analysis.synthetic import photo
 from retrieval.config import DEFAULT_MAX_PIXELS
 from retrieval.errors import ImageError
-from retrieval.images import load_image
-from retrieval.synthetic import photo
+from retrieval.io.images import load_image
 
 SIZE = (224, 224)
 

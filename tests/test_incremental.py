@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from retrieval.analysis.synthetic import photo, write_photos
 from retrieval.cli import app
 from retrieval.config import Settings
 from retrieval.errors import IndexBusy, IndexMismatch
-from retrieval.generations import current_generation
-from retrieval.images import load_image
-from retrieval.ingest import ingest
-from retrieval.lock import IndexLock
-from retrieval.store import Store
-from retrieval.synthetic import photo, write_photos
+from retrieval.index.generations import current_generation
+from retrieval.index.lock import IndexLock
+from retrieval.index.store import Store
+from retrieval.ingestion.job import ingest
+from retrieval.io.images import load_image
 
 from .conftest import Counting, reading_in_a_thread, segment_file
 from .test_ann import as_written_by_format_3
@@ -218,7 +218,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, folder, embedde
         [
             sys.executable,
             "-c",
-            f"from pathlib import Path; from retrieval.lock import IndexLock\n"
+            f"from pathlib import Path; from retrieval.index.lock import IndexLock\n"
             f"IndexLock(Path({str(settings.index)!r})).__enter__(); print('locked', flush=True)\n"
             "import time; time.sleep(60)",
         ],

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.backbones import spec_for
-from retrieval.checkpoints import PENDING, Checkpoints
+from retrieval.analysis.synthetic import photo, write_photos
 from retrieval.config import Settings
+from retrieval.embedding.backbones import spec_for
 from retrieval.errors import NothingToIndex
-from retrieval.files import sha256_file
-from retrieval.images import load_image
-from retrieval.ingest import IngestReport, LocalExecutor, commit, embed
-from retrieval.plan import Plan, plan
-from retrieval.store import Entry, Store, Tuning
-from retrieval.synthetic import photo, write_photos
-from retrieval.vectors import MAPPED_ROWS, normalize
+from retrieval.index.store import Entry, Store, Tuning
+from retrieval.index.vectors import MAPPED_ROWS, normalize
+from retrieval.ingestion.checkpoints import PENDING, Checkpoints
+from retrieval.ingestion.job import IngestReport, LocalExecutor, commit, embed
+from retrieval.ingestion.plan import Plan, plan
+from retrieval.io.files import sha256_file
+from retrieval.io.images import load_image
 
 DIM = 8
 EMBEDDING = {"model": "test", "dim": DIM}

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import quantize
-from retrieval.backbones import spec_for
+from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 from retrieval.config import Settings
-from retrieval.ingest import _LazyEmbedder, ingest
-from retrieval.openvino_engine import OpenVinoEmbedder
-from retrieval.plan import Plan
-from retrieval.preparation import prepare
-from retrieval.quantize import Calibration, Gate, GateRule, cached, calibration_sample, int8_capable
-from retrieval.search import Searcher
-from retrieval.store import Entry, Store
-from retrieval.synthetic import near_duplicates, photo, write_photos
+from retrieval.embedding import quantize
+from retrieval.embedding.backbones import spec_for
+from retrieval.embedding.openvino_engine import OpenVinoEmbedder
+from retrieval.embedding.preparation import prepare
+from retrieval.embedding.quantize import Calibration, Gate, GateRule, cached, calibration_sample, int8_capable
+from retrieval.index.store import Entry, Store
+from retrieval.ingestion.job import _LazyEmbedder, ingest
+from retrieval.ingestion.plan import Plan
+from retrieval.search.searcher import Searcher
 
 from .test_embedders import cosines
 

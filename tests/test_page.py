@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.search import Searcher
-from retrieval.synthetic import near_duplicates, photo
+from retrieval.analysis.synthetic import near_duplicates, photo
+from retrieval.search.searcher import Searcher
 
 from .conftest import PHOTOS
 from .test_server import serving

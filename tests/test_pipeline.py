@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.backbones import spec_for
-from retrieval.collage import MAX_COLUMNS, render
+from retrieval.analysis.synthetic import near_duplicates, photo
 from retrieval.config import Settings
+from retrieval.embedding.backbones import spec_for
+from retrieval.embedding.openvino_engine import OpenVinoEmbedder
+from retrieval.embedding.preparation import prepare
 from retrieval.errors import IndexMismatch, NothingToIndex
-from retrieval.generations import current_generation
-from retrieval.images import load_image
-from retrieval.ingest import ERROR_REPORT, ingest
-from retrieval.openvino_engine import OpenVinoEmbedder
-from retrieval.preparation import prepare
-from retrieval.record import META
-from retrieval.search import query
-from retrieval.store import Store
-from retrieval.synthetic import near_duplicates, photo
-from retrieval.system import native_bf16
+from retrieval.index.generations import current_generation
+from retrieval.index.record import META
+from retrieval.index.store import Store
+from retrieval.ingestion.job import ERROR_REPORT, ingest
+from retrieval.io.images import load_image
+from retrieval.io.system import native_bf16
+from retrieval.search.collage import MAX_COLUMNS, render
+from retrieval.search.searcher import query
 
 from .conftest import PHOTOS, Counting
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.backbones import AVERAGE, Pooling, caffe_preprocess, import_tensorflow, spec_for
+from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 from retrieval.config import Settings
-from retrieval.embedders import create_embedder
+from retrieval.embedding.backbones import AVERAGE, Pooling, caffe_preprocess, import_tensorflow, spec_for
+from retrieval.embedding.embedders import create_embedder
+from retrieval.embedding.openvino_engine import OpenVinoEmbedder
+from retrieval.embedding.preparation import prepare
+from retrieval.embedding.tensorflow_engine import KerasEmbedder
 from retrieval.errors import ConfigError, IndexMismatch
-from retrieval.ingest import ingest
-from retrieval.openvino_engine import OpenVinoEmbedder
-from retrieval.preparation import prepare
-from retrieval.search import Searcher
-from retrieval.store import Store
-from retrieval.synthetic import near_duplicates, photo, write_photos
-from retrieval.tensorflow_engine import KerasEmbedder
+from retrieval.index.store import Store
+from retrieval.ingestion.job import ingest
+from retrieval.search.searcher import Searcher
 
 from .test_embedders import cosines
 

@@ -8,11 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from retrieval.cli import app as cli
-from retrieval.config import Settings
-from retrieval.errors import UsageError
-from retrieval.ingest import ingest
-from retrieval.quality import (
+from retrieval.analysis.quality import (
     TRANSFORMS,
     average_precision,
     evaluate_augmented,
@@ -21,8 +17,12 @@ from retrieval.quality import (
     read_ground_truth,
     recall_at,
 )
-from retrieval.search import Searcher
-from retrieval.synthetic import near_duplicates, photo
+from retrieval.analysis.synthetic import near_duplicates, photo
+from retrieval.cli import app as cli
+from retrieval.config import Settings
+from retrieval.errors import UsageError
+from retrieval.ingestion.job import ingest
+from retrieval.search.searcher import Searcher
 
 from .test_dupes import ORIGINALS, planted_folder
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval.analysis.synthetic import write_photos
 from retrieval.config import Settings
-from retrieval.images import load_image
-from retrieval.ingest import ingest
-from retrieval.ray_executor import actor_pool
-from retrieval.store import Store
-from retrieval.synthetic import write_photos
+from retrieval.index.store import Store
+from retrieval.ingestion.job import ingest
+from retrieval.ingestion.ray_executor import actor_pool
+from retrieval.io.images import load_image
 
 from .conftest import no_hang
 from .test_cli import run as run_cli

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.ann import IndexChoice
-from retrieval.images import load_image
-from retrieval.search import query_many
-from retrieval.store import Store
-from retrieval.synthetic import photo
-from retrieval.vectors import normalize
+from retrieval.analysis.synthetic import photo
+from retrieval.ann.indexes import IndexChoice
+from retrieval.index.store import Store
+from retrieval.index.vectors import normalize
+from retrieval.io.images import load_image
+from retrieval.search.searcher import query_many
 
 from .conftest import REAL_COUNT
 

@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.analysis.quality import evaluate_augmented
+from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 from retrieval.config import Settings
 from retrieval.errors import RetrievalError, UsageError
-from retrieval.ingest import ingest
-from retrieval.quality import evaluate_augmented
-from retrieval.search import Searcher
-from retrieval.sources import ArrowPath, location
-from retrieval.store import Store
-from retrieval.synthetic import near_duplicates, photo, write_photos
-from retrieval.verify import verify
+from retrieval.index.store import Store
+from retrieval.ingestion.job import ingest
+from retrieval.io.sources import ArrowPath, location
+from retrieval.maintenance.verify import verify
+from retrieval.search.searcher import Searcher
 
 from .conftest import no_hang
 from .test_cli import run

@@ -19,16 +19,16 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval import ann
-from retrieval import segments as segments_module
-from retrieval.ann import IndexChoice
+from retrieval.analysis.synthetic import feature_vectors
+from retrieval.ann import indexes as ann
+from retrieval.ann.indexes import IndexChoice
 from retrieval.errors import IndexCorrupt
-from retrieval.generations import current_generation
-from retrieval.record import META
-from retrieval.segment_files import DELETED
-from retrieval.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
-from retrieval.store import SCAN_BELOW, Entry, Store, Tuning
-from retrieval.synthetic import feature_vectors
+from retrieval.index import segments as segments_module
+from retrieval.index.generations import current_generation
+from retrieval.index.record import META
+from retrieval.index.segment_files import DELETED
+from retrieval.index.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
+from retrieval.index.store import SCAN_BELOW, Entry, Store, Tuning
 
 from .conftest import reading_in_a_thread
 from .test_store import DIM, EMBEDDING
@@ -339,7 +339,7 @@ import sys
 import time
 from pathlib import Path
 import numpy as np
-from retrieval.store import Entry, Store
+from retrieval.index.store import Entry, Store
 
 index, mode = Path(sys.argv[1]), sys.argv[2]
 store = Store.load(index)

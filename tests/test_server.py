@@ -26,15 +26,15 @@ from fastapi import FastAPI
 from PIL import Image
 from typer.testing import CliRunner
 
+from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 from retrieval.cli import app as cli
-from retrieval.client import query_server
 from retrieval.config import Settings
 from retrieval.errors import UsageError
-from retrieval.ingest import ingest
-from retrieval.search import Searcher
+from retrieval.index.store import Store
+from retrieval.ingestion.job import ingest
+from retrieval.search.client import query_server
+from retrieval.search.searcher import Searcher
 from retrieval.server import ServeOptions, create_app
-from retrieval.store import Store
-from retrieval.synthetic import near_duplicates, photo, write_photos
 
 from .conftest import PHOTOS, no_hang
 from .test_images import png_header_only

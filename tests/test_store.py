@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from retrieval.errors import EmptyIndex, IndexBusy, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
-from retrieval.generations import current_generation
-from retrieval.manifest import FILES as MANIFEST_FILES
-from retrieval.manifest import ORDER, RECORDS, Manifest
-from retrieval.record import META, IndexRecord, live_record
-from retrieval.segment_files import MANIFEST, VECTORS, file_facts
-from retrieval.store import Entry, Store
+from retrieval.index.generations import current_generation
+from retrieval.index.manifest import FILES as MANIFEST_FILES
+from retrieval.index.manifest import ORDER, RECORDS, Manifest
+from retrieval.index.record import META, IndexRecord, live_record
+from retrieval.index.segment_files import MANIFEST, VECTORS, file_facts
+from retrieval.index.store import Entry, Store
 
 DIM = 64
 EMBEDDING = {"model": "test", "dim": DIM}
@@ -114,7 +114,7 @@ UNDER_O = """
 import numpy as np
 from pathlib import Path
 from retrieval.errors import UsageError
-from retrieval.store import Entry, Store
+from retrieval.index.store import Entry, Store
 
 store = Store.create(dim=8, metric="cosine", embedding={}, root=Path("/"), runtime={})
 store.add(np.eye(8, dtype=np.float32), [Entry(str(i), 0, 0) for i in range(8)])
@@ -359,7 +359,7 @@ def test_damage_that_keeps_the_size_is_found_by_the_hash_check(saved):
 def test_normalize_checks_every_chunk_of_a_large_array(monkeypatch, bad, message):
     """Checked a few rows at a time (8 GB of temporaries at a million rows otherwise): a bad row in the
     last chunk is still found, and good rows come back unit length."""
-    from retrieval import vectors as store_module
+    from retrieval.index import vectors as store_module
 
     x = vectors(14)
     np.testing.assert_allclose(np.linalg.norm(store_module.normalize(x, chunk=4), axis=1), 1.0, rtol=1e-6)

@@ -6,14 +6,14 @@ numpy, Pillow or FAISS.
 app.py holds the typer app, the shared options and the one place library errors become exit codes; output.py
 how results and progress are written. Adding a command is a function in a module here and a line below."""
 
-from .app import app
-from .bench import bench_app
-from .dupes import dupes
-from .evaluate import evaluate
-from .index import compact, info, verify
-from .ingest import ingest
-from .query import query
-from .serve import serve
+from retrieval.cli.app import app
+from retrieval.cli.bench import bench_app
+from retrieval.cli.dupes import dupes
+from retrieval.cli.evaluate import evaluate
+from retrieval.cli.index import compact, info, verify
+from retrieval.cli.ingest import ingest
+from retrieval.cli.query import query
+from retrieval.cli.serve import serve
 
 # in the order `retrieval --help` lists them
 app.command()(ingest)

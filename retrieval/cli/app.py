@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import ENGINES, PRECISIONS, Settings, load_settings
-from ..errors import RetrievalError
-from ..files import printable
-from .output import say
+from retrieval.cli.output import say
+from retrieval.config import ENGINES, Settings, load_settings
+from retrieval.errors import RetrievalError
+from retrieval.io.files import printable
+from retrieval.io.system import PRECISIONS
 
 # The library is imported inside each command, not here: `retrieval query --server` and `--help` then
 # start without numpy, Pillow or FAISS, in the time of a small client. Rich (messages and progress bars on

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..config import FAMILIES
-from .app import reported
-from .output import progress_bars, say
+from retrieval.cli.app import reported
+from retrieval.cli.output import progress_bars, say
+from retrieval.config import FAMILIES
 
 bench_app = typer.Typer(help="Measure speed: see benchmarks/ for the recorded runs.", no_args_is_help=True)
 
@@ -39,7 +39,7 @@ def bench_search(
     """Latency, throughput, recall and build cost of every index kind, on seeded synthetic features or on
     the vectors of an existing index."""
     with reported(), progress_bars("vectors") as progress:
-        from ..bench import search
+        from retrieval.analysis.bench import search
 
         search(out, sizes=sizes, families=families, from_index=from_index, kinds=kinds, log=say, progress=progress)
     typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'} and {out / 'search.png'}")

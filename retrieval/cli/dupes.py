@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import EXIT_ERROR, UsageError
-from ..files import printable
-from ..results import QueryResult
-from ..sources import Location
-from .app import ConfigOption, IndexOption, JsonOption, reported, settings_from
-from .output import echo_json, say, warn
+from retrieval.cli.app import ConfigOption, IndexOption, JsonOption, reported, settings_from
+from retrieval.cli.output import echo_json, say, warn
+from retrieval.errors import EXIT_ERROR, UsageError
+from retrieval.io.files import printable
+from retrieval.io.sources import Location
+from retrieval.search.results import QueryResult
 
 if TYPE_CHECKING:
-    from ..dupes import Group, Move
+    from retrieval.maintenance.dupes import Group, Move
 
 
 def dupes(
@@ -60,8 +60,8 @@ def dupes(
             raise UsageError("--apply needs --move-to DIR")
         if as_json and as_csv:
             raise UsageError("--json and --csv are two formats for the same output: give one of them")
-        from .. import dupes as found_dupes
-        from ..store import Store
+        from retrieval.index.store import Store
+        from retrieval.maintenance import dupes as found_dupes
 
         store = Store.load(settings.index)
         rule, caveat = found_dupes.rule_for(store.record, threshold, relative, neighbours)
@@ -108,8 +108,8 @@ def dupes(
 
 def _group_collages(groups: list[Group], root: Location, folder: Path, max_pixels: int) -> list[Path]:
     """One collage per group: the kept image first, then the extras with their scores."""
-    from ..collage import render
-    from ..results import Hit
+    from retrieval.search.collage import render
+    from retrieval.search.results import Hit
 
     paths = []
     for number, group in enumerate(groups, 1):

@@ -8,8 +8,16 @@ from typing import Annotated
 
 import typer
 
-from .app import ConfigOption, EngineOption, IndexOption, JsonOption, PrecisionOption, reported, settings_from
-from .output import echo_json, say
+from retrieval.cli.app import (
+    ConfigOption,
+    EngineOption,
+    IndexOption,
+    JsonOption,
+    PrecisionOption,
+    reported,
+    settings_from,
+)
+from retrieval.cli.output import echo_json, say
 
 
 def evaluate(
@@ -42,8 +50,8 @@ def evaluate(
     """
     settings = settings_from(config, index=index, engine=engine, precision=precision)
     with reported():
-        from .. import quality
-        from ..search import Searcher
+        from retrieval.analysis import quality
+        from retrieval.search.searcher import Searcher
 
         searcher = Searcher(settings)
         if truth is not None:

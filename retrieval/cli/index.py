@@ -6,21 +6,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import EXIT_INDEX
-from ..files import printable
-from .app import ConfigOption, IndexOption, JsonOption, WaitOption, reported, settings_from
-from .output import echo_json, warn
+from retrieval.cli.app import ConfigOption, IndexOption, JsonOption, WaitOption, reported, settings_from
+from retrieval.cli.output import echo_json, warn
+from retrieval.errors import EXIT_INDEX
+from retrieval.io.files import printable
 
 if TYPE_CHECKING:
-    from ..record import IndexRecord
+    from retrieval.index.record import IndexRecord
 
 
 def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Describe the index: size, model, weights, metric, when it was built."""
     settings = settings_from(config, index=index)
     with reported():
-        from ..record import live_record
-        from ..segment_files import disk_size
+        from retrieval.index.record import live_record
+        from retrieval.index.segment_files import disk_size
 
         record = live_record(settings.index)
         size = disk_size(settings.index)
@@ -92,7 +92,7 @@ def verify(
     """
     settings = settings_from(config, index=index)
     with reported():
-        from ..verify import verify as run_verify
+        from retrieval.maintenance.verify import verify as run_verify
 
         health = run_verify(settings.index, repair=repair, wait=wait)
     typer.echo(f"{printable(settings.index)}: {health.count} vectors; files, counts, hashes and metadata consistent")
@@ -114,7 +114,7 @@ def compact(index: IndexOption = None, wait: WaitOption = False, config: ConfigO
     """Merge the index's segments into one and drop its deleted rows (ingest merges by tiers on its own)."""
     settings = settings_from(config, index=index)
     with reported():
-        from ..compact import compact as run_compact
+        from retrieval.maintenance.compact import compact as run_compact
 
         done = run_compact(settings.index, wait=wait)
     where, count = printable(settings.index), done.store.count

@@ -6,9 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import EXECUTORS, INDEX_TYPES, METRICS, MODELS, POOLINGS
-from ..files import printable
-from .app import (
+from retrieval.cli.app import (
     ConfigOption,
     EngineOption,
     IndexOption,
@@ -17,7 +15,9 @@ from .app import (
     reported,
     settings_from,
 )
-from .output import progress_for, warn
+from retrieval.cli.output import progress_for, warn
+from retrieval.config import EXECUTORS, INDEX_TYPES, METRICS, MODELS, POOLINGS
+from retrieval.io.files import printable
 
 
 def ingest(
@@ -83,7 +83,7 @@ def ingest(
         ray_address=ray_address,
     )
     with reported(), progress_for(quiet) as progress:
-        from ..ingest import ingest as run_ingest
+        from retrieval.ingestion.job import ingest as run_ingest
 
         report = run_ingest(folder, settings, progress=progress, full=full, wait=wait)
     loading = f" (loading the model: {report.model_seconds:.1f} s)" if report.model_seconds else ""

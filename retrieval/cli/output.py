@@ -15,7 +15,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..ingest import ProgressCallback
+    from retrieval.ingestion.job import ProgressCallback
 
 
 @cache

@@ -7,10 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import UsageError
-from ..files import list_images, printable
-from ..results import QueryResult
-from .app import (
+from retrieval.cli.app import (
     ConfigOption,
     EngineOption,
     IndexOption,
@@ -20,7 +17,10 @@ from .app import (
     reported,
     settings_from,
 )
-from .output import echo_json
+from retrieval.cli.output import echo_json
+from retrieval.errors import UsageError
+from retrieval.io.files import list_images, printable
+from retrieval.search.results import QueryResult
 
 
 def query(
@@ -54,15 +54,15 @@ def query(
         if server is not None:
             if collage is not None:
                 raise UsageError("--collage draws from a local index: leave out --server, or --collage")
-            from ..client import query_server
+            from retrieval.search.client import query_server
 
             results = query_server(server, paths, k or settings.top_k, token)
         else:
-            from ..search import query_many
+            from retrieval.search.searcher import query_many
 
             results = query_many(paths, settings, k=k)
         if collage is not None:
-            from ..collage import render
+            from retrieval.search.collage import render
 
             render(results[0], collage, settings.max_pixels)
     if as_json:

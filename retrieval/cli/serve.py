@@ -6,10 +6,18 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
-from ..files import printable
-from .app import ConfigOption, EngineOption, IndexOption, PrecisionOption, TokenOption, reported, settings_from
-from .output import say
+from retrieval.cli.app import (
+    ConfigOption,
+    EngineOption,
+    IndexOption,
+    PrecisionOption,
+    TokenOption,
+    reported,
+    settings_from,
+)
+from retrieval.cli.output import say
+from retrieval.errors import UsageError
+from retrieval.io.files import printable
 
 
 def serve(
@@ -35,8 +43,8 @@ def serve(
         if not _is_loopback(host) and token is None and not no_auth:
             raise UsageError(f"binding {host} exposes the index beyond this machine: pass --token (or set "
                              "RETRIEVAL_TOKEN), or --no-auth to serve it to anyone who can reach it")  # fmt: skip
-        from ..search import Searcher
-        from ..server import ServeOptions, create_app, listen, run
+        from retrieval.search.searcher import Searcher
+        from retrieval.server import ServeOptions, create_app, listen, run
 
         options = ServeOptions(token=token)
         sock = listen(host, port)

@@ -7,8 +7,8 @@ and the server's limits (schemas.py), the per-request state (dependencies.py), b
 contract in pyproject.toml forbids it the store, the record's writer and the index kinds.
 """
 
-from .app import create_app
-from .listen import listen, run
-from .schemas import ServeOptions
+from retrieval.server.app import create_app
+from retrieval.server.listen import listen, run
+from retrieval.server.schemas import ServeOptions
 
 __all__ = ["ServeOptions", "create_app", "listen", "run"]

@@ -17,13 +17,13 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import EmptyIndex, ImageError, NoSuchImage, RetrievalError, StoreError, UsageError
-from ..search import Searcher
-from .batching import Batcher
-from .routers import images, pages, search
-from .routers.pages import STATIC
-from .schemas import ServeOptions
-from .thumbnails import Thumbnails
+from retrieval.errors import EmptyIndex, ImageError, NoSuchImage, RetrievalError, StoreError, UsageError
+from retrieval.search.searcher import Searcher
+from retrieval.server.batching import Batcher
+from retrieval.server.routers import images, pages, search
+from retrieval.server.routers.pages import STATIC
+from retrieval.server.schemas import ServeOptions
+from retrieval.server.thumbnails import Thumbnails
 
 
 class Deadline:

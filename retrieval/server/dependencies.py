@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..search import Searcher
+from retrieval.search.searcher import Searcher
 
 
 async def authorized(request: Request) -> None:

@@ -4,7 +4,7 @@ import socket
 
 from fastapi import FastAPI
 
-from ..errors import ServerError
+from retrieval.errors import ServerError
 
 
 def listen(host: str, port: int) -> socket.socket:

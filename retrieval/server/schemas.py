@@ -5,8 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import UsageError
-from ..results import Hit
+from retrieval.errors import UsageError
+from retrieval.search.results import Hit
 
 
 @dataclass(frozen=True)

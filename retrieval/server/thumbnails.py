@@ -5,8 +5,8 @@ from collections import OrderedDict
 
 from fastapi.concurrency import run_in_threadpool
 
-from ..images import load_thumbnail
-from ..search import Searcher
+from retrieval.io.images import load_thumbnail
+from retrieval.search.searcher import Searcher
 
 
 class Thumbnails:

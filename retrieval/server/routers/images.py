@@ -7,9 +7,9 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
-from ...sources import ArrowPath
-from ..dependencies import GUARDED, Fresh
-from ..schemas import ServeOptions
+from retrieval.io.sources import ArrowPath
+from retrieval.server.dependencies import GUARDED, Fresh
+from retrieval.server.schemas import ServeOptions
 
 # as GET /search's `id`: a negative id is a malformed request (422) on every route, one past the end a 404
 RowId = Annotated[int, Path(ge=0, description="An indexed image's row id.")]

@@ -5,9 +5,9 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from ...errors import StoreError
-from ..dependencies import GUARDED, Fresh
-from ..schemas import InfoOut, ServeOptions
+from retrieval.errors import StoreError
+from retrieval.server.dependencies import GUARDED, Fresh
+from retrieval.server.schemas import InfoOut, ServeOptions
 
 STATIC = Path(__file__).parents[1] / "static"
 

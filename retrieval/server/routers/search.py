@@ -8,10 +8,10 @@ import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from ...errors import ImageError
-from ...images import load_image_bytes
-from ..dependencies import GUARDED, Fresh
-from ..schemas import SearchOut, ServeOptions, hits_out
+from retrieval.errors import ImageError
+from retrieval.io.images import load_image_bytes
+from retrieval.server.dependencies import GUARDED, Fresh
+from retrieval.server.schemas import SearchOut, ServeOptions, hits_out
 
 MIN_SCORE = "Leave out hits under this cosine similarity (-1 to 1)."
 
