@@ -30,7 +30,8 @@ def build_indexes(count: int) -> tuple[Path, dict[str, Path]]:
     from retrieval.analysis.synthetic import feature_vectors, photo
     from retrieval.config import Settings
     from retrieval.embedding.embedders import embedding_for
-    from retrieval.index.store import Entry, Store
+    from retrieval.index.manifest import Entry
+    from retrieval.index.store import Store
     from retrieval.ingestion.job import index_choice
 
     folder = DATA / f"cold-{count}"

@@ -30,7 +30,7 @@ PIECE = 1_000
 
 def write_pieces(index: Path, count: int) -> None:
     from retrieval.analysis.synthetic import feature_vectors
-    from retrieval.index.store import Entry
+    from retrieval.index.manifest import Entry
     from retrieval.ingestion.checkpoints import Checkpoints
 
     checkpoints = Checkpoints(index, EMBEDDING)

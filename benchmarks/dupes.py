@@ -194,7 +194,7 @@ def large(count: int, copies: int, folder: Path) -> Path:
     from retrieval.analysis.synthetic import feature_vectors
     from retrieval.ann.indexes import IndexChoice
     from retrieval.embedding.embedders import embedding_for
-    from retrieval.index.store import Entry
+    from retrieval.index.manifest import Entry
 
     vectors, _ = feature_vectors("cone", count - copies, seed=21)
     rng = np.random.default_rng(22)

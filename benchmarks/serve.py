@@ -32,7 +32,7 @@ from retrieval.analysis.synthetic import feature_vectors, photo, write_photos
 from retrieval.ann.indexes import IndexChoice
 from retrieval.embedding.embedders import Embedder, create_embedder, embedding_for
 from retrieval.embedding.quantize import calibration_sample
-from retrieval.index.store import Entry
+from retrieval.index.manifest import Entry
 from retrieval.io.images import load_image
 from retrieval.io.system import machine
 from retrieval.search.client import multipart

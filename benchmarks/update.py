@@ -98,7 +98,8 @@ def new_files_bytes(generation: Path) -> int:
 
 def commit_child(index: Path, pool: Path, start: int, add: int, delete: int, seed: int) -> dict:
     """One commit as an ingest makes it (run in its own process)."""
-    from retrieval.index.store import Entry, Store
+    from retrieval.index.manifest import Entry
+    from retrieval.index.store import Store
     from retrieval.ingestion.job import IngestReport, Plan, commit
 
     with Peak() as peak:
@@ -249,7 +250,8 @@ def cold_query(index: Path) -> dict:
 def build(index: Path, count: int, change: int, commits: int, work: Path) -> dict:
     """The base index, and the pool of vectors the commits add (drawn from the same distribution)."""
     from retrieval.analysis.synthetic import feature_vectors
-    from retrieval.index.store import Entry, Store
+    from retrieval.index.manifest import Entry
+    from retrieval.index.store import Store
     from retrieval.ingestion.job import index_choice
 
     extra = change * (commits + 2) + QUERIES

@@ -19,9 +19,10 @@ from retrieval.ann.kinds import KINDS as REGISTERED
 from retrieval.ann.tuning import Candidate, held_out_rows, resident_bytes
 from retrieval.errors import IndexMismatch
 from retrieval.index.generations import current_generation
+from retrieval.index.manifest import Entry
 from retrieval.index.record import META
 from retrieval.index.segment_files import VECTORS, file_facts
-from retrieval.index.store import Entry, Store
+from retrieval.index.store import Store
 
 from .test_store import as_written_by_format_5
 

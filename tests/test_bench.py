@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from retrieval.analysis.synthetic import feature_vectors
 from retrieval.cli import app
-from retrieval.index.store import Entry, Store
+from retrieval.index.manifest import Entry
+from retrieval.index.store import Store
 
 runner = CliRunner()
 

@@ -75,12 +75,12 @@ def test_a_weights_file_is_loaded_and_identified_by_hash(tmp_path, embedder, bat
     elsewhere = tmp_path / "elsewhere" / "copy.weights.h5"
     elsewhere.parent.mkdir()
     shutil.copyfile(path, elsewhere)
-    index.check_embedding(KerasEmbedder(RESNET, str(elsewhere)).embedding())
+    index.record.check_embedding(KerasEmbedder(RESNET, str(elsewhere)).embedding())
     with open(elsewhere, "ab") as f:
         f.write(b"\0")
     other = {**from_file.embedding(), "weights": weights_fingerprint(RESNET, str(elsewhere), 0)}
     with pytest.raises(IndexMismatch, match="sha256"):
-        index.check_embedding(other)
+        index.record.check_embedding(other)
 
 
 def test_a_missing_or_broken_weights_file_says_what_to_do(tmp_path):

@@ -14,8 +14,11 @@ from retrieval.analysis.synthetic import photo, write_photos
 from retrieval.config import Settings
 from retrieval.embedding.backbones import spec_for
 from retrieval.errors import NothingToIndex
-from retrieval.index.store import Entry, Store, Tuning
+from retrieval.index.building import Tuning
+from retrieval.index.manifest import Entry
+from retrieval.index.store import Store
 from retrieval.index.vectors import MAPPED_ROWS, normalize
+from retrieval.index.writing import writing
 from retrieval.ingestion.checkpoints import PENDING, Checkpoints
 from retrieval.ingestion.job import IngestReport, LocalExecutor, commit, embed
 from retrieval.ingestion.plan import Plan, plan
@@ -165,7 +168,7 @@ def test_commit_assembles_kept_resumed_and_embedded_vectors_in_listing_order(tmp
         folder, [entry_of(folder, n) for n in names], kept={0: 4, 3: 1}, resumed={1: unit(11)}, to_embed=[2, 4]
     )
     report = IngestReport(settings.index)
-    with Store.writing(settings.index, tuning=Tuning(mapped_rows=1 if mapped else MAPPED_ROWS)) as index:
+    with writing(settings.index, tuning=Tuning(mapped_rows=1 if mapped else MAPPED_ROWS)) as index:
         store = commit(
             index, the_plan, {2: unit(12)}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report
         )  # slot 4 was to be embedded but failed: it has no vector and no row
@@ -183,12 +186,12 @@ def test_commit_writes_nothing_when_nothing_changed_and_refuses_an_empty_result(
     previous = previous_index(folder, names)
     previous.save(settings.index)
     report = IngestReport(settings.index)
-    with Store.writing(settings.index) as index:
+    with writing(settings.index) as index:
         the_plan = Plan(folder, index.live.entries(), kept={i: i for i in range(5)})
         same = commit(index, the_plan, {}, settings, embedding=EMBEDDING, runtime={}, listing_count=5, report=report)
         assert same is index.live
     generation = Store.load(settings.index).generation
-    with pytest.raises(NothingToIndex), Store.writing(tmp_path / "other", create=True) as nothing:
+    with pytest.raises(NothingToIndex), writing(tmp_path / "other", create=True) as nothing:
         commit(nothing, Plan(folder, previous.entries(), to_embed=[0]), {}, settings, embedding=EMBEDDING,
                runtime={}, listing_count=5, report=report)  # fmt: skip
     assert Store.load(settings.index).generation == generation, "nothing written when nothing changed"

@@ -17,7 +17,8 @@ from retrieval.embedding.backbones import spec_for
 from retrieval.embedding.openvino_engine import OpenVinoEmbedder
 from retrieval.embedding.preparation import prepare
 from retrieval.embedding.quantize import Calibration, Gate, GateRule, cached, calibration_sample, int8_capable
-from retrieval.index.store import Entry, Store
+from retrieval.index.manifest import Entry
+from retrieval.index.store import Store
 from retrieval.ingestion.job import _LazyEmbedder, ingest
 from retrieval.ingestion.plan import Plan
 from retrieval.search.searcher import Searcher

@@ -23,12 +23,13 @@ from retrieval.analysis.synthetic import feature_vectors
 from retrieval.ann import indexes as ann
 from retrieval.ann.indexes import IndexChoice
 from retrieval.errors import IndexCorrupt
-from retrieval.index import segments as segments_module
+from retrieval.index import building
+from retrieval.index.building import MERGE_FACTOR, MERGE_FLOOR, SCAN_BELOW, Tuning, merges_due, tier
 from retrieval.index.generations import current_generation
+from retrieval.index.manifest import Entry
 from retrieval.index.record import META
 from retrieval.index.segment_files import DELETED
-from retrieval.index.segments import MERGE_FACTOR, MERGE_FLOOR, merges_due, tier
-from retrieval.index.store import SCAN_BELOW, Entry, Store, Tuning
+from retrieval.index.store import Store
 
 from .conftest import reading_in_a_thread
 from .test_store import DIM, EMBEDDING
@@ -252,7 +253,7 @@ def test_scan_segments_are_searched_as_one_group_and_answer_like_brute_force(tmp
     store.delete(deleted)
     kinds = [s["index"]["factory"] for s in store.segments]
     assert kinds == ["PCA256,HNSW32,RFlat"] + ["PCA256,PQ256x4fs,RFlat"] * 4
-    assert [members for members, _ in store._searchers] == [[0], [1, 2, 3, 4]]
+    assert store._fanout.groups == [[0], [1, 2, 3, 4]]
     live = np.setdiff1d(np.arange(9_300), deleted)
     exact = queries @ vectors[live].T
     truth = np.argsort(-exact, axis=1)[:, :10]
@@ -275,22 +276,22 @@ def test_a_scan_segment_below_the_recall_target_takes_its_own_codebook_or_the_la
     """Where the recall measured in the group misses the target with the group's codebook, the new segment is
     coded with one trained on its own rows (a group of its own); where it misses it with any, the segment
     takes the largest segment's kind (a graph), measured on its own vectors."""
-    real = segments_module._recall_in_group
+    real = building._recall_in_group
 
     def measured(index, vectors, group):
         return real(index, vectors, group) if fails != "always" and not group else lambda tuned: 0.0
 
-    monkeypatch.setattr(segments_module, "_recall_in_group", measured)
+    monkeypatch.setattr(building, "_recall_in_group", measured)
     vectors = feature_vectors("cone", 7_000, dim=768, queries=0, seed=12)[0]
     store = Store.create(dim=768, metric="cosine", embedding={}, root=Path("/p"), runtime={}, kind=IndexChoice("auto"))
     for start, stop in ((0, 5_500), (5_500, 6_300), (6_300, 7_000)):
         store.add(vectors[start:stop], [Entry(f"{i}.jpg", 1, 1) for i in range(start, stop)])
     kinds = [s["index"]["factory"] for s in store.segments]
     if fails == "always":
-        assert kinds == ["PCA256,HNSW32,RFlat"] * 3 and len(store._searchers) == 3
+        assert kinds == ["PCA256,HNSW32,RFlat"] * 3 and len(store._fanout.groups) == 3
     else:
         assert kinds == ["PCA256,HNSW32,RFlat"] + ["PCA256,PQ256x4fs,RFlat"] * 2
-        assert [members for members, _ in store._searchers] == [[0], [1], [2]]  # two codebooks: two groups
+        assert store._fanout.groups == [[0], [1], [2]]  # two codebooks: two groups
 
 
 def _search_in_child(store: Store, queries: np.ndarray, out: multiprocessing.connection.Connection) -> None:
@@ -339,7 +340,8 @@ import sys
 import time
 from pathlib import Path
 import numpy as np
-from retrieval.index.store import Entry, Store
+from retrieval.index.manifest import Entry
+from retrieval.index.store import Store
 
 index, mode = Path(sys.argv[1]), sys.argv[2]
 store = Store.load(index)

@@ -16,10 +16,11 @@ import pytest
 from retrieval.errors import EmptyIndex, IndexBusy, IndexCorrupt, IndexMismatch, IndexMissing, StoreError, UsageError
 from retrieval.index.generations import current_generation
 from retrieval.index.manifest import FILES as MANIFEST_FILES
-from retrieval.index.manifest import ORDER, RECORDS, Manifest
+from retrieval.index.manifest import ORDER, RECORDS, Entry, Manifest
 from retrieval.index.record import META, IndexRecord, live_record
 from retrieval.index.segment_files import MANIFEST, VECTORS, file_facts
-from retrieval.index.store import Entry, Store
+from retrieval.index.store import Store
+from retrieval.index.writing import writing
 
 DIM = 64
 EMBEDDING = {"model": "test", "dim": DIM}
@@ -114,7 +115,8 @@ UNDER_O = """
 import numpy as np
 from pathlib import Path
 from retrieval.errors import UsageError
-from retrieval.index.store import Entry, Store
+from retrieval.index.manifest import Entry
+from retrieval.index.store import Store
 
 store = Store.create(dim=8, metric="cosine", embedding={}, root=Path("/"), runtime={})
 store.add(np.eye(8, dtype=np.float32), [Entry(str(i), 0, 0) for i in range(8)])
@@ -312,8 +314,8 @@ def test_another_dimension_in_meta_is_refused(saved):
 def test_another_model_is_refused_naming_the_difference(saved):
     store = Store.load(saved)
     with pytest.raises(IndexMismatch, match="model: index has 'test', now 'other'"):
-        store.check_embedding({**EMBEDDING, "model": "other"})
-    store.check_embedding(dict(EMBEDDING))  # the same embedding passes
+        store.record.check_embedding({**EMBEDDING, "model": "other"})
+    store.record.check_embedding(dict(EMBEDDING))  # the same embedding passes
 
 
 def test_a_failed_save_leaves_the_previous_index_loadable(saved, monkeypatch):
@@ -400,25 +402,25 @@ def test_a_malformed_record_is_refused_with_what_is_wrong(saved, change, message
 
 
 def test_writing_holds_the_lock_commits_what_it_saves_and_releases_on_error(saved, tmp_path):
-    """Store.writing, the one transaction every writer uses: a second writer is busy while it runs, a store
+    """`writing`, the one transaction every writer uses: a second writer is busy while it runs, a store
     saved through it is the live index after, an error leaves the index as it was and the lock free, and an
     index that is not there is IndexMissing with nothing created (unless `create`)."""
-    with Store.writing(saved) as writing:
+    with writing(saved) as held:
         with pytest.raises(IndexBusy):
-            Store.writing(saved).__enter__()
-        writing.live.delete([0])
-        writing.save(writing.live)
+            writing(saved).__enter__()
+        held.live.delete([0])
+        held.save(held.live)
     assert Store.load(saved).count == 39
-    with pytest.raises(RuntimeError), Store.writing(saved) as writing:
-        writing.live.delete([0])
+    with pytest.raises(RuntimeError), writing(saved) as held:
+        held.live.delete([0])
         raise RuntimeError("a writer's bug")
     assert Store.load(saved).count == 39
-    with Store.writing(saved, wait=False) as writing:  # free again
-        assert writing.live.count == 39
+    with writing(saved, wait=False) as held:  # free again
+        assert held.live.count == 39
     with pytest.raises(IndexMissing):
-        Store.writing(tmp_path / "nothing").__enter__()
+        writing(tmp_path / "nothing").__enter__()
     assert not (tmp_path / "nothing").exists()
-    with Store.writing(tmp_path / "new", create=True) as writing:
-        assert writing.live is None
-        writing.save(make_store(3))
+    with writing(tmp_path / "new", create=True) as held:
+        assert held.live is None
+        held.save(make_store(3))
     assert Store.load(tmp_path / "new").count == 3

@@ -22,9 +22,10 @@ _GENERATION = re.compile(r"gen-(\d{6,})")
 T = TypeVar("T")
 
 
-def publish(folder: Path, write: Callable[[Path], None]) -> Path:
+def publish(folder: Path, write: Callable[[Path], T]) -> tuple[Path, T]:
     """Stage a new generation with `write(staging_folder)` (which must fsync what it writes), then make it
-    live. Returns its folder. On any failure nothing of it stays visible and the live one is untouched."""
+    live. Returns its folder and what `write` returned. On any failure nothing of it stays visible and the
+    live one is untouched."""
     folder.mkdir(parents=True, exist_ok=True)
     remove_temporaries(folder)
     try:
@@ -37,7 +38,7 @@ def publish(folder: Path, write: Callable[[Path], None]) -> Path:
     staging = folder / f"{TEMPORARY}{final.name}-{os.getpid()}"
     staging.mkdir()
     try:
-        write(staging)
+        written = write(staging)
         fsync_dir(staging)
         os.rename(staging, final)
         fsync_dir(folder)
@@ -50,7 +51,7 @@ def publish(folder: Path, write: Callable[[Path], None]) -> Path:
     for p in folder.iterdir():
         if _GENERATION.fullmatch(p.name) and p.name not in (final.name, previous):
             shutil.rmtree(p, ignore_errors=True)
-    return final
+    return final, written
 
 
 def current_generation(folder: Path) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.ann.tuning import recall_warning
+from retrieval.embedding.backbones import identity
 from retrieval.errors import IndexMismatch
 from retrieval.index.generations import corrupt, on_live_generation
 from retrieval.io.durable import fsync_file
@@ -133,6 +134,17 @@ class IndexRecord:
         return recall_warning(self.index)
 
     # --- changes (a record is never changed in place) ------------------------------------------------
+
+    def check_embedding(
+        self, embedding: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
+    ) -> None:
+        """Refuse vectors made differently from the stored ones, naming what differs and `remedy`."""
+        stored, embedding = identity(self.embedding), identity(embedding)
+        if embedding == stored:
+            return
+        keys = sorted(k for k in set(stored) | set(embedding) if stored.get(k) != embedding.get(k))
+        diffs = "; ".join(f"{k}: index has {stored.get(k)!r}, now {embedding.get(k)!r}" for k in keys)
+        raise IndexMismatch(f"the index was built with another model or preprocessing ({diffs}); {remedy}")
 
     def with_index(self, requested: dict[str, Any], segments: list[tuple[int, dict[str, Any]]]) -> IndexRecord:
         """The record with its index facts made anew from the segments' (live rows, description), in order:

@@ -20,17 +20,15 @@ A save writes a new generation and switches CURRENT to it only once it is comple
 the previous generation are hard links to the same files: a commit writes only its new segment and the
 deletion markers, in proportion to the change.
 
-Format 5 kept one segment's files directly in the generation folder, and format 4 its manifest as JSON
-lines (manifest.jsonl, seconds to parse at a million rows): such indexes load as they are, and their next
-save moves them into a segment (format 5's files by hard link, format 4's written anew).
+The Store is a facade over the rooms of this package: row numbers across segments (rows.py), what a new
+segment is built as and when segments merge (building.py), the fan-out search (fanout.py), a generation's
+files (segment_files.py, generations.py) and the record (record.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,49 +37,17 @@ import numpy as np
 
 from retrieval.ann import indexes as ann
 from retrieval.ann.indexes import IndexChoice
-from retrieval.ann.tuning import build_like, build_measured
-from retrieval.embedding.backbones import identity
-from retrieval.errors import EmptyIndex, IndexMismatch, IndexMissing, StoreError, UsageError
-from retrieval.index.generations import corrupt, on_live_generation, publish
-from retrieval.index.lock import IndexLock
+from retrieval.errors import EmptyIndex, IndexMismatch, StoreError, UsageError
+from retrieval.index.building import DEFAULT_TUNING, FLAT, Tuning, build_segment, merge_segments
+from retrieval.index.fanout import FanOut
+from retrieval.index.generations import on_live_generation, publish
 from retrieval.index.manifest import Entry, Manifest
-from retrieval.index.record import FORMAT_VERSION, META, IndexRecord, SegmentRecord, read_record, write_record
-from retrieval.index.segment_files import DELETED, FAISS_METRICS, SEGMENT_FILES, VECTORS, file_facts, link, read_segment
-from retrieval.index.segments import (
-    SCAN_BELOW,
-    Hits,
-    Segment,
-    build_scan,
-    concurrently,
-    live_entries,
-    live_vectors,
-    merges_due,
-    searchers,
-)
-from retrieval.index.vectors import MAPPED_ROWS, assembled, normalize
-from retrieval.io.durable import fsync_dir, fsync_file
-from retrieval.io.files import sha256_file
+from retrieval.index.record import IndexRecord
+from retrieval.index.rows import Rows
+from retrieval.index.segment_files import FAISS_METRICS, read_generation, write_generation
+from retrieval.index.segments import Segment, live_entries, live_vectors
+from retrieval.index.vectors import normalize
 from retrieval.io.sources import Location, recorded
-
-FLAT = IndexChoice("flat")
-# a segment this small is searched exactly even in an approximate index, and finds every neighbour: a
-# flat scan of 1,000 vectors of 2048-d took 0.14 ms here against 0.09 ms for PCA-256 + HNSW32 + re-rank,
-# so below a quarter of that the scan is the cheaper
-SMALL_FLAT = 256
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """Where a store switches strategy, each a measured threshold (see the constants above): set per store,
-    so that a test or a benchmark steers one store through this parameter, never by patching the module."""
-
-    small_flat: int = SMALL_FLAT  # a new segment of fewer rows is searched exactly
-    scan_below: int = SCAN_BELOW  # a new segment of fewer rows is a scan segment (segments.build_scan)
-    mapped_rows: int = MAPPED_ROWS  # a build from at least this many rows reads them from a mapped file
-    worker_thread: bool = True  # the largest segment searched on a worker thread beside the rest (concurrently)
-
-
-DEFAULT_TUNING = Tuning()
 
 
 class Store:
@@ -103,8 +69,8 @@ class Store:
         self._record = record
         self._tuning = tuning
         self._folder = generation  # where the segments with files lie: the generation loaded or last saved
-        self._starts = np.cumsum([0] + [s.live for s in segments])
-        self._searchers = searchers(segments)
+        self._rows = Rows(segments)
+        self._fanout = FanOut(segments, self._rows.starts, record.metric, tuning.worker_thread)
 
     @property
     def generation(self) -> str | None:
@@ -145,7 +111,7 @@ class Store:
 
     @property
     def count(self) -> int:
-        return int(self._starts[-1])
+        return self._rows.count
 
     @property
     def dim(self) -> int:
@@ -172,8 +138,7 @@ class Store:
         return [_summary(s) for s in self._segments]
 
     def entry(self, row: int) -> Entry:
-        [(i, _, local)] = self._split([row])
-        return self._segments[i].manifest.entry(int(local[0]))
+        return self._rows.entry(row)
 
     def entries(self) -> list[Entry]:
         """Every live row's entry, in row order."""
@@ -185,46 +150,15 @@ class Store:
 
     def row_of(self, path: str) -> int | None:
         """Row of a manifest path (relative, POSIX), or None: a binary search per segment, nothing built."""
-        for start, segment in zip(self._starts, self._segments):
-            local = segment.manifest.row_of(path)
-            if local is not None and not segment.is_deleted(np.array([local]))[0]:
-                return int(start + segment.positions(np.array([local]))[0])
-        return None
+        return self._rows.row_of(path)
 
     def vector(self, row: int) -> np.ndarray:
         """The stored (normalized) vector of `row`: a query by an indexed image needs no model."""
-        [(i, _, local)] = self._split([row])
-        return self._segments[i].index.reconstruct(int(local[0]))
+        return self._rows.vectors_of([row], self.dim)[0]
 
     def vectors_of(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """The stored (normalized) vectors of `rows`, (len(rows), dim): a chunk of a large index at a time."""
-        out = np.empty((len(rows), self.dim), np.float32)
-        for i, where, local in self._split(rows):
-            out[where] = self._segments[i].index.reconstruct_batch(local)
-        return out
-
-    def _split(self, rows: np.ndarray | list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """(segment number, positions in `rows`, local rows of that segment) for each segment `rows` touch."""
-        rows = np.asarray(rows, np.int64)
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
-            raise UsageError(f"row out of range: the index holds rows 0 to {self.count - 1}")
-        which = np.searchsorted(self._starts, rows, side="right") - 1
-        out = []
-        for s in np.unique(which).tolist():
-            where = np.flatnonzero(which == s)
-            out.append((s, where, self._segments[s].local(rows[where] - self._starts[s])))
-        return out
-
-    def check_embedding(
-        self, embedding: dict[str, Any], remedy: str = "rebuild it with `retrieval ingest --full`"
-    ) -> None:
-        """Refuse vectors made differently from the stored ones, naming what differs and `remedy`."""
-        stored, embedding = identity(self._record.embedding), identity(embedding)
-        if embedding == stored:
-            return
-        keys = sorted(k for k in set(stored) | set(embedding) if stored.get(k) != embedding.get(k))
-        diffs = "; ".join(f"{k}: index has {stored.get(k)!r}, now {embedding.get(k)!r}" for k in keys)
-        raise IndexMismatch(f"the index was built with another model or preprocessing ({diffs}); {remedy}")
+        return self._rows.vectors_of(rows, self.dim)
 
     def record_runtime(self, runtime: dict[str, Any]) -> None:
         """Record the engine and versions of the run that last changed the vectors."""
@@ -244,64 +178,32 @@ class Store:
 
     def delete(self, rows: np.ndarray | list[int]) -> None:
         """Mark `rows` deleted (row numbers as they are before this call); their segments stay as written."""
-        for i, _, local in self._split(rows):
+        for i, _, local in self._rows.split(rows):
             self._segments[i] = self._segments[i].with_deleted(local)
         self._changed()
 
     def merge(self, *, everything: bool = False) -> int:
-        """Merge what the merge policy says is due (segments.merges_due), or with `everything` all segments
+        """Merge what the merge policy says is due (building.merges_due), or with `everything` all segments
         into one without its deleted rows, and drop segments with no live rows; rows keep their order.
         Returns how many segments were merged away."""
         before = len(self._segments)
-        live = [i for i, s in enumerate(self._segments) if s.live]
-        groups = [live] if everything and live else merges_due(self._segments)
-        merged = {i: group for group in groups for i in group}
-        segments = []
-        for i, segment in enumerate(self._segments):
-            if i in merged and i == merged[i][0]:
-                members = [self._segments[j] for j in merged[i]]
-                live, fill = sum(s.live for s in members), partial(live_vectors, members)
-                folder = self._folder.parent if self._folder else None
-                with assembled(live, self.dim, fill, folder, self._tuning.mapped_rows) as vectors:
-                    segments.append(self._build(vectors, live_entries(members)))
-            elif i not in merged and segment.live:
-                segments.append(segment)
-        self._segments = segments
+        scratch = self._folder.parent if self._folder else None  # where a large merge maps its vectors
+        merged = merge_segments(self._segments, self._build, everything, scratch, self._tuning.mapped_rows)
+        self._segments = merged
         self._changed()
-        return before - len(segments)
+        return before - len(merged)
 
     def _build(self, x: np.ndarray, entries: list[Entry]) -> Segment:
-        """A new segment over `x`. Smaller than the largest approximate segment, it reuses that one's trained
-        PCA: exact search when tiny (SMALL_FLAT rows), a scan segment below SCAN_BELOW rows (build_scan),
-        else (or when no scan reaches the recall target) that one's kind and parameters (tuning.build_like);
-        otherwise, or when the reused parts no longer reach the recall target on `x`, its kind is built
-        (trained, for PCA and IVF) and, for auto, chosen and tuned on `x` alone."""
-        requested = self._record.requested
-        metric, target = FAISS_METRICS[self.metric], requested["recall_target"]
-        largest = max(self._segments, key=lambda s: s.live, default=None)
-        built = None
-        if largest and not largest.index.capabilities.exact and len(x) < largest.live:
-            if len(x) < self._tuning.small_flat:
-                built = build_measured(FLAT, x, metric, target)
-            elif len(x) < self._tuning.scan_below:
-                built = build_scan(x, largest.index, self._scan_group(), metric, target)
-            if built is None:
-                built = build_like(largest.index, x, metric, target, tune=requested["kind"] == "auto")
-        if built is None:
-            budget = requested["memory_budget_gb"] * 2**30
-            built = build_measured(ann.choice_from(requested), x, metric, target, budget)
+        """A new segment over `x`, built as building.build_segment decides, named next in the record."""
+        metric = FAISS_METRICS[self.metric]
+        index, description = build_segment(self._segments, x, self._record.requested, metric, self._tuning)
         number = self._record.next_segment
         self._record = replace(self._record, next_segment=number + 1)
-        return Segment(f"seg-{number:06d}", built[0], Manifest.of(entries), built[1])
-
-    def _scan_group(self) -> list[Segment]:
-        """The live scan segments coded like the newest one: the group a new scan segment would join."""
-        scans = [s for s in self._segments if s.index.choice.declared.scanned_as_group and s.live]
-        return [s for s in scans if ann.same_codes(s.index, scans[-1].index)] if scans else []
+        return Segment(f"seg-{number:06d}", index, Manifest.of(entries), description)
 
     def _changed(self) -> None:
-        self._starts = np.cumsum([0] + [s.live for s in self._segments])
-        self._searchers = searchers(self._segments)
+        self._rows = Rows(self._segments)
+        self._fanout = FanOut(self._segments, self._rows.starts, self.metric, self._tuning.worker_thread)
         live = [(s.live, s.description) for s in self._segments]
         self._record = self._record.with_index(self._record.requested, live)
 
@@ -321,35 +223,12 @@ class Store:
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, not {k}")
-        q = self._checked(queries)
-        searchers = [searcher for _, searcher in self._searchers]
-        if self._tuning.worker_thread:
-            found = concurrently(searchers, q, k)
-        else:
-            found = [searcher.search(q, k) for searcher in searchers]
-        per_segment: list[Hits] = [[] for _ in self._segments]
-        for (members, _), hits in zip(self._searchers, found):
-            for i, segment_hits in zip(members, hits):
-                per_segment[i] = segment_hits
-        return self._merged(per_segment, k)
+        return self._fanout.search(self._checked(queries), k)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
         """Every (row, score) per query with a cosine of at least `threshold` (for l2: a distance of at
         most it), best first, scores exact; approximate kinds may miss some, as in `search`."""
-        q = self._checked(queries)
-        return self._merged([s.range_search(q, threshold) for s in self._segments], None)
-
-    def _merged(self, per_segment: list[list[list[tuple[int, float]]]], k: int | None) -> list[list[tuple[int, float]]]:
-        """Per query, the segments' hits as store rows, best first (ties by row), the first `k` (or all)."""
-        if len(per_segment) == 1:
-            return per_segment[0]
-        better = -1.0 if self.metric == "cosine" else 1.0  # sort key: higher cosine first, lower distance first
-        merged = []
-        for hits in zip(*per_segment):
-            rows = [(int(start) + at, score) for start, found in zip(self._starts, hits) for at, score in found]
-            rows.sort(key=lambda hit: (better * hit[1], hit[0]))
-            merged.append(rows[:k] if k is not None else rows)
-        return merged
+        return self._fanout.range_search(self._checked(queries), threshold)
 
     def _checked(self, queries: np.ndarray) -> np.ndarray:
         """Queries normalized and checked here, not by faiss, whose own checks are `assert`s."""
@@ -369,85 +248,13 @@ class Store:
 
         Only new segments and the deletion markers are written; segments already on disk are hard-linked
         from the generation they were loaded from (the same bytes, not a copy)."""
+        write = partial(write_generation, segments=self._segments, record=self._record, loaded_from=self._folder)
         try:
-            final = publish(folder, self._write_generation)
+            final, (self._segments, self._record) = publish(folder, write)
         except (OSError, RuntimeError) as e:  # faiss raises RuntimeError for a failed write
             raise StoreError(f"cannot save the index in {folder} ({e}); the previous index is untouched") from e
-        self._segments, self._record = self._staged
         self._folder = final
         return final
-
-    def _write_generation(self, staging: Path) -> None:
-        files: dict[str, Any] = {}
-        segments = []
-        for segment in self._segments:
-            segment = self._place(segment, staging)
-            files.update({f"{segment.name}/{name}": facts for name, facts in segment.files.items()})
-            if len(segment.deleted):
-                marker = f"{segment.name}{DELETED}"
-                np.save(staging / marker, segment.deleted)
-                fsync_file(staging / marker)
-                files[marker] = file_facts(staging / marker)
-            segments.append(segment)
-        record = replace(
-            self._record,
-            format_version=FORMAT_VERSION,
-            count=self.count,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            files=files,
-            segments=tuple(SegmentRecord(s.name, s.rows, len(s.deleted), s.description) for s in segments),
-        )
-        write_record(staging, record)
-        self._staged = segments, record  # taken on by `save` once the generation is live
-
-    def _place(self, segment: Segment, staging: Path) -> Segment:
-        """Put `segment`'s files in the generation being staged: written if new, else hard-linked (or, on a
-        file system without hard links, copied). A segment of a format 5 index gets its own folder here."""
-        target = staging / (segment.name or f"seg-{self._record.next_segment:06d}")
-        target.mkdir()
-        if segment.files is None:
-            segment.index.write(target / VECTORS)
-            segment.manifest.write(target)
-            for name in SEGMENT_FILES:
-                fsync_file(target / name)
-            files = {name: file_facts(target / name) for name in SEGMENT_FILES}
-        else:
-            source = self._folder / segment.name
-            for name in segment.files:
-                link(source / name, target / name)
-            files = segment.files
-        fsync_dir(target)
-        if not segment.name:
-            self._record = replace(self._record, next_segment=self._record.next_segment + 1)
-        return replace(segment, name=target.name, files=files)
-
-    @classmethod
-    @contextmanager
-    def writing(
-        cls,
-        index: Path,
-        *,
-        wait: bool = False,
-        create: bool = False,
-        load: bool = True,
-        check_hashes: bool = False,
-        tuning: Tuning = DEFAULT_TUNING,
-    ) -> Iterator[Writing]:
-        """One writer's transaction (Lucene's IndexWriter): the index's lock taken (IndexBusy at once, or with
-        `wait` when it is free), its live store loaded, and `Writing.save` to commit a store as the next
-        generation while the lock is held; the lock is released however the block ends. Every change the
-        package makes to an index goes through here. `create`: an index that is not there yet is allowed (the
-        live store is then None); without it IndexMissing is raised before anything is created. `load=False`
-        leaves whatever is there unread, for a rebuild that replaces it (`ingest --full`)."""
-        with IndexLock(index, wait=wait, existing=not create):
-            live = None
-            if load:
-                try:
-                    live = cls.load(index, check_hashes=check_hashes, tuning=tuning)
-                except IndexMissing:
-                    if not create:
-                        raise
-            yield Writing(index, live, tuning)
 
     @classmethod
     def load(cls, folder: Path, *, check_hashes: bool = False, tuning: Tuning = DEFAULT_TUNING) -> Store:
@@ -458,41 +265,11 @@ class Store:
         dimension, metric and format are always checked; the SHA-256 of every file (a full read) only
         with `check_hashes`, as `retrieval verify` does.
         """
-        return on_live_generation(folder, partial(cls._load_generation, check_hashes=check_hashes, tuning=tuning))
 
-    @classmethod
-    def _load_generation(cls, generation: Path, *, check_hashes: bool, tuning: Tuning) -> Store:
-        folder = generation.parent
-        record = read_record(generation)
-        for name, facts in record.files.items():
-            if (generation / name).stat().st_size != facts.get("bytes"):
-                raise corrupt(folder, f"{name} does not have the size recorded in {META}")
-            if check_hashes and sha256_file(generation / name) != facts.get("sha256"):
-                raise corrupt(folder, f"{name} does not have the SHA-256 recorded in {META}")
-        if record.segments is not None:
-            segments = [read_segment(generation, s, record) for s in record.segments]
-        else:  # format 5 or older: one segment, its files in the generation folder itself
-            segments = [read_segment(generation, SegmentRecord("", record.count, 0, record.index), record)]
-        ann.share_pca([s.index for s in segments])
-        store = cls(segments, record, generation, tuning)
-        if store.count != record.count:
-            raise corrupt(folder, f"row counts disagree: {record.count} in {META}, {store.count} in its segments")
-        return store
+        def loaded(generation: Path) -> Store:
+            return cls(*read_generation(generation, check_hashes), generation, tuning)
 
-
-@dataclass
-class Writing:
-    """An index held for writing (Store.writing): the live store as loaded (None where there was none, or it
-    was not read), and `save`, the one way the package commits a store to the index."""
-
-    index: Path
-    live: Store | None
-    tuning: Tuning = DEFAULT_TUNING  # for the stores a writer creates, as the live one was loaded with
-
-    def save(self, store: Store) -> None:
-        """Commit `store` as the index's next generation, under the lock this transaction holds."""
-        store.save(self.index)
-        self.live = store
+        return on_live_generation(folder, loaded)
 
 
 def _summary(segment: Segment) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from retrieval.embedding.backbones import identity
 from retrieval.errors import StoreError
-from retrieval.index.store import Entry
+from retrieval.index.manifest import Entry
 from retrieval.io.durable import TEMPORARY, write_atomically
 
 PENDING = "pending"

@@ -33,8 +33,9 @@ from retrieval.embedding import quantize
 from retrieval.embedding.backbones import ModelSpec, spec_for
 from retrieval.embedding.embedders import Embedder, create_embedder, embedding_for
 from retrieval.errors import IndexMismatch, NothingToIndex, StoreError
-from retrieval.index.store import Store, Writing
+from retrieval.index.store import Store
 from retrieval.index.vectors import assembled, normalize
+from retrieval.index.writing import Writing, writing
 from retrieval.ingestion.checkpoints import Checkpoints
 from retrieval.ingestion.executors import Decoder, Embedded, Executor, LocalExecutor
 from retrieval.ingestion.plan import Plan, plan
@@ -107,7 +108,7 @@ def ingest(
     """
     started = time.perf_counter()
     folder = location(folder)
-    with Store.writing(settings.index, wait=wait, create=True, load=not full) as index:
+    with writing(settings.index, wait=wait, create=True, load=not full) as index:
         listing = list_images(folder)
         if not listing.paths:
             raise NothingToIndex(f"no image files found in {folder}; nothing was written")
@@ -242,7 +243,7 @@ def commit(
     listing_count: int,
     report: IngestReport,
 ) -> Store:
-    """Save the plan's outcome, through the write transaction `index` (Store.writing), as a new generation of
+    """Save the plan's outcome, through the write transaction `index` (index/writing.py), as a new generation of
     vectors made by `embedding` (backbones.describe_embedding; `runtime` is recorded beside it).
 
     Into a current index of the same kind, only the change is written: one new segment with the new,
@@ -392,7 +393,7 @@ def _updatable(store: Store | None, settings: Settings, embedding: dict[str, Any
     otherwise."""
     if store is None:
         return None
-    store.check_embedding(embedding, remedy="pass --full to rebuild the index with the new settings")
+    store.record.check_embedding(embedding, remedy="pass --full to rebuild the index with the new settings")
     if store.metric != settings.metric:
         raise IndexMismatch(
             f"the index in {settings.index} uses metric {store.metric}, not {settings.metric}; "

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrieval.index.store import Store
+from retrieval.index.writing import writing
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,12 @@ def compact(index: Path, *, wait: bool = False) -> Compaction:
     under the write lock (what an ingest's merge policy does by tiers, all at once). An index of format 5
     or older, one segment already, is only saved in the current layout (its files hard-linked into a
     segment, nothing rebuilt)."""
-    with Store.writing(index, wait=wait) as writing:
-        store = writing.live
+    with writing(index, wait=wait) as held:
+        store = held.live
         segments, deleted = len(store.segments), sum(s["deleted"] for s in store.segments)
         if segments == 1 and not deleted and store.record.segments is not None:
             return Compaction(segments, deleted, False, store)
         if segments > 1 or deleted:
             store.merge(everything=True)
-        writing.save(store)
+        held.save(store)
         return Compaction(segments, deleted, True, store)

@@ -34,6 +34,7 @@ from PIL import Image
 from retrieval.errors import EmptyIndex, IndexMismatch, UsageError
 from retrieval.index.record import IndexRecord
 from retrieval.index.store import Store
+from retrieval.index.writing import writing
 from retrieval.io.images import decoders
 from retrieval.io.sources import Location, open_regular
 from retrieval.search.results import as_cosine
@@ -267,8 +268,8 @@ def apply_moves(store: Store, index: Path, moves: list[Move], target: Path) -> t
     """Move the extras, logging each move to `target`/dupes-log.jsonl as it happens, then save a new
     generation of the index without them, all under the index's write lock. IndexMismatch if the index
     changed since `store` was loaded (the groups may no longer hold)."""
-    with Store.writing(index) as writing:
-        live = writing.live
+    with writing(index) as held:
+        live = held.live
         if live.generation != store.generation:
             raise IndexMismatch(f"the index in {index} changed since its duplicates were found; run dupes again")
         target.mkdir(parents=True, exist_ok=True)
@@ -286,7 +287,7 @@ def apply_moves(store: Store, index: Path, moves: list[Move], target: Path) -> t
         moved = {m.row for m in done if m.done}
         if moved:
             live.delete(sorted(moved))
-            writing.save(live)
+            held.save(live)
         return done, live
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.errors import RetrievalError
-from retrieval.index.store import Store, Writing
+from retrieval.index.store import Store
+from retrieval.index.writing import Writing, writing
 from retrieval.io.sources import Location
 
 
@@ -33,8 +34,8 @@ def verify(index: Path, *, repair: bool = False, wait: bool = False) -> Health:
     index's write lock.
     """
     if repair:
-        with Store.writing(index, wait=wait, check_hashes=True) as writing:
-            return _check(writing.live, writing)
+        with writing(index, wait=wait, check_hashes=True) as held:
+            return _check(held.live, held)
     return _check(Store.load(index, check_hashes=True), None)
 
 

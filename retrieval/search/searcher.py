@@ -122,7 +122,7 @@ class Searcher:
                     gem_p=pooling.p,
                 )
                 embedder = self._make_embedder(settings, **_int8_model(store, settings))
-                store.check_embedding(embedder.embedding())
+                store.record.check_embedding(embedder.embedding())
                 self._embedder = embedder
             return self._embedder
 
