@@ -23,9 +23,9 @@ from retrieval import Settings, Store, ingest
 from retrieval.analysis.synthetic import photo, write_photos
 from retrieval.ann.indexes import IndexChoice
 from retrieval.embedding.embedders import create_embedder
-from retrieval.index.vectors import normalize
 from retrieval.io.images import load_image
 from retrieval.io.system import machine
+from retrieval.vectors import normalize
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = (320, 240)

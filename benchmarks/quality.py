@@ -26,9 +26,10 @@ from pathlib import Path
 from PIL import Image
 
 from retrieval import Settings, ingest
-from retrieval.analysis.quality import TRANSFORMS, evaluate_augmented
+from retrieval.analysis.quality import evaluate_augmented
 from retrieval.analysis.synthetic import write_photos
 from retrieval.embedding.embedders import create_embedder
+from retrieval.io.changes import CHANGES
 from retrieval.io.system import machine
 from retrieval.search.searcher import Searcher
 
@@ -131,7 +132,7 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     host = result["machine"]
-    names = list(TRANSFORMS)
+    names = list(CHANGES)
     lines = [
         "# Label-free retrieval quality",
         "",

@@ -14,16 +14,17 @@ from retrieval.analysis.synthetic import photo, write_photos
 from retrieval.config import Settings
 from retrieval.embedding.backbones import spec_for
 from retrieval.errors import NothingToIndex
+from retrieval.index.assembly import MAPPED_ROWS
 from retrieval.index.building import Tuning
 from retrieval.index.manifest import Entry
 from retrieval.index.store import Store
-from retrieval.index.vectors import MAPPED_ROWS, normalize
 from retrieval.index.writing import writing
 from retrieval.ingestion.checkpoints import PENDING, Checkpoints
 from retrieval.ingestion.job import IngestReport, LocalExecutor, commit, embed
 from retrieval.ingestion.plan import Plan, plan
 from retrieval.io.files import sha256_file
 from retrieval.io.images import load_image
+from retrieval.vectors import normalize
 
 DIM = 8
 EMBEDDING = {"model": "test", "dim": DIM}

@@ -12,9 +12,9 @@ from PIL import Image
 from retrieval.analysis.synthetic import photo
 from retrieval.ann.indexes import IndexChoice
 from retrieval.index.store import Store
-from retrieval.index.vectors import normalize
 from retrieval.io.images import load_image
 from retrieval.search.searcher import query_many
+from retrieval.vectors import normalize
 
 from .conftest import REAL_COUNT
 

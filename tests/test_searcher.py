@@ -13,11 +13,11 @@ from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
 from retrieval.config import Settings
 from retrieval.index.generations import current_generation
 from retrieval.index.store import Store
-from retrieval.index.vectors import normalize
 from retrieval.ingestion.job import ingest
 from retrieval.io.images import load_image
 from retrieval.search.results import QueryResult
 from retrieval.search.searcher import Searcher
+from retrieval.vectors import normalize
 
 
 def test_queries_by_indexed_images_build_no_embedder_and_new_images_build_one_once(tmp_path, indexed, photos, embedder):

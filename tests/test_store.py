@@ -361,7 +361,7 @@ def test_damage_that_keeps_the_size_is_found_by_the_hash_check(saved):
 def test_normalize_checks_every_chunk_of_a_large_array(monkeypatch, bad, message):
     """Checked a few rows at a time (8 GB of temporaries at a million rows otherwise): a bad row in the
     last chunk is still found, and good rows come back unit length."""
-    from retrieval.index import vectors as store_module
+    from retrieval import vectors as store_module
 
     x = vectors(14)
     np.testing.assert_allclose(np.linalg.norm(store_module.normalize(x, chunk=4), axis=1), 1.0, rtol=1e-6)

@@ -4,7 +4,7 @@
   average precision over the top `depth` results. A query that is itself indexed is left out of its own
   results: finding itself says nothing.
 - Without labels: a seeded sample of the indexed images, each changed in the ways a copy changes
-  (`TRANSFORMS`), written to a temporary folder and queried against the index; recall@1 and recall@k of the
+  (`io.changes.CHANGES`), written to a temporary folder and queried against the index; recall@1 and recall@k of the
   original, per change. The same seed gives the same sample, the same copies and the same figures.
 
 Ground-truth files, either
@@ -20,55 +20,16 @@ import csv
 import json
 import random
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
-
 from retrieval.errors import EmptyIndex, ImageError, UsageError
+from retrieval.io.changes import CHANGES
 from retrieval.io.images import load_thumbnail
 from retrieval.io.sources import open_regular
 from retrieval.search.searcher import Searcher, indexed_row
 
 EDGE = 1024  # the sample is decoded to at most this many pixels a side: every change below needs no more
-
-
-def _half(im: Image.Image) -> Image.Image:
-    return im.resize((max(1, im.width // 2), max(1, im.height // 2)), Image.Resampling.LANCZOS)
-
-
-def _crop(im: Image.Image) -> Image.Image:
-    w, h = im.size
-    return im.crop((w // 10, h // 10, w - w // 10, h - h // 10))  # the central 80 % each way
-
-
-def _rotate(im: Image.Image) -> Image.Image:
-    return im.rotate(10, resample=Image.Resampling.BILINEAR, expand=False, fillcolor=(0, 0, 0))
-
-
-def _text(im: Image.Image) -> Image.Image:
-    """A caption across the middle, white with a dark outline, a tenth of the height tall."""
-    out = im.copy()
-    size = max(12, im.height // 10)
-    font = ImageFont.load_default(size=size)
-    position = (im.width // 20, im.height // 2)
-    outline = {"stroke_width": max(1, size // 12), "stroke_fill": "black"}
-    ImageDraw.Draw(out).text(position, "© retrieval 2026", fill="white", font=font, **outline)
-    return out
-
-
-# name -> (change, format the copy is saved in); JPEG at quality 30 is itself the change for "jpeg"
-TRANSFORMS: dict[str, tuple[Callable[[Image.Image], Image.Image], str]] = {
-    "resize": (_half, "PNG"),
-    "jpeg": (lambda im: im, "JPEG"),
-    "crop": (_crop, "PNG"),
-    "flip": (ImageOps.mirror, "PNG"),
-    "rotate": (_rotate, "PNG"),
-    "brightness": (lambda im: ImageEnhance.Brightness(im).enhance(1.4), "PNG"),
-    "greyscale": (lambda im: ImageOps.grayscale(im).convert("RGB"), "PNG"),
-    "text": (_text, "PNG"),
-}
 
 
 # --- the measures ---------------------------------------------------------------------------------
@@ -195,10 +156,10 @@ def evaluate_augmented(
 ) -> AugmentedReport:
     """Changed copies of `sample` seeded indexed images (drawn from the rows `among`, default all), queried
     against the index: is the original found first (recall@1), and within the top k (recall@k), per change?"""
-    names = transforms or list(TRANSFORMS)
-    unknown = [t for t in names if t not in TRANSFORMS]
+    names = transforms or list(CHANGES)
+    unknown = [t for t in names if t not in CHANGES]
     if unknown:
-        raise UsageError(f"unknown transform {unknown[0]!r}; choose from {', '.join(TRANSFORMS)}")
+        raise UsageError(f"unknown transform {unknown[0]!r}; choose from {', '.join(CHANGES)}")
     store = searcher.store
     if store.count == 0:
         raise EmptyIndex(f"the index in {searcher.settings.index} is empty: nothing to evaluate")
@@ -217,10 +178,7 @@ def evaluate_augmented(
                 continue
             report.sample.append(path)
             for name in names:
-                change, image_format = TRANSFORMS[name]
-                copy = Path(tmp) / f"{row}-{name}.{'jpg' if image_format == 'JPEG' else 'png'}"
-                change(original).save(copy, image_format, **({"quality": 30} if image_format == "JPEG" else {}))
-                copies[name].append((row, copy))
+                copies[name].append((row, CHANGES[name].save(original, Path(tmp) / f"{row}-{name}")))
         if not report.sample:
             raise UsageError("none of the sampled images could be read; is the indexed folder still there?")
         for name in names:

@@ -7,13 +7,13 @@ weights, and JPEG-compressible like a real photo.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageFilter
 
 from retrieval.config import FAMILIES
+from retrieval.io.changes import CHANGES, resized
 
 CONE_SPREAD = 0.17  # gives a mean cosine to the centroid of about 0.99, as random-weight ResNet50 features have
 
@@ -52,13 +52,10 @@ def write_photos(folder: Path, count: int, *, seed: int = 0, size: tuple[int, in
 
 def near_duplicates(original: Image.Image) -> dict[str, Image.Image]:
     """Copies a near-duplicate search must match to their original: resized, mirrored, re-encoded."""
-    w, h = original.size
-    encoded = io.BytesIO()
-    original.save(encoded, "JPEG", quality=30)
     return {
-        "resized": original.resize((w * 2 // 3, h * 2 // 3), Image.Resampling.LANCZOS),
-        "mirrored": ImageOps.mirror(original),
-        "reencoded": Image.open(encoded),
+        "resized": resized(original, 2 / 3),
+        "mirrored": CHANGES["flip"](original),
+        "reencoded": CHANGES["jpeg"](original),
     }
 
 

@@ -266,7 +266,7 @@ class VectorIndex:
     ) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first; fewer when the index holds fewer. `skipping`: from
         `skipping`, rows the search passes over (FAISS filters them inside the graph or list scan)."""
-        return self.hits(*self.find(queries, k, skipping))
+        return self.hits_from(*self.find(queries, k, skipping))
 
     def find(
         self, queries: np.ndarray, k: int, skipping: faiss.SearchParameters | None = None
@@ -275,7 +275,7 @@ class VectorIndex:
         FAISS runs, which releases the GIL: the part of a search a worker thread takes (Store.search)."""
         return self.faiss.search(queries, min(k, self.count), params=skipping)
 
-    def hits(self, distances: np.ndarray, rows: np.ndarray) -> list[list[tuple[int, float]]]:
+    def hits_from(self, distances: np.ndarray, rows: np.ndarray) -> list[list[tuple[int, float]]]:
         """`search`'s second half: FAISS's answer as (row, score) pairs in this index's metric."""
         found = scores(distances, self.faiss.metric_type, self.metric)
         return [[(r, s) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows.tolist(), found.tolist())]

@@ -14,11 +14,9 @@ from retrieval.cli.app import ConfigOption, IndexOption, JsonOption, reported, s
 from retrieval.cli.output import echo_json, say, warn
 from retrieval.errors import EXIT_ERROR, UsageError
 from retrieval.io.files import printable
-from retrieval.io.sources import Location
-from retrieval.search.results import QueryResult
 
 if TYPE_CHECKING:
-    from retrieval.maintenance.dupes import Group, Move
+    from retrieval.maintenance.dupes import Move
 
 
 def dupes(
@@ -56,67 +54,37 @@ def dupes(
     """
     settings = settings_from(config, index=index)
     with reported():
-        if apply and move_to is None:
-            raise UsageError("--apply needs --move-to DIR")
         if as_json and as_csv:
             raise UsageError("--json and --csv are two formats for the same output: give one of them")
-        from retrieval.index.store import Store
-        from retrieval.maintenance import dupes as found_dupes
+        from retrieval.maintenance.dupes import Request, as_json_groups
+        from retrieval.maintenance.dupes import dupes as find_dupes
 
-        store = Store.load(settings.index)
-        rule, caveat = found_dupes.rule_for(store.record, threshold, relative, neighbours)
-        warn(caveat)
-        groups = found_dupes.find_groups(store, rule, tuple(k.strip() for k in keep.split(",") if k.strip()))
-        moves = found_dupes.plan_moves(groups, store.root, move_to) if move_to else []
-        # drawn before anything moves: the collages show the extras where they were found
-        collages = _group_collages(groups, store.root, collage_dir, settings.max_pixels) if collage_dir else []
-        if moves and apply:
-            moves, store = found_dupes.apply_moves(store, settings.index, moves, move_to)
-    extras = sum(len(g.extras) for g in groups)
+        keeps = tuple(k.strip() for k in keep.split(",") if k.strip())
+        request = Request(threshold, relative, neighbours, keeps, move_to, apply, collage_dir, settings.max_pixels)
+        done = find_dupes(settings.index, request)
+    warn(done.caveat)
+    groups, moves = done.groups, done.moves
     if as_json:
-        echo_json({"groups": found_dupes.as_json(groups), "moves": [asdict(m) for m in moves], "applied": apply})
+        echo_json({"groups": as_json_groups(groups), "moves": [asdict(m) for m in moves], "applied": apply})
     elif as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(["group", "keep", "score", "path", "width", "height", "bytes"])
         for number, group in enumerate(groups, 1):
-            for member in group.members:
-                is_kept = member is group.keep
-                writer.writerow(
-                    [
-                        number,
-                        int(is_kept),
-                        f"{member.score:.6f}",
-                        member.path,
-                        member.width,
-                        member.height,
-                        member.bytes,
-                    ]
-                )
+            for m in group.members:
+                writer.writerow([number, int(m is group.keep), f"{m.score:.6f}", m.path, m.width, m.height, m.bytes])
     else:
-        typer.echo(f"{len(groups)} groups of near-duplicates, {extras} extra images ({printable(str(store.root))})")
+        extras = sum(len(g.extras) for g in groups)
+        typer.echo(f"{len(groups)} groups of near-duplicates, {extras} extra images ({printable(str(done.root))})")
         for number, group in enumerate(groups, 1):
             typer.echo(f"group {number}: {len(group.members)} images")
             typer.echo(f"  keep    {printable(group.keep.path)}")
             for member in group.extras:
                 typer.echo(f"  {member.score:.4f}  {printable(member.path)}")
-    for path in collages:
+    for path in done.collages:
         say(f"collage: {printable(str(path))}")
     _report_moves(moves, apply, move_to)
-    if apply and any(m.problem for m in moves):
+    if apply and done.failed:
         raise typer.Exit(EXIT_ERROR)
-
-
-def _group_collages(groups: list[Group], root: Location, folder: Path, max_pixels: int) -> list[Path]:
-    """One collage per group: the kept image first, then the extras with their scores."""
-    from retrieval.search.collage import render
-    from retrieval.search.results import Hit
-
-    paths = []
-    for number, group in enumerate(groups, 1):
-        hits = [Hit(rank, m.score, m.path, m.row) for rank, m in enumerate(group.extras, 1)]
-        result = QueryResult(root / group.keep.path, root, "cosine", hits, embedded=False)
-        paths.append(render(result, folder / f"group-{number:04d}.jpg", max_pixels, first="Keep"))
-    return paths
 
 
 def _report_moves(moves: list[Move], applied: bool, target: Path | None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -11,73 +11,23 @@ from retrieval.cli.output import echo_json, warn
 from retrieval.errors import EXIT_INDEX
 from retrieval.io.files import printable
 
-if TYPE_CHECKING:
-    from retrieval.index.record import IndexRecord
-
 
 def info(index: IndexOption = None, as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Describe the index: size, model, weights, metric, when it was built."""
     settings = settings_from(config, index=index)
     with reported():
-        from retrieval.index.record import live_record
-        from retrieval.index.segment_files import disk_size
+        from retrieval.index.facts import index_facts
 
-        record = live_record(settings.index)
-        size = disk_size(settings.index)
-    facts = {
-        "index": str(settings.index),
-        "count": record.count,
-        "model": record.model,
-        "weights": record.weights,
-        "dim": record.dim,
-        "metric": record.metric,
-        "precision": record.precision,
-        "int8": _int8_summary(record.int8),
-        "index_type": record.factory,
-        "segments": _segments_summary(record),
-        "recall_at_10": record.recall_at_10,
-        "recall_target": record.recall_target,
-        "warning": record.warning(),
-        "bytes_on_disk": size,
-        "created": record.created,
-        "root": record.root,
-        "format_version": record.format_version,
-    }
+        facts = index_facts(settings.index)
     if as_json:
         echo_json(facts)
         return
-    facts["weights"] = " ".join(f"{k}={v}" for k, v in record.weights.items())
-    facts["bytes_on_disk"] = f"{size / 2**20:.1f} MiB"
+    facts["weights"] = " ".join(f"{k}={v}" for k, v in facts["weights"].items())
+    facts["bytes_on_disk"] = f"{facts['bytes_on_disk'] / 2**20:.1f} MiB"
     for key, value in facts.items():
         if value is not None and key != "warning":
             typer.echo(f"{key:<15} {printable(str(value))}")
     warn(facts["warning"])
-
-
-def _segments_summary(record: IndexRecord) -> str:
-    """How many segments hold the rows, and how many rows are marked deleted (`compact` drops them)."""
-    if not record.segments:
-        return "1 (format 5 or older: moved into a segment by the next change, or by `retrieval compact`)"
-    return f"{len(record.segments)}, {record.deleted} rows marked deleted"
-
-
-def _int8_summary(int8: dict[str, Any] | None) -> str | None:
-    """The int8 gate's figures (or why int8 was not used), in one line."""
-    if not int8:
-        return None
-    parts = []
-    if gate := int8.get("gate"):
-        parts.append(
-            f"gate {'passed' if gate['passed'] else 'failed'}: min cosine to fp32 {gate['min_cosine']:.5f} "
-            f"(at least {gate['threshold']}), {gate['copies_kept']} of {gate['copies']} copies still at rank 1"
-            + (f" (at most {gate['max_lost']:.1%} may be lost)" if "max_lost" in gate else "")
-            + (f", {gate['held_out']} held-out images (at least {gate['min_held_out']})" if "held_out" in gate else "")
-        )
-    if int8.get("calibration"):
-        parts.append(f"calibration sample {int8['calibration']}")
-    if int8.get("fallback"):
-        parts.append(f"not used: {int8['fallback']}")
-    return "; ".join(parts)
 
 
 def verify(

@@ -19,23 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from retrieval.errors import ImageError
+from retrieval.io.changes import CHANGES, Change, resized, unchanged
 from retrieval.io.durable import place_folder
 from retrieval.io.images import load_image
 from retrieval.io.sources import Location
 from retrieval.io.system import cpu, package_version
+from retrieval.vectors import normalize
 
 CALIBRATION_IMAGES = 300  # sampled from the collection; the last HELD_OUT of them are kept for the gate
 HELD_OUT = 60
@@ -153,8 +155,8 @@ def fidelity(fp32: Embed, int8: Embed, held_out: np.ndarray, rule: GateRule) -> 
     """The gate's figures for `int8` against `fp32` on `held_out` and its changed copies."""
     copies = np.concatenate([_changed(held_out, change) for change in _CHANGES])
     models = (("fp32", fp32), ("int8", int8))
-    originals = {name: _unit(_batched(embed, held_out)) for name, embed in models}
-    changed = {name: _unit(_batched(embed, copies)) for name, embed in models}
+    originals = {name: normalize(_batched(embed, held_out)) for name, embed in models}
+    changed = {name: normalize(_batched(embed, copies)) for name, embed in models}
     cosines = np.concatenate(
         [(originals["fp32"] * originals["int8"]).sum(1), (changed["fp32"] * changed["int8"]).sum(1)]
     )
@@ -169,25 +171,12 @@ def _batched(embed: Embed, images: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([embed(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def _mirror(im: Image.Image) -> Image.Image:
-    return ImageOps.mirror(im)
-
-
-def _half(im: Image.Image) -> Image.Image:
-    return im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR)
-
-
-def _jpeg(im: Image.Image) -> Image.Image:
-    out = io.BytesIO()
-    im.save(out, "JPEG", quality=50)
-    return Image.open(out)
-
-
-_CHANGES = (_mirror, _half, _jpeg)
+# the gate's copies: mirrored, halved and re-encoded, milder than eval's (bilinear, quality 50), as measured
+_CHANGES = (
+    CHANGES["flip"],
+    Change(partial(resized, resample=Image.Resampling.BILINEAR)),
+    Change(unchanged, "JPEG", 50),
+)
 
 
 def _changed(pixels: np.ndarray, change: Callable[[Image.Image], Image.Image]) -> np.ndarray:

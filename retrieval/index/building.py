@@ -28,10 +28,10 @@ from retrieval.ann import indexes as ann
 from retrieval.ann import tuning
 from retrieval.ann.indexes import IndexChoice
 from retrieval.ann.tuning import build_like, build_measured
+from retrieval.index.assembly import MAPPED_ROWS, assembled
 from retrieval.index.fanout import ScanGroup
 from retrieval.index.manifest import Entry, Manifest
 from retrieval.index.segments import Segment, live_entries, live_vectors
-from retrieval.index.vectors import MAPPED_ROWS, assembled
 
 FLAT = IndexChoice("flat")
 MERGE_FACTOR = 4  # segments per tier before they are merged, and the size ratio between tiers

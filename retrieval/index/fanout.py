@@ -26,12 +26,12 @@ class Alone:
         """FAISS's search (Segment.find): nothing else runs, so a worker thread can take it (fanout.concurrently)."""
         return self.segment.find(queries, k)
 
-    def hits(self, queries: np.ndarray, k: int, found: tuple[np.ndarray, np.ndarray]) -> list[Hits]:
+    def complete(self, queries: np.ndarray, k: int, found: tuple[np.ndarray, np.ndarray]) -> list[Hits]:
         """`find`'s answer as the segment's hits (one list, as a group gives one per member)."""
-        return [self.segment.hits(found)]
+        return [self.segment.hits_from(found)]
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
-        return self.hits(queries, k, self.find(queries, k))
+        return self.complete(queries, k, self.find(queries, k))
 
 
 class ScanGroup:
@@ -75,7 +75,7 @@ class ScanGroup:
             return np.empty((len(queries), 0), np.int64)
         return self._codes.search(self._pca.apply(queries) if self._pca else queries, fetch)[1]
 
-    def hits(self, queries: np.ndarray, k: int, candidates: np.ndarray, rerank: int | None = None) -> list[Hits]:
+    def complete(self, queries: np.ndarray, k: int, candidates: np.ndarray, rerank: int | None = None) -> list[Hits]:
         """Each member's hits among the group's top-k per query (queries normalized), as Segment.search gives:
         the first `rerank` x k live candidates re-ranked by their exact vectors."""
         found: list[Hits] = [[[] for _ in queries] for _ in self.members]
@@ -98,7 +98,7 @@ class ScanGroup:
         return found
 
     def search(self, queries: np.ndarray, k: int, rerank: int | None = None) -> list[Hits]:
-        return self.hits(queries, k, self.find(queries, k, rerank), rerank)
+        return self.complete(queries, k, self.find(queries, k, rerank), rerank)
 
 
 SegmentSearch = Alone | ScanGroup  # a search's two halves: `find` (FAISS alone) and `hits`
@@ -151,7 +151,7 @@ def concurrently(searchers: list[SegmentSearch], queries: np.ndarray, k: int) ->
     # interleaved; the merged index's 0.24-0.25 either way).
     with ann.omp_threads(1):
         rest = [searcher.search(queries, k) for searcher in searchers[1:]]
-    return [searchers[0].hits(queries, k, first.result()), *rest]
+    return [searchers[0].complete(queries, k, first.result()), *rest]
 
 
 class FanOut:

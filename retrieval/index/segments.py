@@ -85,7 +85,7 @@ class Segment:
     def search(self, queries: np.ndarray, k: int) -> Hits:
         """Top-k (live position, score) per query among live rows, best first: deleted rows are filtered
         inside FAISS's own search (ann.VectorIndex.skipping), so no more candidates are fetched than k."""
-        return self.hits(self.find(queries, k))
+        return self.hits_from(self.find(queries, k))
 
     def find(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """`search`'s FAISS half (ann.VectorIndex.find): distances and local rows, -1 fillers."""
@@ -94,10 +94,10 @@ class Segment:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         return self.index.find(queries, k, self._skipping if len(self.deleted) else None)
 
-    def hits(self, found: tuple[np.ndarray, np.ndarray]) -> Hits:
+    def hits_from(self, found: tuple[np.ndarray, np.ndarray]) -> Hits:
         """`search`'s other half: `find`'s answer as (live position, score) pairs."""
         distances, rows = found
-        return self.index.hits(distances, self.positions(rows))  # -1 fillers stay -1
+        return self.index.hits_from(distances, self.positions(rows))  # -1 fillers stay -1
 
     @cached_property
     def _skipping(self) -> faiss.SearchParameters:

@@ -46,8 +46,8 @@ from retrieval.index.record import IndexRecord
 from retrieval.index.rows import Rows
 from retrieval.index.segment_files import FAISS_METRICS, read_generation, write_generation
 from retrieval.index.segments import Segment, live_entries, live_vectors
-from retrieval.index.vectors import normalize
 from retrieval.io.sources import Location, recorded
+from retrieval.vectors import normalize
 
 
 class Store:

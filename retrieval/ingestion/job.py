@@ -33,8 +33,8 @@ from retrieval.embedding import quantize
 from retrieval.embedding.backbones import ModelSpec, spec_for
 from retrieval.embedding.embedders import Embedder, create_embedder, embedding_for
 from retrieval.errors import IndexMismatch, NothingToIndex, StoreError
+from retrieval.index.assembly import assembled
 from retrieval.index.store import Store
-from retrieval.index.vectors import assembled, normalize
 from retrieval.index.writing import Writing, writing
 from retrieval.ingestion.checkpoints import Checkpoints
 from retrieval.ingestion.executors import Decoder, Embedded, Executor, LocalExecutor
@@ -44,6 +44,7 @@ from retrieval.io.files import Skipped, list_images
 from retrieval.io.images import load_image
 from retrieval.io.sources import Location, location
 from retrieval.io.system import package_version
+from retrieval.vectors import normalize
 
 ERROR_REPORT = "errors.jsonl"
 KEPT_CHUNK = 50_000  # vectors of the previous index read at a time into a new build

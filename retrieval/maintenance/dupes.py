@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from retrieval.config import DEFAULT_MAX_PIXELS
 from retrieval.errors import EmptyIndex, IndexMismatch, UsageError
 from retrieval.index.record import IndexRecord
 from retrieval.index.store import Store
 from retrieval.index.writing import writing
 from retrieval.io.images import decoders
 from retrieval.io.sources import Location, open_regular
-from retrieval.search.results import as_cosine
+from retrieval.search.results import Hit, QueryResult, as_cosine
 
 KEEP_RULES = ("resolution", "size", "oldest", "newest", "path")
 DEFAULT_KEEP = ("resolution", "size", "oldest")
@@ -321,5 +322,63 @@ def _failed(move: Move, problem: str) -> Move:
     return Move(**{**asdict(move), "problem": problem})
 
 
-def as_json(groups: list[Group]) -> list[dict]:
+@dataclass(frozen=True)
+class Request:
+    """What `retrieval dupes` asks for: the cut-off (a cosine `threshold` or a `relative` one; neither: the
+    default, see `rule_for`), the keep rule's order, and what to do with the groups."""
+
+    threshold: float | None = None
+    relative: float | None = None
+    neighbours: int = 32
+    keep: tuple[str, ...] = DEFAULT_KEEP
+    move_to: Path | None = None  # where the extras go (a dry run unless `apply`)
+    apply: bool = False
+    collage_dir: Path | None = None  # one collage per group, drawn before anything moves
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a `dupes` run found and did: the groups (as found, before any move), the moves planned or made,
+    the collages drawn, and what a user should know of the rule (`rule_for`)."""
+
+    root: Location
+    groups: list[Group]
+    moves: list[Move]
+    collages: list[Path]
+    caveat: str | None
+
+    @property
+    def failed(self) -> bool:
+        return any(m.problem for m in self.moves)
+
+
+def dupes(index: Path, request: Request) -> Outcome:
+    """The whole `retrieval dupes`: the index's groups under the rule asked for, their collages, and their
+    extras' moves planned (and with `apply`, made under the write lock: `apply_moves`)."""
+    if request.apply and request.move_to is None:
+        raise UsageError("--apply needs --move-to DIR")
+    store = Store.load(index)
+    rule, caveat = rule_for(store.record, request.threshold, request.relative, request.neighbours)
+    groups = find_groups(store, rule, request.keep)
+    moves = plan_moves(groups, store.root, request.move_to) if request.move_to else []
+    collages = collages_of(groups, store.root, request.collage_dir, request.max_pixels) if request.collage_dir else []
+    if moves and request.apply and request.move_to:
+        moves, store = apply_moves(store, index, moves, request.move_to)
+    return Outcome(store.root, groups, moves, collages, caveat)
+
+
+def collages_of(groups: list[Group], root: Location, folder: Path, max_pixels: int) -> list[Path]:
+    """One collage per group in `folder`: the kept image first, then the extras with their scores."""
+    from retrieval.search.collage import render
+
+    paths = []
+    for number, group in enumerate(groups, 1):
+        hits = [Hit(rank, m.score, m.path, m.row) for rank, m in enumerate(group.extras, 1)]
+        result = QueryResult(root / group.keep.path, root, "cosine", hits, embedded=False)
+        paths.append(render(result, folder / f"group-{number:04d}.jpg", max_pixels, first="Keep"))
+    return paths
+
+
+def as_json_groups(groups: list[Group]) -> list[dict]:
     return [{"size": len(g.members), "keep": g.keep.path, "members": [asdict(m) for m in g.members]} for g in groups]

@@ -132,14 +132,14 @@ class Searcher:
         """Hits for query vectors (n, dim), from one generation, which is returned with them; with
         `min_score`, only those at least that cosine."""
         store = self._store
-        return store.generation, [_hits(store, pairs, min_score) for pairs in store.search(vectors, k)]
+        return store.generation, [_named_hits(store, pairs, min_score) for pairs in store.search(vectors, k)]
 
     def neighbours(self, row: int, k: int, min_score: float | None = None) -> tuple[str | None, list[Hit]]:
         """The indexed image `row`'s nearest neighbours (itself first), by its stored vector: no model."""
         store = self._store
         if not 0 <= row < store.count:
             raise NoSuchImage(f"no image with id {row}: ids run from 0 to {store.count - 1}")
-        return store.generation, _hits(store, store.search(store.vector(row), k)[0], min_score)
+        return store.generation, _named_hits(store, store.search(store.vector(row), k)[0], min_score)
 
     def query(self, images: list[Path], k: int | None = None) -> list[QueryResult]:
         """The top-k most similar indexed images to each of `images`, searched in one batch.
@@ -166,7 +166,7 @@ class Searcher:
                 vectors[chunk] = embedder.embed(pixels)
         found = store.search(vectors, k or self._settings.top_k)
         return [
-            QueryResult(image, store.root, store.metric, _hits(store, pairs), row is None, store.generation)
+            QueryResult(image, store.root, store.metric, _named_hits(store, pairs), row is None, store.generation)
             for image, row, pairs in zip(images, rows, found)
         ]
 
@@ -187,7 +187,7 @@ def _int8_model(store: Store, settings: Settings) -> dict[str, str]:
     return {"calibrated": calibration} if wanted and calibration else {}
 
 
-def _hits(store: Store, pairs: list[tuple[int, float]], min_score: float | None = None) -> list[Hit]:
+def _named_hits(store: Store, pairs: list[tuple[int, float]], min_score: float | None = None) -> list[Hit]:
     """Rows and scores as hits, ranked; with `min_score`, those under that cosine left out."""
     if min_score is not None:
         pairs = [(row, score) for row, score in pairs if as_cosine(score, store.metric) >= min_score]

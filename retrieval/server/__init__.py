@@ -4,7 +4,7 @@ What lives here: the app factory (app.py), its routers by area (routers/: the pa
 images and thumbnails), the batching of concurrent uploads (batching.py), the request and response models
 and the server's limits (schemas.py), the per-request state (dependencies.py), binding and running
 (listen.py), and the page itself (static/). It reaches the index only through `search.Searcher`; an import
-contract in pyproject.toml forbids it the store, the record's writer and the index kinds.
+contract in pyproject.toml forbids it the index (store, record, segments), the vector index kinds and FAISS.
 """
 
 from retrieval.server.app import create_app
