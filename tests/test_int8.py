@@ -19,7 +19,8 @@ from retrieval.embedding.preparation import prepare
 from retrieval.embedding.quantize import Calibration, Gate, GateRule, cached, calibration_sample, int8_capable
 from retrieval.index.manifest import Entry
 from retrieval.index.store import Store
-from retrieval.ingestion.job import _LazyEmbedder, ingest
+from retrieval.ingestion.job import ingest
+from retrieval.ingestion.model import LazyEmbedder
 from retrieval.ingestion.plan import Plan
 from retrieval.search.searcher import Searcher
 
@@ -144,10 +145,10 @@ def test_auto_quantizes_only_big_runs_on_cpus_with_integer_dot_products(monkeypa
         asked.clear()
         entries = [Entry(f"{i}.jpg", 1, 1) for i in range(images)]
         the_plan = Plan(Path("/nowhere"), entries, to_embed=list(range(images)))
-        _LazyEmbedder(Settings(weights="none"), None).prepare_int8(the_plan, None)
+        LazyEmbedder(Settings(weights="none"), None).prepare_int8(the_plan, None)
         assert bool(asked) is expected, (flags, images)
     asked.clear()  # precision int8 asks for a sample whatever the CPU and the size
-    _LazyEmbedder(Settings(weights="none", precision="int8"), None).prepare_int8(
+    LazyEmbedder(Settings(weights="none", precision="int8"), None).prepare_int8(
         Plan(Path("/nowhere"), [Entry("a.jpg", 1, 1)], to_embed=[0]), None
     )
     assert asked

@@ -212,7 +212,7 @@ class VectorIndex:
         out of the CPU caches. Only the search structure is rewired, around the same graph or lists and
         the same stored vectors; for a loaded, immutable index (nothing is added afterwards)."""
         mine, theirs = self.trained_pca, source.trained_pca
-        if mine is None or theirs is None or not _same_linear_map(mine, theirs):
+        if mine is None or theirs is None or not same_linear_map(mine, theirs):
             return False
         refined, transformed = _wrappers(self.faiss)
         if transformed.chain.size() != 1:  # more transforms than the PCA: left as it is
@@ -328,45 +328,16 @@ def omp_threads(count: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def share_pca(indexes: list[VectorIndex]) -> None:
-    """Let every index whose trained PCA equals an earlier one's search through that earlier one's
-    (VectorIndex.share_pca_of). Measured on 1,000,000 vectors + 4 update segments, one query at a time:
-    p50 1.75-1.9 ms with a PCA each, 1.3-1.5 ms with one shared."""
-    sources: list[VectorIndex] = []
-    for index in indexes:
-        if index.trained_pca is not None and not any(index.share_pca_of(source) for source in sources):
-            sources.append(index)
-
-
-def same_pca(a: VectorIndex, b: VectorIndex) -> bool:
-    """Whether two indexes transform vectors alike before searching: the same trained PCA, or neither one."""
-    pcas = a.trained_pca, b.trained_pca
-    return pcas == (None, None) or (None not in pcas and _same_linear_map(*pcas))
-
-
-def same_codes(a: VectorIndex, b: VectorIndex) -> bool:
-    """Whether two `scan` indexes code every vector alike (the same PCA, or none, and the same codebook), so
-    that their codes can be scanned as one (segments.ScanGroup)."""
-    if not (a.choice.declared.scanned_as_group and b.choice.declared.scanned_as_group) or a.metric != b.metric:
-        return False
-    if not same_pca(a, b):
-        return False
-    mine, theirs = a.scanned.pq, b.scanned.pq
-    return (mine.d, mine.M, mine.nbits) == (theirs.d, theirs.M, theirs.nbits) and np.array_equal(
-        _viewed(mine.centroids), _viewed(theirs.centroids)
-    )
-
-
-def _same_linear_map(a: faiss.VectorTransform, b: faiss.VectorTransform) -> bool:
+def same_linear_map(a: faiss.VectorTransform, b: faiss.VectorTransform) -> bool:
     """Whether two trained transforms map every vector alike: the same linear map, y = A x + b."""
     if not (isinstance(a, faiss.LinearTransform) and isinstance(b, faiss.LinearTransform)):
         return False
     if (a.d_in, a.d_out, a.have_bias) != (b.d_in, b.d_out, b.have_bias):
         return False
-    return all(np.array_equal(_viewed(x), _viewed(y)) for x, y in ((a.A, b.A), (a.b, b.b)))
+    return all(np.array_equal(viewed(x), viewed(y)) for x, y in ((a.A, b.A), (a.b, b.b)))
 
 
-def _viewed(values: faiss.Float32Vector) -> np.ndarray:
+def viewed(values: faiss.Float32Vector) -> np.ndarray:
     """A FAISS float vector as a numpy array over the same memory (vector_to_array would copy it)."""
     return faiss.rev_swig_ptr(values.data(), values.size()) if values.size() else np.empty(0, np.float32)
 

@@ -1,9 +1,11 @@
-"""The index on disk, as one unit: the `Store` (store.py, the facade every command opens), its segments and
-their fan-out search (segments.py), a generation's files (segment_files.py), generations and the CURRENT
-pointer (generations.py), the typed record an index keeps of itself (record.py), the manifest of paths
-(manifest.py), vectors on their way in (vectors.py: the one place they are normalized) and the writer's lock
-(lock.py).
+"""The index on disk, as one unit. `Store` (store.py) is the facade every command opens; behind it, one module
+per concern: the segments themselves (segments.py), row numbers across them (rows.py), what a new segment is
+built as and when segments merge (building.py), searching them together (fanout.py), a generation's files
+(segment_files.py) and its folder and CURRENT pointer (generations.py), the typed record an index keeps of
+itself (record.py) and what `info` shows of it (facts.py), the manifest of paths (manifest.py), the arrays a
+large build is assembled in (assembly.py), and the one write transaction under the writer's lock
+(writing.py, lock.py).
 
-It builds on `ann`, `embedding` (only the backbone's identity, to check that a query's vectors match), `io`
+It builds on `ann`, `embedding` (only the backbone's identity, to check that vectors match), `io`, `vectors`
 and `errors`.
 """

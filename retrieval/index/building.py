@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from retrieval.ann import indexes as ann
-from retrieval.ann import tuning
+from retrieval.ann import shared, tuning
 from retrieval.ann.indexes import IndexChoice
 from retrieval.ann.tuning import build_like, build_measured
 from retrieval.index.assembly import MAPPED_ROWS, assembled
@@ -108,7 +108,7 @@ def merge_segments(
 def scan_group(segments: list[Segment]) -> list[Segment]:
     """The live scan segments coded like the newest one: the group a new scan segment would join."""
     scans = [s for s in segments if s.index.choice.declared.scanned_as_group and s.live]
-    return [s for s in scans if ann.same_codes(s.index, scans[-1].index)] if scans else []
+    return [s for s in scans if shared.same_codes(s.index, scans[-1].index)] if scans else []
 
 
 def tier(live: int) -> int:
@@ -144,7 +144,7 @@ def build_scan(
     choice = ann.IndexChoice("scan", pca=like.choice.pca)
     if (like.choice.pca if like.trained_pca is not None else like.dim) > SCAN_WIDTH:
         return None
-    group = group if group and ann.same_pca(group[0].index, like) else []
+    group = group if group and shared.same_pca(group[0].index, like) else []
     for codes in [group[-1].index.scanned, None] if group else [None]:
         index = ann.VectorIndex.build(choice, metric, vectors, pca=like.trained_pca, codes=codes)
         in_group = _recall_in_group(index, vectors, group if codes is not None else [])

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 
 from retrieval.ann import indexes as ann
+from retrieval.ann import shared
 from retrieval.index.segments import Hits, Segment
 
 
@@ -111,7 +112,7 @@ def searchers(segments: list[Segment]) -> list[tuple[list[int], SegmentSearch]]:
     groups: list[list[int]] = []
     for i, segment in enumerate(segments):
         joined = segment.index.choice.declared.scanned_as_group and next(
-            (g for g in groups if ann.same_codes(segments[g[0]].index, segment.index)), None
+            (g for g in groups if shared.same_codes(segments[g[0]].index, segment.index)), None
         )
         if joined:
             joined.append(i)

@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from retrieval.ann import indexes as ann
+from retrieval.ann import shared
 from retrieval.index.generations import corrupt, current_generation
 from retrieval.index.manifest import FILES as MANIFEST_FILES
 from retrieval.index.manifest import Entry, Manifest
@@ -50,7 +51,7 @@ def read_generation(generation: Path, check_hashes: bool) -> tuple[list[Segment]
         segments = [read_segment(generation, s, record) for s in record.segments]
     else:  # format 5 or older: one segment, its files in the generation folder itself
         segments = [read_segment(generation, SegmentRecord("", record.count, 0, record.index), record)]
-    ann.share_pca([s.index for s in segments])
+    shared.share_pca([s.index for s in segments])
     if sum(s.live for s in segments) != record.count:
         live = sum(s.live for s in segments)
         raise corrupt(folder, f"row counts disagree: {record.count} in {META}, {live} in its segments")
