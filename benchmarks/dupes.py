@@ -115,7 +115,7 @@ def pair_scores(labels: dict[str, int], names: list[str]) -> dict[str, float]:
 def by_index(folder: str, index: str, rule: dict, queue: multiprocessing.Queue) -> None:
     """Child process: groups from the index; seconds and peak RSS of the grouping alone."""
     from retrieval.index.store import Store
-    from retrieval.maintenance.dupes import Rule, find_groups
+    from retrieval.maintenance.dupes.groups import Rule, find_groups
 
     store = Store.load(Path(index))
     before = peak_mb()
@@ -131,7 +131,7 @@ def best_threshold(folder: str, index: str, names: list[str], queue: multiproces
     highest), chosen knowing the answers: a bound on what a threshold can do on this set. Each candidate is a
     real `find_groups` run; candidates are spread over the cosines of the highest pairs."""
     from retrieval.index.store import Store
-    from retrieval.maintenance.dupes import Rule, find_groups
+    from retrieval.maintenance.dupes.groups import Rule, find_groups
 
     store = Store.load(Path(index))
     vectors = store.vectors()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance
 from typer.testing import CliRunner
 
 from retrieval.analysis.synthetic import near_duplicates, photo, write_photos
@@ -18,17 +18,22 @@ from retrieval.config import Settings
 from retrieval.errors import IndexMismatch, UsageError
 from retrieval.index.store import Store
 from retrieval.ingestion.job import ingest
-from retrieval.maintenance.dupes import Member, Rule, apply_moves, find_groups, order, plan_moves
+from retrieval.io.changes import CHANGES
+from retrieval.maintenance.dupes.groups import Member, Rule, find_groups, order
+from retrieval.maintenance.dupes.moves import apply_moves, plan_moves
+from retrieval.maintenance.dupes.threshold import RECORD
 from retrieval.maintenance.verify import verify
+
+from .test_store import as_written_before_hashes
 
 runner = CliRunner()
 ORIGINALS = 3  # photo-0000 … photo-0002 get a resized and a re-encoded copy each
 
 
-def planted_folder(folder: Path) -> list[set[str]]:
-    """16 generated photos, of which the first ORIGINALS have two copies each: smaller (resized) and,
+def planted_folder(folder: Path, photos: int = 16) -> list[set[str]]:
+    """`photos` generated photos, of which the first ORIGINALS have two copies each: smaller (resized) and,
     at the same size, a smaller file (JPEG quality 30). Returns the planted groups."""
-    write_photos(folder, 16, seed=300)
+    write_photos(folder, photos, seed=300)
     groups = []
     for i in range(ORIGINALS):
         copies = near_duplicates(photo(300 + i))
@@ -96,10 +101,10 @@ def test_a_rule_that_cannot_work_is_refused(arguments):
 
 def test_order_follows_the_keep_rules_in_turn_and_puts_missing_files_last():
     def member(path, width, size, mtime):
-        return Member(0, path, 1.0, width, width, size, mtime)
+        return Member(0, path, 1.0, "vectors", width, width, size, mtime)
 
     big_old, big_new, small = member("a", 100, 10, 1), member("b", 100, 10, 2), member("c", 50, 99, 0)
-    gone = Member(0, "d", 1.0, None, None, None, None)
+    gone = Member(0, "d", 1.0, "vectors", None, None, None, None)
     assert [m.path for m in order([gone, small, big_new, big_old])] == ["a", "b", "c", "d"]
     assert [m.path for m in order([big_old, small, big_new], ("size",))] == ["c", "a", "b"]
     assert [m.path for m in order([big_old, small, big_new], ("newest",))] == ["b", "a", "c"]
@@ -225,16 +230,109 @@ def test_json_csv_and_collages(planted, tmp_path):
     )
     as_csv = runner.invoke(cli, [*base, "--csv"])
     rows = as_csv.stdout.strip().splitlines()
-    assert rows[0].startswith("group,keep,score,path") and len(rows) == 1 + 3 * len(groups)
+    assert rows[0].startswith("group,keep,score,evidence,path") and len(rows) == 1 + 3 * len(groups)
     drawn = runner.invoke(cli, [*base, "--collage-dir", str(tmp_path / "collages")])
     assert drawn.exit_code == 0, drawn.output
     assert sorted(p.name for p in (tmp_path / "collages").iterdir()) == [f"group-{n:04d}.jpg" for n in (1, 2, 3)]
 
 
-def test_random_weights_with_an_absolute_threshold_warn_towards_relative(planted):
+@pytest.fixture
+def planted_among_40(tmp_path, embedder) -> tuple[Settings, list[set[str]]]:
+    """As `planted`, among 40 photos: enough rows to measure a cut-off on (threshold.MIN_ROWS)."""
+    folder = tmp_path / "photos"
+    groups = planted_folder(folder, photos=40)
+    settings = Settings(index=tmp_path / "index", weights="none")
+    ingest(folder, settings, embedder=embedder)
+    return settings, groups
+
+
+def test_by_default_the_cut_off_is_measured_on_the_index_recorded_and_finds_exactly_the_planted_groups(
+    planted_among_40,
+):
+    """No flag: the vectors' cut-off is measured (threshold.py) and the hashes join in; the groups are the
+    planted ones, by either evidence alone too; the measurement is recorded and read back on the next run."""
+    settings, groups = planted_among_40
+    planted_groups = sorted(groups, key=sorted)
+    runs = {}
+    for evidence in ("both", "both", "vectors", "hash"):
+        result = runner.invoke(cli, ["dupes", "--index", str(settings.index), "--evidence", evidence, "--json"])
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.stdout)
+        assert sorted(({m["path"] for m in g["members"]} for g in answer["groups"]), key=sorted) == planted_groups
+        assert {link["by"] for g in answer["groups"] for link in g["links"]} <= {"vectors", "hash", "vectors+hash"}
+        runs.setdefault(evidence, []).append(answer)
+    first, again = runs["both"]
+    assert first["measured"]["rows"] == 46 and first["measured"]["copies"] == 46 * len(CHANGES)
+    assert 0.0 < first["measured"]["copy_recall"] <= first["measured"]["with_hash"] <= 1.0
+    assert not first["measured"]["recorded"] and again["measured"]["recorded"]
+    assert again["measured"]["threshold"] == first["measured"]["threshold"] == first["rule"]["threshold"]
+    assert runs["hash"][0]["measured"] is None and runs["hash"][0]["rule"]["threshold"] is None
+    assert (settings.index / RECORD).is_file()
+
+
+def changed_folder(folder: Path) -> None:
+    """40 generated photos, a 60 % brighter copy of photo 0 and the central 85 % of photo 2, enlarged back."""
+    write_photos(folder, 40, seed=300)
+    ImageEnhance.Brightness(photo(300)).enhance(1.6).save(folder / "bright-0.jpg", quality=90)
+    original = photo(302)
+    w, h = original.size
+    box = (round(w * 0.075), round(h * 0.075), round(w * 0.925), round(h * 0.925))
+    original.crop(box).resize((w, h), Image.Resampling.BILINEAR).save(folder / "crop-2.jpg", quality=90)
+
+
+def test_the_hash_finds_a_brightened_copy_the_vectors_miss_and_the_vectors_a_crop_the_hash_misses(tmp_path, embedder):
+    changed_folder(tmp_path / "photos")
+    settings = Settings(index=tmp_path / "index", weights="none")
+    ingest(tmp_path / "photos", settings, embedder=embedder)
+    found = {}
+    for evidence in ("vectors", "hash", "both"):
+        # the vectors' cut-off given: the measured one is tested above; here, what each evidence finds alone
+        cut = [] if evidence == "hash" else ["--threshold", "0.9985"]
+        result = runner.invoke(cli, ["dupes", "--index", str(settings.index), "--evidence", evidence, *cut, "--json"])
+        assert result.exit_code == 0, result.output
+        found[evidence] = sorted(sorted(m["path"] for m in g["members"]) for g in json.loads(result.stdout)["groups"])
+    assert found["vectors"] == [["crop-2.jpg", "photo-0002.jpg"]]
+    assert found["hash"] == [["bright-0.jpg", "photo-0000.jpg"]]
+    assert found["both"] == [["bright-0.jpg", "photo-0000.jpg"], ["crop-2.jpg", "photo-0002.jpg"]]
+
+
+def test_hashes_are_kept_through_an_incremental_ingest_and_a_move(planted, embedder):
     settings, _ = planted
-    result = runner.invoke(cli, ["dupes", "--index", str(settings.index)])
-    assert result.exit_code == 0 and "--relative" in result.output
+    before = {e.path: e.phash for e in Store.load(settings.index).entries()}
+    assert all(len(phash) == 32 for phash in before.values())
+    root = Store.load(settings.index).root
+    (root / "photo-0005.jpg").rename(root / "moved-0005.jpg")
+    photo(999).save(root / "added.jpg", quality=90)
+    report = ingest(root, settings, embedder=embedder)
+    assert report.embedded == 1  # only the added file: the moved one is recognised by its bytes
+    after = {e.path: e.phash for e in Store.load(settings.index).entries()}
+    assert after["moved-0005.jpg"] == before["photo-0005.jpg"]
+    assert all(after[path] == phash for path, phash in before.items() if path != "photo-0005.jpg")
+    assert len(after["added.jpg"]) == 32 and after["added.jpg"] not in before.values()
+
+
+def test_an_index_without_hashes_says_how_to_add_them_and_compact_hashes_adds_them_without_embedding(planted):
+    settings, groups = planted
+    as_written_before_hashes(settings.index)
+    by_hash = runner.invoke(cli, ["dupes", "--index", str(settings.index), "--evidence", "hash"])
+    assert by_hash.exit_code == 2 and "compact --hashes" in by_hash.output
+    default = runner.invoke(cli, ["dupes", "--index", str(settings.index), "--threshold", "0.9995", "--json"])
+    assert default.exit_code == 0 and "compact --hashes" in default.stderr
+    answer = json.loads(default.stdout)
+    assert sorted(({m["path"] for m in g["members"]} for g in answer["groups"]), key=sorted) == sorted(
+        groups, key=sorted
+    )
+    assert {link["by"] for g in answer["groups"] for link in g["links"]} == {"vectors"}
+    vectors = Store.load(settings.index).vectors()
+    added = runner.invoke(cli, ["compact", "--index", str(settings.index), "--hashes"])
+    assert added.exit_code == 0 and f"hashes added to {len(vectors)} rows" in added.output, added.output
+    after = Store.load(settings.index)
+    assert after.hashed and np.array_equal(after.vectors(), vectors)
+    by_hash = runner.invoke(cli, ["dupes", "--index", str(settings.index), "--evidence", "hash", "--json"])
+    answer = json.loads(by_hash.stdout)
+    assert sorted(({m["path"] for m in g["members"]} for g in answer["groups"]), key=sorted) == sorted(
+        groups, key=sorted
+    )
 
 
 def test_an_l2_index_gives_the_same_groups_with_cosine_scores(tmp_path, embedder):

@@ -24,6 +24,7 @@ from retrieval.ingestion.job import IngestReport, LocalExecutor, commit, embed
 from retrieval.ingestion.plan import Plan, plan
 from retrieval.io.files import sha256_file
 from retrieval.io.images import load_image
+from retrieval.io.perceptual import perceptual_hash
 from retrieval.vectors import normalize
 
 DIM = 8
@@ -100,7 +101,8 @@ def test_the_local_executor_streams_batches_in_order_and_reports_skips(folder):
     assert embedder.calls == 3
     first = load_image(folder / paths[1], (224, 224), 10**8).reshape(-1, 3).mean(axis=0)
     np.testing.assert_allclose(batches[0].vectors[0], first, rtol=1e-5)
-    assert batches[0].digests[0] == sha256_file(folder / paths[1])
+    pixels = load_image(folder / paths[1], (224, 224), 10**8)
+    assert batches[0].hashes[0] == (sha256_file(folder / paths[1]), perceptual_hash(pixels))
 
 
 def memory_mapped(vector: np.ndarray) -> bool:

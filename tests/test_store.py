@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import faiss
@@ -17,7 +17,7 @@ from retrieval.errors import EmptyIndex, IndexBusy, IndexCorrupt, IndexMismatch,
 from retrieval.index.generations import current_generation
 from retrieval.index.manifest import FILES as MANIFEST_FILES
 from retrieval.index.manifest import ORDER, RECORDS, Entry, Manifest
-from retrieval.index.record import META, IndexRecord, live_record
+from retrieval.index.record import FORMAT_VERSION, META, IndexRecord, live_record
 from retrieval.index.segment_files import MANIFEST, VECTORS, file_facts
 from retrieval.index.store import Store
 from retrieval.index.writing import writing
@@ -235,6 +235,40 @@ def as_written_by_format_4(index: Path) -> None:
     (generation / META).write_text(json.dumps(meta))
 
 
+def as_written_before_hashes(index: Path) -> None:
+    """Rewrite the live generation as format 6 wrote it: manifests without the perceptual hash column."""
+    generation = current_generation(index)
+    meta = json.loads((generation / META).read_text())
+    for segment in meta["segments"]:
+        path = generation / segment["name"] / RECORDS
+        records = np.load(path)
+        old = np.zeros(len(records), np.dtype([(n, records.dtype[n]) for n in records.dtype.names if n != "phash"]))
+        for name in old.dtype.names:
+            old[name] = records[name]
+        path.unlink()  # a new file: the old one may be linked from another generation
+        np.save(path, old)
+        meta["files"][f"{segment['name']}/{RECORDS}"] = file_facts(path)
+    meta["format_version"] = 6
+    (generation / META).write_text(json.dumps(meta))
+
+
+def test_an_index_written_before_perceptual_hashes_loads_without_them_and_takes_new_rows_with_them(tmp_path):
+    store = make_store(0)
+    store.add(vectors(30), [replace(e, phash="ab" * 16) for e in entries(30)])
+    store.save(tmp_path / "index")
+    assert Store.load(tmp_path / "index").hashed
+    as_written_before_hashes(tmp_path / "index")
+    old = Store.load(tmp_path / "index")
+    assert not old.hashed and {e.phash for e in old.entries()} == {""} and not old.perceptual_hashes().any()
+    assert [e.key for e in old.entries()] == [e.key for e in store.entries()]
+    old.add(vectors(2, seed=5), [Entry(f"new-{i}.jpg", 1, 2, phash="cd" * 16) for i in range(2)])
+    old.save(tmp_path / "index")
+    again = Store.load(tmp_path / "index")
+    assert not again.hashed  # the old segment still has none
+    assert again.perceptual_hashes()[-2:].tobytes() == bytes.fromhex("cd" * 32)
+    assert not again.perceptual_hashes()[:30].any()
+
+
 def test_a_format_4_index_loads_as_it_is_and_its_next_save_is_columnar(tmp_path):
     store = make_store(0)
     rows = [*entries(30), Entry("caf\udce9.jpg", 7, 8, "ab" * 32)]  # the last file name is not UTF-8
@@ -249,7 +283,7 @@ def test_a_format_4_index_loads_as_it_is_and_its_next_save_is_columnar(tmp_path)
     generation = current_generation(tmp_path / "index")
     assert not (generation / MANIFEST).exists()
     assert all((generation / "seg-000001" / n).is_file() for n in MANIFEST_FILES)
-    assert json.loads((generation / META).read_text())["format_version"] == 6
+    assert json.loads((generation / META).read_text())["format_version"] == FORMAT_VERSION
     assert Store.load(tmp_path / "index").entries() == store.entries()
 
 

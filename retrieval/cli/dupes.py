@@ -16,21 +16,26 @@ from retrieval.errors import EXIT_ERROR, UsageError
 from retrieval.io.files import printable
 
 if TYPE_CHECKING:
-    from retrieval.maintenance.dupes import Move
+    from retrieval.maintenance.dupes.moves import Move
+    from retrieval.maintenance.dupes.threshold import Measured
 
 
 def dupes(
     index: IndexOption = None,
     threshold: Annotated[
-        float | None,
-        typer.Option(help="Cosine at which two images are duplicates (default 0.95 without --relative)."),
-    ] = None,
+        str,
+        typer.Option(
+            help="Cosine at which two images are duplicates by their vectors, or auto: measured on the "
+            "collection (see the README)."
+        ),
+    ] = "auto",
     relative: Annotated[
         float | None,
-        typer.Option(
-            help="Duplicates: distance (1 - cosine) at most this fraction of that to the reference neighbour."
-        ),
+        typer.Option(help="Instead: distance (1 - cosine) at most this fraction of that to the reference neighbour."),
     ] = None,
+    evidence: Annotated[
+        str, typer.Option(help="What links two images: vectors, hash (perceptual hashes) or both.")
+    ] = "both",
     neighbours: Annotated[
         int, typer.Option(min=2, help="Neighbours searched per image; the last is the reference.")
     ] = 32,
@@ -56,35 +61,71 @@ def dupes(
     with reported():
         if as_json and as_csv:
             raise UsageError("--json and --csv are two formats for the same output: give one of them")
-        from retrieval.maintenance.dupes import Request, as_json_groups
-        from retrieval.maintenance.dupes import dupes as find_dupes
+        from retrieval.maintenance.dupes.run import Request, as_json_groups
+        from retrieval.maintenance.dupes.run import dupes as find_dupes
 
         keeps = tuple(k.strip() for k in keep.split(",") if k.strip())
-        request = Request(threshold, relative, neighbours, keeps, move_to, apply, collage_dir, settings.max_pixels)
-        done = find_dupes(settings.index, request)
-    warn(done.caveat)
+        cut = _threshold(threshold)
+        request = Request(cut, relative, neighbours, keeps, evidence, move_to, apply, collage_dir)
+        done = find_dupes(settings, request)
+    for note in done.notes:
+        warn(note)
+    if done.measured:
+        say(_measured_line(done.measured))
     groups, moves = done.groups, done.moves
     if as_json:
-        echo_json({"groups": as_json_groups(groups), "moves": [asdict(m) for m in moves], "applied": apply})
+        rule = asdict(done.rule)
+        measured = asdict(done.measured) if done.measured else None
+        echo_json(
+            {
+                "rule": rule,
+                "measured": measured,
+                "groups": as_json_groups(groups),
+                "moves": [asdict(m) for m in moves],
+                "applied": apply,
+            }  # fmt: skip
+        )
     elif as_csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["group", "keep", "score", "path", "width", "height", "bytes"])
+        writer.writerow(["group", "keep", "score", "evidence", "path", "width", "height", "bytes"])
         for number, group in enumerate(groups, 1):
             for m in group.members:
-                writer.writerow([number, int(m is group.keep), f"{m.score:.6f}", m.path, m.width, m.height, m.bytes])
+                kept = int(m is group.keep)
+                writer.writerow([number, kept, f"{m.score:.6f}", m.evidence, m.path, m.width, m.height, m.bytes])
     else:
         extras = sum(len(g.extras) for g in groups)
         typer.echo(f"{len(groups)} groups of near-duplicates, {extras} extra images ({printable(str(done.root))})")
         for number, group in enumerate(groups, 1):
             typer.echo(f"group {number}: {len(group.members)} images")
-            typer.echo(f"  keep    {printable(group.keep.path)}")
+            typer.echo(f"  keep                  {printable(group.keep.path)}")
             for member in group.extras:
-                typer.echo(f"  {member.score:.4f}  {printable(member.path)}")
+                typer.echo(f"  {member.score:.4f}  {member.evidence:<12}  {printable(member.path)}")
     for path in done.collages:
         say(f"collage: {printable(str(path))}")
     _report_moves(moves, apply, move_to)
     if apply and done.failed:
         raise typer.Exit(EXIT_ERROR)
+
+
+def _threshold(given: str) -> float | None:
+    """--threshold: a cosine, or auto (None: measured)."""
+    if given.strip().lower() == "auto":
+        return None
+    try:
+        return float(given)
+    except ValueError:
+        raise UsageError(f"--threshold takes a cosine (e.g. 0.95) or auto, not {given!r}") from None
+
+
+def _measured_line(m: Measured) -> str:
+    when = "recorded" if m.recorded else f"measured in {m.seconds:.1f} s"
+    line = f"threshold {m.threshold:.5f} ({when}, on {m.rows} images' neighbours"
+    if m.copy_recall is None:
+        return line + "; copy recall not measured)"
+    line += f"; {m.copies} changed copies: {m.copy_recall:.0%} reach it"
+    if m.with_hash is not None:
+        line += f", {m.with_hash:.0%} with the hashes"
+    return line + ")"
 
 
 def _report_moves(moves: list[Move], applied: bool, target: Path | None) -> None:

@@ -60,15 +60,27 @@ def verify(
         raise typer.Exit(EXIT_INDEX)
 
 
-def compact(index: IndexOption = None, wait: WaitOption = False, config: ConfigOption = None) -> None:
+def compact(
+    index: IndexOption = None,
+    wait: WaitOption = False,
+    hashes: Annotated[
+        bool,
+        typer.Option("--hashes", help="Add the perceptual hashes an index built before them lacks (no embedding)."),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
     """Merge the index's segments into one and drop its deleted rows (ingest merges by tiers on its own)."""
     settings = settings_from(config, index=index)
     with reported():
         from retrieval.maintenance.compact import compact as run_compact
 
-        done = run_compact(settings.index, wait=wait)
+        done = run_compact(settings.index, wait=wait, hashes=hashes, max_pixels=settings.max_pixels)
     where, count = printable(settings.index), done.store.count
-    if done.segments > 1 or done.deleted:
+    if done.hashed or done.unhashed:
+        typer.echo(f"{where}: perceptual hashes added to {done.hashed} rows; {count} vectors, none embedded again")
+        if done.unhashed:
+            warn(f"{done.unhashed} rows still have none: their files are gone or changed (`retrieval ingest`)")
+    elif done.segments > 1 or done.deleted:
         typer.echo(
             f"{where}: merged {done.segments} segments into one, {done.deleted} deleted rows dropped; {count} vectors"
         )

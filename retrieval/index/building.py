@@ -86,10 +86,12 @@ def merge_segments(
     everything: bool,
     scratch: Path | None,
     mapped_rows: int,
+    entries: list[Entry] | None = None,
 ) -> list[Segment]:
     """`segments` with what `merges_due` says is due (or, with `everything`, all of them) merged, each group
     into one segment built by `build` from its live rows, and segments with no live rows dropped; rows keep
-    their order. A group of at least `mapped_rows` rows is assembled in a mapped file under `scratch`."""
+    their order. A group of at least `mapped_rows` rows is assembled in a mapped file under `scratch`.
+    `entries` (with `everything`): the merged rows' entries, in place of the manifests'."""
     live = [i for i, s in enumerate(segments) if s.live]
     groups = [live] if everything and live else merges_due(segments)
     merged = {i: group for group in groups for i in group}
@@ -99,7 +101,7 @@ def merge_segments(
             members = [segments[j] for j in merged[i]]
             rows, fill = sum(s.live for s in members), partial(live_vectors, members)
             with assembled(rows, segment.index.dim, fill, scratch, mapped_rows) as vectors:
-                out.append(build(vectors, live_entries(members)))
+                out.append(build(vectors, entries if entries is not None else live_entries(members)))
         elif i not in merged and segment.live:
             out.append(segment)
     return out

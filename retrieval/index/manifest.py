@@ -2,7 +2,8 @@
 
 On disk, three numpy files, memory-mapped on load so that nothing is parsed or materialised up front:
 
-    manifest.npy   one record per row: where its path starts in paths.bin, file size, mtime_ns, SHA-256
+    manifest.npy   one record per row: where its path starts in paths.bin, file size, mtime_ns, SHA-256 and
+                   perceptual hash (io/perceptual.py; a manifest written before has no such column)
     paths.bin      every path, UTF-8 (undecodable file names kept by surrogate escapes), end to end
     order.npy      the rows sorted by path bytes: `find` is a binary search, not a dictionary of every path
 
@@ -21,8 +22,11 @@ import numpy as np
 
 RECORDS, PATHS, ORDER = "manifest.npy", "paths.bin", "order.npy"
 FILES = (RECORDS, PATHS, ORDER)
-_RECORD = np.dtype([("start", "<i8"), ("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "u1", (32,))])
+_FIELDS = [("start", "<i8"), ("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "u1", (32,))]
+_UNHASHED = np.dtype(_FIELDS)  # the records of a manifest written before perceptual hashes
+_RECORD = np.dtype([*_FIELDS, ("phash", "u1", (16,))])
 _NO_HASH = bytes(32)  # an entry without a content hash (a SHA-256 of all zeros does not occur)
+_NO_PHASH = bytes(16)  # nor a perceptual hash (all zeros: only a black image hashes so, and it gets none)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Entry:
     size: int
     mtime_ns: int
     sha256: str = ""  # of the file's bytes: recognises a moved file without embedding it again
+    phash: str = ""  # its perceptual hash and its mirror image's (io/perceptual.py), "" if none
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -68,6 +73,8 @@ class Manifest:
             records["mtime_ns"] = [e.mtime_ns for e in entries]
             hashes = b"".join(bytes.fromhex(e.sha256) if e.sha256 else _NO_HASH for e in entries)
             records["sha256"] = np.frombuffer(hashes, np.uint8).reshape(len(entries), 32)
+            phashes = b"".join(bytes.fromhex(e.phash) if e.phash else _NO_PHASH for e in entries)
+            records["phash"] = np.frombuffer(phashes, np.uint8).reshape(len(entries), 16)
         paths = np.frombuffer(b"".join(encoded), np.uint8).copy()
         order = np.array(sorted(range(len(encoded)), key=encoded.__getitem__), np.int64)
         return cls(records, paths, order)
@@ -78,7 +85,7 @@ class Manifest:
         records = np.load(folder / RECORDS, mmap_mode="r")
         paths = np.memmap(folder / PATHS, np.uint8, "r") if (folder / PATHS).stat().st_size else np.empty(0, np.uint8)
         order = np.load(folder / ORDER, mmap_mode="r")
-        if records.dtype != _RECORD or order.shape != records.shape:
+        if records.dtype not in (_RECORD, _UNHASHED) or order.shape != records.shape:
             raise ValueError(f"{RECORDS} and {ORDER} do not describe the same rows")
         return cls(records, paths, order)
 
@@ -98,11 +105,27 @@ class Manifest:
     def path(self, row: int) -> str:
         return self._path_bytes(row).decode("utf-8", "surrogateescape")
 
+    @property
+    def has_phashes(self) -> bool:
+        """Whether this manifest has the perceptual hash column (written since it exists)."""
+        return self._records.dtype == _RECORD
+
+    def phashes(self, rows: np.ndarray) -> np.ndarray:
+        """The perceptual hashes of `rows`, (len(rows), 16) uint8, zeros where a row has none."""
+        if not self.has_phashes:
+            return np.zeros((len(rows), 16), np.uint8)
+        return np.asarray(self._records["phash"][rows])
+
     def entry(self, row: int) -> Entry:
         record = self._records[row]
         digest = record["sha256"].tobytes()
+        phash = record["phash"].tobytes() if self.has_phashes else _NO_PHASH
         return Entry(
-            self.path(row), int(record["size"]), int(record["mtime_ns"]), "" if digest == _NO_HASH else digest.hex()
+            self.path(row),
+            int(record["size"]),
+            int(record["mtime_ns"]),
+            "" if digest == _NO_HASH else digest.hex(),
+            "" if phash == _NO_PHASH else phash.hex(),
         )
 
     def entries(self) -> list[Entry]:
@@ -110,12 +133,21 @@ class Manifest:
         blob = np.asarray(self._paths).tobytes()
         starts = self._records["start"].tolist() + [len(blob)]
         hashes = np.asarray(self._records["sha256"]).tobytes()
+        phashes = self.phashes(np.arange(len(self))).tobytes()
         sizes, mtimes = self._records["size"].tolist(), self._records["mtime_ns"].tolist()
         out = []
         for i, (size, mtime) in enumerate(zip(sizes, mtimes)):
-            digest = hashes[32 * i : 32 * i + 32]
+            digest, phash = hashes[32 * i : 32 * i + 32], phashes[16 * i : 16 * i + 16]
             path = blob[starts[i] : starts[i + 1]].decode("utf-8", "surrogateescape")
-            out.append(Entry(path, size, mtime, "" if digest == _NO_HASH else digest.hex()))
+            out.append(
+                Entry(
+                    path,
+                    size,
+                    mtime,
+                    "" if digest == _NO_HASH else digest.hex(),
+                    "" if phash == _NO_PHASH else phash.hex(),
+                )
+            )
         return out
 
     def row_of(self, path: str) -> int | None:

@@ -22,10 +22,10 @@ from retrieval.io.durable import fsync_file
 from retrieval.io.sources import Location, location
 
 FORMAT = "retrieval-index"
-FORMAT_VERSION = 6
-# Versions 5 and 4 differ only in their layout (one segment; version 4's manifest as JSON lines): they load as
-# they are.
-SINGLE_VERSIONS = (5, 4)
+FORMAT_VERSION = 7
+# Versions 6, 5 and 4 differ only in their layout (6: no perceptual hashes in the manifest; 5: one segment; 4:
+# its manifest as JSON lines): they load as they are.
+SAME_SEARCH_VERSIONS = (6, 5, 4)
 # Version 3 searched approximate kinds by inner product, which misranks real features (see ann/indexes.py); its
 # flat indexes are unchanged and load as they are, its approximate ones are rebuilt by the next ingest.
 LEGACY_VERSION = 3
@@ -192,7 +192,7 @@ class IndexRecord:
         version = raw.get("format_version")
         index = raw.get("index")
         legacy_flat = version == LEGACY_VERSION and isinstance(index, dict) and index.get("kind") == "flat"
-        if legacy_flat or version in SINGLE_VERSIONS:
+        if legacy_flat or version in SAME_SEARCH_VERSIONS:
             version = FORMAT_VERSION  # the same search; only the manifest's layout differs
         elif version not in (FORMAT_VERSION, LEGACY_VERSION):
             raise IndexMismatch(

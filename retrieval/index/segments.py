@@ -133,6 +133,13 @@ def live_vectors(segments: list[Segment], out: np.ndarray | None = None, chunk: 
     return out
 
 
+def live_phashes(segments: list[Segment]) -> np.ndarray:
+    """The live rows' perceptual hashes of `segments`, in order, (rows, 16) uint8; zeros where a row has none
+    (its segment was written before the hashes were)."""
+    parts = [s.manifest.phashes(s.local(np.arange(s.live))) for s in segments]
+    return np.concatenate(parts) if parts else np.zeros((0, 16), np.uint8)
+
+
 def live_entries(segments: list[Segment]) -> list[Entry]:
     out = []
     for s in segments:

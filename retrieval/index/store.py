@@ -45,7 +45,7 @@ from retrieval.index.manifest import Entry, Manifest
 from retrieval.index.record import IndexRecord
 from retrieval.index.rows import Rows
 from retrieval.index.segment_files import FAISS_METRICS, read_generation, write_generation
-from retrieval.index.segments import Segment, live_entries, live_vectors
+from retrieval.index.segments import Segment, live_entries, live_phashes, live_vectors
 from retrieval.io.sources import Location, recorded
 from retrieval.vectors import normalize
 
@@ -148,6 +148,16 @@ class Store:
         """Every stored (normalized) vector in row order, (count, dim)."""
         return live_vectors(self._segments) if self._segments else np.empty((0, self.dim), np.float32)
 
+    def perceptual_hashes(self) -> np.ndarray:
+        """Every live row's perceptual hash and its mirror image's (io/perceptual.py), (count, 16) uint8, in
+        row order; zeros for rows written before hashes were (see `hashed`)."""
+        return live_phashes(self._segments)
+
+    @property
+    def hashed(self) -> bool:
+        """Whether every segment has its rows' perceptual hashes (an index built before them has none)."""
+        return all(s.manifest.has_phashes for s in self._segments)
+
     def row_of(self, path: str) -> int | None:
         """Row of a manifest path (relative, POSIX), or None: a binary search per segment, nothing built."""
         return self._rows.row_of(path)
@@ -182,13 +192,16 @@ class Store:
             self._segments[i] = self._segments[i].with_deleted(local)
         self._changed()
 
-    def merge(self, *, everything: bool = False) -> int:
+    def merge(self, *, everything: bool = False, entries: list[Entry] | None = None) -> int:
         """Merge what the merge policy says is due (building.merges_due), or with `everything` all segments
         into one without its deleted rows, and drop segments with no live rows; rows keep their order.
-        Returns how many segments were merged away."""
+        `entries` (with `everything`): the rows' entries in place of the manifests' (how hashes come into an
+        index built before them). Returns how many segments were merged away."""
         before = len(self._segments)
+        if entries is not None and (not everything or len(entries) != self.count):
+            raise UsageError(f"new entries replace every row at once: {self.count} of them, not {len(entries)}")
         scratch = self._folder.parent if self._folder else None  # where a large merge maps its vectors
-        merged = merge_segments(self._segments, self._build, everything, scratch, self._tuning.mapped_rows)
+        merged = merge_segments(self._segments, self._build, everything, scratch, self._tuning.mapped_rows, entries)
         self._segments = merged
         self._changed()
         return before - len(merged)

@@ -24,6 +24,7 @@ from retrieval.embedding.embedders import Embedder
 from retrieval.errors import ImageError
 from retrieval.io.files import Skipped, sha256_file
 from retrieval.io.images import fetched
+from retrieval.io.perceptual import perceptual_hash
 from retrieval.io.sources import Location
 
 Decoder = Callable[[Location, tuple[int, int], int], np.ndarray]  # (path, (width, height), max_pixels) -> pixels
@@ -33,10 +34,10 @@ T = TypeVar("T")
 @dataclass
 class Embedded:
     """One batch back from an executor: vectors (unnormalized) for `done` (indices into the paths it was
-    given, with their files' SHA-256), and the files of that stretch it had to skip."""
+    given, with their files' SHA-256 and perceptual hash), and the files of that stretch it had to skip."""
 
     done: list[int]
-    digests: list[str]
+    hashes: list[tuple[str, str]]  # (SHA-256 of the bytes, perceptual hash of the pixels) per done
     vectors: np.ndarray  # (len(done), dim)
     skipped: list[tuple[int, Skipped]]
     node: str = ""  # the Ray node that embedded it; "" when local
@@ -71,7 +72,7 @@ class LocalExecutor:
         with closing(_in_threads(read, paths, threads, ahead)) as results:
             for i, result in enumerate(results):
                 try:
-                    pixels, digest = result.result()
+                    pixels, hashes = result.result()
                 except ImageError as e:
                     pending.skipped.append((i, Skipped(paths[i], e.reason, e.detail)))
                     continue
@@ -80,7 +81,7 @@ class LocalExecutor:
                     continue
                 batch[len(pending.done)] = pixels
                 pending.done.append(i)
-                pending.digests.append(digest)
+                pending.hashes.append(hashes)
                 if len(pending.done) == settings.batch_size:
                     pending.vectors = self._embedder().embed(batch)
                     yield pending
@@ -114,12 +115,12 @@ def _in_threads(work: Callable[[str], T], items: list[str], threads: int, ahead:
 
 def read_image(
     folder: Location, rel: str, *, decode: Decoder, size: tuple[int, int], max_pixels: int
-) -> tuple[np.ndarray, str]:
-    """Decode one file and hash its bytes (read once from a remote root; locally, the second read comes
-    from the page cache)."""
+) -> tuple[np.ndarray, tuple[str, str]]:
+    """Decode one file, hash its bytes (read once from a remote root; locally, the second read comes from the
+    page cache) and its decoded pixels (a perceptual hash)."""
     path = fetched(folder / rel)
     pixels = decode(path, size, max_pixels)
     try:
-        return pixels, sha256_file(path)
+        return pixels, (sha256_file(path), perceptual_hash(pixels))
     except OSError as e:
         raise ImageError("unreadable", e.strerror or str(e)) from e

@@ -201,16 +201,16 @@ def embed(
 def _account(
     batch: Embedded, the_plan: Plan, vectors: dict[int, np.ndarray], unsaved: list[int], report: IngestReport
 ) -> None:
-    """Take one executor batch in: normalized vectors by slot, each entry's hash, the counts."""
+    """Take one executor batch in: normalized vectors by slot, each entry's hashes, the counts."""
     slots = the_plan.to_embed
     report.skipped += [skipped for _, skipped in batch.skipped]
     if batch.node:
         report.nodes[batch.node] += len(batch.done)
         report.worker_runtime = batch.runtime
     if batch.done:
-        for i, digest, vector in zip(batch.done, batch.digests, normalize(batch.vectors)):
+        for i, (digest, phash), vector in zip(batch.done, batch.hashes, normalize(batch.vectors)):
             slot = slots[i]
-            entry = the_plan.entries[slot] = replace(the_plan.entries[slot], sha256=digest)
+            entry = the_plan.entries[slot] = replace(the_plan.entries[slot], sha256=digest, phash=phash)
             vectors[slot] = vector
             unsaved.append(slot)
             if entry.path in the_plan.previous_paths:

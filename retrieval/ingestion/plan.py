@@ -98,5 +98,5 @@ def _moved(
     digest = sha256_file(folder / entry.path)
     if digest not in vanished:
         return None
-    _, row = vanished.pop(digest)
-    return replace(entry, sha256=digest), row
+    old, row = vanished.pop(digest)
+    return replace(entry, sha256=digest, phash=old.phash), row

@@ -53,30 +53,32 @@ class _EmbedBatch:
             )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels, facts = [], []  # facts: (digest, skip reason, detail) per row, reason "" when embedded
+        pixels, facts = [], []  # facts: (hashes, skip reason, detail) per row, reason "" when embedded
         for rel in batch["path"]:
             try:
-                image, digest = read_image(
+                image, hashes = read_image(
                     self._root, str(rel), decode=load_image, size=self._embedder.spec.input_size,
                     max_pixels=self._settings.max_pixels,
                 )  # fmt: skip
             except ImageError as e:
-                facts.append(("", e.reason, e.detail))
+                facts.append((("", ""), e.reason, e.detail))
                 continue
             except Exception as e:  # noqa: BLE001 - one file's decoder bug must not end the run
-                facts.append(("", "decoder failed", f"{type(e).__name__}: {e}"))
+                facts.append((("", ""), "decoder failed", f"{type(e).__name__}: {e}"))
                 continue
             pixels.append(image)
-            facts.append((digest, "", ""))
+            facts.append((hashes, "", ""))
         ok = np.array([not reason for _, reason, _ in facts], bool)
         vectors = np.zeros((len(facts), self._embedder.spec.dim), np.float32)
         if pixels:
             vectors[ok] = self._embedder.embed(np.stack(pixels))
-        digests, reasons, details = (np.array(column, object) for column in zip(*facts))
+        digests = np.array([h[0] for h, _, _ in facts], object)
+        phashes = np.array([h[1] for h, _, _ in facts], object)
+        reasons, details = (np.array(column, object) for column in list(zip(*facts))[1:])
         node = np.full(len(facts), self._node, object)
         runtime = np.full(len(facts), json.dumps(self._embedder.runtime()), object)
-        return {"index": batch["index"], "path": batch["path"], "ok": ok, "digest": digests, "reason": reasons,
-                "detail": details, "vector": vectors, "node": node, "runtime": runtime}  # fmt: skip
+        return {"index": batch["index"], "path": batch["path"], "ok": ok, "digest": digests, "phash": phashes,
+                "reason": reasons, "detail": details, "vector": vectors, "node": node, "runtime": runtime}  # fmt: skip
 
 
 class RayExecutor:
@@ -137,7 +139,7 @@ class RayExecutor:
             ]
             yield Embedded(
                 [i for i, good in zip(indices, ok) if good],
-                [str(d) for d, good in zip(batch["digest"], ok) if good],
+                [(str(d), str(h)) for d, h, good in zip(batch["digest"], batch["phash"], ok) if good],
                 np.asarray(batch["vector"])[ok],
                 skipped,
                 str(batch["node"][0]) if len(batch["node"]) else "",
