@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,11 +29,19 @@ def serve(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Serve without a token on a non-loopback address.")
     ] = False,
+    move_to: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the duplicates page (/dupes) moves a group's extras; without it the page is read-only.",
+            file_okay=False,
+        ),
+    ] = None,
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Serve the index over HTTP: search by upload or by id, images and thumbnails, /info, /health.
+    """Serve the index over HTTP: search by upload or by id, images and thumbnails, /info, /health, and the
+    duplicates page (/dupes).
 
     The index is loaded once; a later `retrieval ingest` is picked up without a restart.
     """
@@ -43,12 +52,14 @@ def serve(
         if not _is_loopback(host) and token is None and not no_auth:
             raise UsageError(f"binding {host} exposes the index beyond this machine: pass --token (or set "
                              "RETRIEVAL_TOKEN), or --no-auth to serve it to anyone who can reach it")  # fmt: skip
+        from retrieval.maintenance.dupes.moves import check_target
         from retrieval.search.searcher import Searcher
         from retrieval.server import ServeOptions, create_app, listen, run
 
-        options = ServeOptions(token=token)
         sock = listen(host, port)
-        app_ = create_app(Searcher(settings), options)
+        searcher = Searcher(settings)
+        target = check_target(searcher.root, move_to) if move_to else None
+        app_ = create_app(searcher, ServeOptions(token=token, move_to=target))
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     say(f"serving {printable(settings.index)} on http://{shown}:{port}/ (Ctrl-C stops)")
     run(app_, sock)

@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from retrieval.errors import EmptyIndex, ImageError, NoSuchImage, RetrievalError, StoreError, UsageError
 from retrieval.search.searcher import Searcher
 from retrieval.server.batching import Batcher
-from retrieval.server.routers import images, pages, search
+from retrieval.server.review import Review
+from retrieval.server.routers import dupes, images, pages, search
 from retrieval.server.routers.pages import STATIC
 from retrieval.server.schemas import ServeOptions
 from retrieval.server.thumbnails import Thumbnails
@@ -70,6 +71,7 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
     app.state.options = options
     app.state.batcher = batcher
     app.state.thumbnails = Thumbnails(options.thumbnail_size, options.thumbnail_cache)
+    app.state.review = Review(options.move_to)
 
     @app.exception_handler(RetrievalError)
     async def library_error(_: Request, error: RetrievalError) -> JSONResponse:
@@ -77,7 +79,7 @@ def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastA
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Deadline, seconds=options.request_timeout_s)
-    for area in (pages, search, images):
+    for area in (pages, search, images, dupes):
         app.include_router(area.router(options))
     return app
 

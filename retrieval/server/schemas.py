@@ -1,6 +1,7 @@
 """The server's limits and its request and response models: typed, so that the OpenAPI schema documents them."""
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ class ServeOptions:
     request_timeout_s: float = 30.0  # a request still running then gets a 504, and others go on
     thumbnail_size: int = 256
     thumbnail_cache: int = 512  # thumbnails kept in memory
+    move_to: Path | None = None  # where the review page moves a group's extras; None: the page is read-only
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():
@@ -52,6 +54,49 @@ class InfoOut(BaseModel):
     warning: str | None
     generation: str | None
     max_files: int  # images one POST /search takes
+
+
+class MemberOut(BaseModel):
+    id: int
+    path: str
+    score: float  # its highest cosine to a member it is linked to
+    evidence: str  # what linked it there: vectors, hash or vectors+hash
+
+
+class GroupOut(BaseModel):
+    number: int  # 1 for the largest group
+    keep: int  # the id the keep rules suggest keeping
+    members: list[MemberOut]  # the suggested keeper first
+
+
+class DupesOut(BaseModel):
+    generation: str | None
+    total: int  # groups in the whole index
+    offset: int
+    limit: int
+    threshold: float | None  # the vectors' cut-off (measured on the index), None when not used
+    notes: list[str]
+    movable: bool  # whether this server moves extras (serve --move-to)
+    groups: list[GroupOut]
+
+
+class MoveIn(BaseModel):
+    generation: str  # the generation the group was found in
+    ids: list[int]  # every member of the group
+    keep: int  # the member to keep; the others move
+
+
+class MovedOut(BaseModel):
+    id: int
+    source: str
+    destination: str
+    done: bool
+    problem: str | None
+
+
+class MoveOut(BaseModel):
+    moves: list[MovedOut]
+    log: str  # the file every move is appended to
 
 
 def hits_out(hits: list[Hit]) -> list[HitOut]:

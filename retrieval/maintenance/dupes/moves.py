@@ -45,6 +45,16 @@ def plan_moves(groups: list[Group], root: Location, target: Path) -> list[Move]:
     return moves
 
 
+def move_group(store: Store, index: Path, group: Group, keep: int, target: Path) -> tuple[list[Move], Store]:
+    """Move every member of `group` but the one of row `keep` to `target`, exactly as `--move-to target
+    --apply` moves a group's extras (the review page's action, with the keeper a user chose)."""
+    if keep not in {m.row for m in group.members}:
+        raise UsageError(f"row {keep} is not a member of the group")
+    members = sorted(group.members, key=lambda m: m.row != keep)  # the keeper first; the rest in their order
+    moves = plan_moves([Group(members, group.links)], store.root, target)
+    return apply_moves(store, index, moves, target)
+
+
 def check_target(root: Location, target: Path) -> Path:
     """`target`, resolved, once it is known to be a place extras can go: outside a local indexed folder."""
     if not isinstance(root, Path):

@@ -50,9 +50,15 @@ class Outcome:
         return any(m.problem for m in self.moves)
 
 
-def dupes(settings: Settings, request: Request, make_embedder: EmbedderFactory = create_embedder) -> Outcome:
+def dupes(
+    settings: Settings,
+    request: Request,
+    make_embedder: EmbedderFactory = create_embedder,
+    searcher: Searcher | None = None,
+) -> Outcome:
     """Groups of the index in `settings.index` under the rule `request` asks for, their collages, and their
-    extras' moves planned (and with `apply`, made under the write lock: moves.apply_moves)."""
+    extras' moves planned (and with `apply`, made under the write lock: moves.apply_moves). `searcher`: one
+    already holding the index (a server's), else one is made."""
     if request.apply and request.move_to is None:
         raise UsageError("--apply needs --move-to DIR")
     if request.evidence not in EVIDENCE:
@@ -60,7 +66,7 @@ def dupes(settings: Settings, request: Request, make_embedder: EmbedderFactory =
     cut = request.threshold is not None or request.relative is not None
     if request.evidence == "hash" and cut:
         raise UsageError("--threshold and --relative cut the vectors' scores: not with --evidence hash")
-    searcher = Searcher(settings, make_embedder)
+    searcher = searcher or Searcher(settings, make_embedder)
     store, notes = searcher.store, []
     if request.move_to:
         check_target(store.root, request.move_to)  # before any measuring
