@@ -2,26 +2,8 @@
 // GET /search?id=, and show the hits as a grid of thumbnails with their scores. No framework, no build
 // step, nothing fetched from elsewhere: it works offline. A token in the page's URL (?token=...) is sent on.
 "use strict";
-const token = new URLSearchParams(location.search).get("token");
-const auth = token ? { Authorization: "Bearer " + token } : {};
-const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url);
-const $ = (id) => document.getElementById(id);
+// common.js, loaded first, gives token, auth, withToken, $, say and call.
 let metric = "cosine";
-
-function say(text, ok) {
-  $("message").textContent = text;
-  $("message").className = ok ? "ok" : "";
-}
-
-async function call(url, options) {
-  const response = await fetch(url, { ...options, headers: { ...auth, ...(options || {}).headers } });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
-    throw new Error(detail || response.statusText);
-  }
-  return body;
-}
 
 function showQuery(src, title) {
   $("query").hidden = false;

@@ -3,27 +3,9 @@
 // "Move the others" sends POST /dupes/move (the server moves them as `dupes --move-to DIR --apply` does).
 // No framework, nothing fetched from elsewhere; a token in the page's URL (?token=...) is sent on.
 "use strict";
-const token = new URLSearchParams(location.search).get("token");
-const auth = token ? { Authorization: "Bearer " + token } : {};
-const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url);
-const $ = (id) => document.getElementById(id);
+// common.js, loaded first, gives token, auth, withToken, $, say and call.
 const LIMIT = 20;
 let offset = 0;
-
-function say(text, ok) {
-  $("message").textContent = text;
-  $("message").className = ok ? "ok" : "";
-}
-
-async function call(url, options) {
-  const response = await fetch(url, { ...options, headers: { ...auth, ...(options || {}).headers } });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
-    throw new Error(detail || response.statusText);
-  }
-  return body;
-}
 
 function member(group, row, m) {
   const item = document.createElement("figure");
