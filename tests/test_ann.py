@@ -216,7 +216,7 @@ def test_a_format_3_approximate_index_is_refused_until_rebuilt(tmp_path, synthet
     store.save(tmp_path / "index")
     as_written_by_format_3(tmp_path / "index", store)
     old = Store.load(tmp_path / "index")
-    assert old.stale and "older retrieval" in old.record.warning()
+    assert old.record.stale and "older retrieval" in old.record.warning()
     with pytest.raises(IndexMismatch, match="run `retrieval ingest`"):
         old.search(synthetic[1], 5)
     np.testing.assert_allclose(old.vectors(), store.vectors(), atol=1e-6)  # what a rebuild starts from
@@ -227,7 +227,7 @@ def test_a_format_3_flat_index_loads_and_searches_as_before(tmp_path, synthetic)
     store.save(tmp_path / "index")
     as_written_by_format_3(tmp_path / "index", store)
     old = Store.load(tmp_path / "index")
-    assert not old.stale and old.record.warning() is None
+    assert not old.record.stale and old.record.warning() is None
     assert old.search(synthetic[1], 5) == store.search(synthetic[1], 5)
 
 

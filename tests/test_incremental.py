@@ -336,6 +336,6 @@ def test_a_format_3_approximate_index_is_rebuilt_by_the_next_ingest_without_embe
     report = ingest(folder, settings, embedder=counting)
     assert counting.images == 0 and report.embedded == 0 and report.unchanged == 8
     rebuilt = Store.load(settings.index)
-    assert not rebuilt.stale and rebuilt.record.index["factory"] == "HNSW32"
+    assert not rebuilt.record.stale and rebuilt.record.index["factory"] == "HNSW32"
     np.testing.assert_allclose(rebuilt.vectors(), before.vectors(), atol=1e-6)
     assert rebuilt.search(before.vector(0), 3) == before.search(before.vector(0), 3)

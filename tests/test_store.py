@@ -276,7 +276,7 @@ def test_a_format_4_index_loads_as_it_is_and_its_next_save_is_columnar(tmp_path)
     store.save(tmp_path / "index")
     as_written_by_format_4(tmp_path / "index")
     old = Store.load(tmp_path / "index")
-    assert old.entries() == store.entries() and not old.stale
+    assert old.entries() == store.entries() and not old.record.stale
     assert old.row_of("caf\udce9.jpg") == 30 and old.row_of("dir/img-007.jpg") == 7
     np.testing.assert_array_equal(old.search(vectors(1, seed=9), 1)[0][0][0], 30)
     old.save(tmp_path / "index")
@@ -293,7 +293,7 @@ def test_a_format_5_index_loads_and_its_next_save_links_its_files_into_a_segment
     as_written_by_format_5(tmp_path / "index")
     old_generation = current_generation(tmp_path / "index")
     old = Store.load(tmp_path / "index")
-    assert old.entries() == store.entries() and not old.stale
+    assert old.entries() == store.entries() and not old.record.stale
     assert old.search(vectors(3, seed=4), 5) == store.search(vectors(3, seed=4), 5)
     old.delete([0])
     old.save(tmp_path / "index")

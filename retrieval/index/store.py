@@ -77,12 +77,6 @@ class Store:
         """The folder name it was loaded from or last saved to; None if neither."""
         return self._folder.name if self._folder else None
 
-    @property
-    def stale(self) -> bool:
-        """Whether the search structure was built by a definition that has since changed (an approximate
-        kind of format version 3): its vectors are sound, its search is not, and ingest rebuilds it."""
-        return self._record.stale
-
     @classmethod
     def create(
         cls,
@@ -106,8 +100,6 @@ class Store:
         requested = {**asdict(kind), "recall_target": recall_target, "memory_budget_gb": memory_budget_gb}
         record = IndexRecord(dim, metric, recorded(root), embedding, runtime, index={})
         return cls([], record.with_index(requested, []), tuning=tuning)
-
-    # --- facts -----------------------------------------------------------------------------------
 
     @property
     def count(self) -> int:
@@ -174,8 +166,6 @@ class Store:
         """Record the engine and versions of the run that last changed the vectors."""
         self._record = replace(self._record, runtime=runtime)
 
-    # --- changes ---------------------------------------------------------------------------------
-
     def add(self, vectors: np.ndarray, entries: Iterable[Entry]) -> None:
         """Add rows as a new segment, its index built (and for `auto` chosen and tuned) on them alone."""
         entries = list(entries)
@@ -224,8 +214,6 @@ class Store:
     def capabilities(self) -> ann.Capabilities:
         return ann.Capabilities(exact=all(s.index.capabilities.exact for s in self._segments), range_search=True)
 
-    # --- search ----------------------------------------------------------------------------------
-
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
 
@@ -250,11 +238,9 @@ class Store:
             raise UsageError(f"query vector has dimension {q.shape[1]}, the index has {self.dim}")
         if self.count == 0:
             raise EmptyIndex("the index is empty: no results")
-        if self.stale:
+        if self._record.stale:
             raise IndexMismatch(f"{self._record.warning()} (nothing is embedded again); queries are refused until then")
         return q
-
-    # --- disk ------------------------------------------------------------------------------------
 
     def save(self, folder: Path) -> Path:
         """Write a new generation and switch to it atomically (generations.publish). Returns its folder.

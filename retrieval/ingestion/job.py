@@ -249,7 +249,7 @@ def commit(
         )
     kind = index_choice(settings)
     requested = {**asdict(kind), "recall_target": settings.recall_target, "memory_budget_gb": settings.memory_budget_gb}
-    if previous is not None and not previous.stale and previous.record.requested == requested:
+    if previous is not None and not previous.record.stale and previous.record.requested == requested:
         # arrays, not sets: at a million rows this is most of a small commit's time
         rows = np.fromiter(the_plan.kept.values(), np.int64, len(the_plan.kept))
         if the_plan.moved:
