@@ -174,6 +174,11 @@ def test_a_missing_extra_is_not_moved_and_the_rest_are(planted, tmp_path):
         (["--relative", "0.3", "--keep", "biggest"], "--keep: unknown rule 'biggest'"),
         (["--threshold", "nan"], "finite"),
         (["--relative", "0.3", "--collage-dir", "{file}"], "--collage-dir"),
+        (["--threshold", "high"], "a cosine (e.g. 0.95) or auto"),
+        (["--threshold", "inf"], "finite"),
+        (["--evidence", "pixels"], "--evidence must be one of"),
+        (["--evidence", "hash", "--threshold", "0.9"], "not with --evidence hash"),
+        (["--evidence", "hash", "--relative", "0.3"], "not with --evidence hash"),
     ],
 )
 def test_contradictory_or_invalid_flags_exit_2_and_name_the_flag(planted, tmp_path, flags, message):

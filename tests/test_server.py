@@ -282,6 +282,14 @@ def test_an_empty_token_or_a_token_with_no_auth_is_refused_at_start(indexed, fla
         ServeOptions(token="")
 
 
+def test_a_move_to_folder_inside_the_indexed_folder_is_refused_at_start(indexed):
+    """The review page would move extras into the folder the next ingest indexes again."""
+    root = Store.load(indexed.index).root
+    result = CliRunner().invoke(cli, ["serve", "--index", str(indexed.index), "--move-to", str(root / "x")], env={})
+    assert result.exit_code == 2 and "inside the indexed folder" in result.output, result.output
+    assert "serving" not in result.output
+
+
 def test_a_bind_that_fails_exits_1_with_the_reason_and_no_serving_line(indexed):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
