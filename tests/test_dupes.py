@@ -20,6 +20,7 @@ from retrieval.index.store import Store
 from retrieval.ingestion.job import ingest
 from retrieval.io.changes import CHANGES
 from retrieval.maintenance.dupes.groups import Member, Rule, find_groups, order
+from retrieval.maintenance.dupes.hashes import hamming, hash_pairs
 from retrieval.maintenance.dupes.moves import apply_moves, plan_moves
 from retrieval.maintenance.dupes.threshold import RECORD
 from retrieval.maintenance.verify import verify
@@ -372,3 +373,28 @@ def test_a_move_onto_a_full_disk_exits_1_logs_it_leaves_no_half_copy_and_the_ind
     assert all((target / p).is_file() and not (root / p).exists() for p in moved)
     assert all((root / e["source"]).is_file() for e in failed)
     assert verify(settings.index).healthy
+
+
+def test_hash_pairs_equal_brute_force_and_the_multi_index_finds_every_pair_within_7_bits():
+    """hashes.py on 3,000 random hashes with 50 planted pairs at each distance 0-8 (and mirrored ones): the
+    exact path finds exactly the pairs brute force finds; the multi-index path (used above EXACT_BELOW rows)
+    every pair within 7 bits, and at 8 a subset."""
+    rng = np.random.default_rng(0)
+    own = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
+    bits = np.unpackbits(own, axis=1)
+    for distance in range(9):
+        for k in range(50):
+            a, b = 2 * (50 * distance + k), 2 * (50 * distance + k) + 1
+            bits[b] = bits[a]
+            bits[b, rng.choice(64, distance, replace=False)] ^= 1
+    own = np.packbits(bits, axis=1)
+    mirrored = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
+    mirrored[2900] = own[2950]  # 2900's mirror image hashes as 2950 does: a mirrored copy
+    hashes = np.concatenate([own, mirrored], axis=1)
+    hashes[2999] = 0  # a row without a hash takes no part
+    a, b = np.triu_indices(3000, k=1)
+    distance = hamming(hashes, a, b)
+    truth = {(int(x), int(y)): int(d) for x, y, d in zip(a, b, distance) if 0 <= d <= 8}
+    assert hash_pairs(hashes, 8) == truth and truth[(2900, 2950)] == 0 and not any(2999 in p for p in truth)
+    multi = hash_pairs(hashes, 8, exact_below=0)
+    assert {p: d for p, d in truth.items() if d <= 7}.items() <= multi.items() <= truth.items()
