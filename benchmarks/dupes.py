@@ -222,31 +222,53 @@ def in_child(target, *args) -> dict:
 
 
 def large(count: int, copies: int, folder: Path) -> Path:
-    """An index of `count` cone-family vectors, `copies` of them near-copies of others (+2 % noise)."""
+    """An index of `count` cone-family vectors, the last `copies` of them near-copies of others (+2 % noise),
+    each row with a synthetic perceptual hash (random; a copy's is its source's with 0-6 bits flipped), built
+    once in `folder` (reused when it is there). The vectors are drawn into one array and the copies written
+    over its last rows, so that a million of them (8 GB) are never held twice."""
     from retrieval import Settings, Store
     from retrieval.analysis.synthetic import feature_vectors
     from retrieval.ann.indexes import IndexChoice
     from retrieval.embedding.embedders import embedding_for
     from retrieval.index.manifest import Entry
 
-    vectors, _ = feature_vectors("cone", count - copies, seed=21)
+    if (folder / "index" / "CURRENT").is_file():
+        return folder / "index"
+    vectors, _ = feature_vectors("cone", count, seed=21)
     rng = np.random.default_rng(22)
     sources = rng.choice(count - copies, copies, replace=False)
     noise = rng.normal(size=(copies, vectors.shape[1])).astype(np.float32)
     noise *= 0.02 / np.linalg.norm(noise, axis=1, keepdims=True)
     near = vectors[sources] + noise
-    everything = np.concatenate([vectors, near / np.linalg.norm(near, axis=1, keepdims=True)])
+    vectors[count - copies :] = near / np.linalg.norm(near, axis=1, keepdims=True)
+    hashes = rng.integers(0, 256, (count, 16), dtype=np.uint8)
+    bits = np.unpackbits(hashes[sources], axis=1)
+    for row, flips in zip(bits, rng.integers(0, 7, copies)):
+        row[rng.choice(128, flips, replace=False)] ^= 1
+    hashes[count - copies :] = np.packbits(bits, axis=1)
+    # auto's choice at 100,000 rows; given here, so that a million rows build once, not once per candidate
+    kind = IndexChoice("auto") if count <= 100_000 else IndexChoice("hnsw", pca=256)
     store = Store.create(
         dim=2048, metric="cosine", embedding=embedding_for(Settings(weights="none")), root=folder, runtime={},
-        kind=IndexChoice("auto"),
+        kind=kind,
     )  # fmt: skip
     names = [f"v{i:07d}.jpg" for i in range(count - copies)] + [f"v{s:07d}-copy.jpg" for s in sources]
-    store.add(everything, [Entry(n, 0, 0) for n in names])
+    store.add(vectors, [Entry(n, 0, 0, phash=h.tobytes().hex()) for n, h in zip(names, hashes)])
+    del vectors
     store.save(folder / "index")
     return folder / "index"
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--large", type=int, default=100_000, help="rows of the synthetic index (default 100,000)")
+    parser.add_argument("--only-large", type=Path, help="only the synthetic index, built in (or reused from) this "
+                        "folder; results in dupes-large-N.json/md")  # fmt: skip
+    args = parser.parse_args()
+    if args.only_large:
+        return only_large(args.large, args.only_large)
     from retrieval import Settings, Store, ingest
     from retrieval.embedding.embedders import create_embedder
     from retrieval.io.system import machine
@@ -277,22 +299,59 @@ def main() -> None:
         result["small"]["pHash, Hamming <= 10"] = {**pair_scores(answer.pop("labels"), names), **answer}
         print("phash", result["small"]["pHash, Hamming <= 10"], flush=True)
 
-        started = time.perf_counter()
-        index = large(100_000, 1_000, Path(tmp) / "large")
-        result["large"]["build_seconds"] = time.perf_counter() - started
-        result["large"]["index"] = Store.load(index).record.index["factory"]
-        for label, run in (("relative 0.3", (by_index, "", str(index), {"relative": 0.3})),
-                           ("default", (by_default, str(index), "both"))):  # fmt: skip
-            answer = in_child(*run)
-            labels = answer.pop("labels")
-            copies = [n for n in labels if n.endswith("-copy.jpg")]
-            found = sum(labels.get(n.replace("-copy", "")) == labels[n] for n in copies)
-            result["large"][label] = {**answer, "groups": len(set(labels.values())), "copies_with_their_source": found}
-            print("large", label, result["large"][label], flush=True)
+        result["large"] = grouped_at_scale(args.large, Path(tmp) / "large")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dupes.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "dupes.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def grouped_at_scale(count: int, folder: Path) -> dict:
+    """The synthetic index of `count` rows (`large`) grouped by `dupes --relative 0.3` and by default."""
+    from retrieval import Store
+
+    started = time.perf_counter()
+    index = large(count, count // 100, folder)
+    found: dict = {"rows": count, "build_seconds": time.perf_counter() - started}
+    found["index"] = Store.load(index).record.index["factory"]
+    for label, run in (("relative 0.3", (by_index, "", str(index), {"relative": 0.3})),
+                       ("default", (by_default, str(index), "both"))):  # fmt: skip
+        answer = in_child(*run)
+        labels = answer.pop("labels")
+        copies = [n for n in labels if n.endswith("-copy.jpg")]
+        with_source = sum(labels.get(n.replace("-copy", "")) == labels[n] for n in copies)
+        found[label] = {**answer, "groups": len(set(labels.values())), "copies_with_their_source": with_source}
+        print("large", label, found[label], flush=True)
+    return found
+
+
+def only_large(count: int, folder: Path) -> None:
+    from retrieval.io.system import machine
+
+    result = {"machine": machine(), "large": grouped_at_scale(count, folder)}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"dupes-large-{count}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"dupes-large-{count}.md").write_text(large_markdown(result["machine"], result["large"]))
+
+
+def large_markdown(host: dict, big: dict) -> str:
+    rows, copies = big["rows"], big["rows"] // 100
+    lines = [
+        f"{rows:,} synthetic vectors (cone family, {copies:,} planted near-copies; synthetic perceptual hashes, a "
+        f"copy's within 6 bits of its source's), index {big['index']}, built in {big['build_seconds']:.0f} s "
+        f"(machine: {host['cpu']}, {host['cores']} cores; {host['date']}):",
+    ]
+    for label, r in big.items():
+        if isinstance(r, dict):
+            lines.append(
+                f"- `dupes` {label}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f}"
+                f" MB before it, loading the index); {r['groups']} groups, {r['copies_with_their_source']} of "
+                f"{copies:,} copies grouped with their source"
+                + (f"; threshold {r['threshold']:.5f}" if r.get("threshold") else "")
+                + (f" ({'; '.join(r['notes'])})" if r.get("notes") else "")
+                + "."
+            )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(result: dict) -> str:
@@ -330,19 +389,8 @@ def markdown(result: dict) -> str:
         )
         + ".",
         "",
-        f"100,000 synthetic vectors (cone family, 1,000 planted near-copies), index {big['index']}:",
     ]
-    for label, r in big.items():
-        if isinstance(r, dict):
-            lines.append(
-                f"- `dupes` {label}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f}"
-                f" MB before it, loading the index); {r['groups']} groups, {r['copies_with_their_source']} of 1,000 "
-                "copies grouped with their source"
-                + (f"; threshold {r['threshold']:.5f}" if r.get("threshold") else "")
-                + (f" ({'; '.join(r['notes'])})" if r.get("notes") else "")
-                + "."
-            )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + large_markdown(host, big)
 
 
 if __name__ == "__main__":
