@@ -90,7 +90,7 @@ def test_the_review_routes_page_the_groups_guard_them_and_move_a_groups_extras(p
 
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver are not installed")
-def test_in_the_browser_a_group_is_shown_its_keeper_changed_by_a_click_and_its_extras_moved(
+def test_in_the_browser_with_a_token_a_group_is_shown_its_keeper_changed_by_a_click_and_its_extras_moved(
     browser,  # noqa: F811 - the fixture imported above
     planted,
     embedder,
@@ -102,8 +102,10 @@ def test_in_the_browser_a_group_is_shown_its_keeper_changed_by_a_click_and_its_e
     target = tmp_path / "extras"
     searcher = Searcher(settings, lambda _: embedder)
     ARTIFACTS.mkdir(exist_ok=True)
-    with serving(searcher, ServeOptions(move_to=target)) as client:
-        browser.get(str(client.base_url) + "/dupes")
+    with serving(searcher, ServeOptions(move_to=target, token="s3cret")) as client:
+        browser.get(str(client.base_url) + "/?token=s3cret")  # the search page, then its link, token carried
+        wait_for(browser, lambda d: "?token=s3cret" in d.find_element(By.ID, "to-dupes").get_attribute("href"), "link")
+        browser.find_element(By.ID, "to-dupes").click()
         # finding them (the cut-off measured on changed copies, then every image's neighbours) takes a while
         wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".group")) == 3, "three groups", 180)
         row = next(s for s in browser.find_elements(By.CSS_SELECTOR, ".group") if "photo-0000.jpg" in s.text)

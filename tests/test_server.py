@@ -168,6 +168,8 @@ def test_a_request_over_the_time_limit_gets_504_and_the_server_goes_on(indexed, 
 def test_a_token_guards_every_route_but_health(indexed, embedder):
     with serving(Searcher(indexed, lambda _: embedder), ServeOptions(token="s3cret")) as c:
         assert c.get("/health").status_code == 200
+        assert [c.get(page).status_code for page in ("/", "/dupes")] == [401, 401]
+        assert [c.get(page, params={"token": "s3cret"}).status_code for page in ("/", "/dupes")] == [200, 200]
         assert c.get("/info").status_code == 401
         assert c.get("/search", params={"id": 1}).status_code == 401
         assert c.get("/images/1").status_code == 401

@@ -17,7 +17,7 @@ from retrieval.server.schemas import DupesOut, GroupOut, MemberOut, MovedOut, Mo
 def router(options: ServeOptions) -> APIRouter:
     routes = APIRouter()
 
-    @routes.get("/dupes", include_in_schema=False)
+    @routes.get("/dupes", include_in_schema=False, dependencies=GUARDED)
     async def page() -> FileResponse:
         """The review page: groups as rows of thumbnails, the keeper changeable, the extras movable."""
         return FileResponse(STATIC / "dupes.html")

@@ -15,9 +15,10 @@ STATIC = Path(__file__).parents[1] / "static"
 def router(options: ServeOptions) -> APIRouter:
     routes = APIRouter()
 
-    @routes.get("/", include_in_schema=False)
+    @routes.get("/", include_in_schema=False, dependencies=GUARDED)
     async def page() -> FileResponse:
-        """The search page: plain HTML, CSS and JS from the package, nothing fetched from elsewhere."""
+        """The search page: plain HTML, CSS and JS from the package, nothing fetched from elsewhere. Under the
+        token rule like every route but /health (open it as /?token=...; the page sends it on)."""
         return FileResponse(STATIC / "index.html")
 
     @routes.get("/health", responses={503: {"description": "The index is missing or corrupt; `detail` says why."}})

@@ -20,3 +20,6 @@ async function call(url, options) {
   }
   return body;
 }
+
+// the links between the pages carry the token too
+for (const link of document.querySelectorAll("header a")) link.href = withToken(link.getAttribute("href"));
