@@ -82,7 +82,8 @@ def dupes(
         by_hash = False
     measured, threshold = None, request.threshold
     if request.evidence != "hash" and not cut:
-        measured = _measured(searcher, settings, HASH_DISTANCE if by_hash else None, notes)
+        # the copy recall with the hashes whenever the index has them: one record serves every --evidence
+        measured = _measured(searcher, settings, HASH_DISTANCE if store.hashed else None, notes)
         threshold = measured.threshold if measured else None
         if measured is None and not by_hash:
             raise UsageError(f"too few images to measure a cut-off on (fewer than {MIN_ROWS}): give --threshold")
