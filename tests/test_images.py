@@ -221,9 +221,9 @@ def test_svg_is_an_unsupported_format(tmp_path):
     assert reason(tmp_path / "logo.svg") == "unsupported format"
 
 
-def test_heic_without_plugin_is_an_unsupported_format(tmp_path):
+def test_a_heic_brand_without_an_image_is_not_an_image(tmp_path):
     (tmp_path / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
-    assert reason(tmp_path / "phone.heic") == "unsupported format"
+    assert reason(tmp_path / "phone.heic") == "not an image"
 
 
 @pytest.mark.parametrize("ext", ["jpg", "jpeg", "png", "gif", "bmp", "tif", "webp", "ppm"])

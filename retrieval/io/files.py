@@ -9,14 +9,21 @@ from dataclasses import dataclass, field
 from retrieval.errors import UsageError
 from retrieval.io.sources import ArrowPath, Facts, Location, open_regular, special_kind
 
-# Formats Pillow decodes, by extension. The format itself is sniffed from the bytes, never trusted from
-# the name; the extension only decides which files of a folder are meant to be images.
+# Formats we decode, by extension: Pillow's own, HEIF (pillow-heif) and JPEG XL (pillow-jxl-plugin). The format
+# itself is sniffed from the bytes, never trusted from the name; the extension only decides which files of a
+# folder are meant to be images.
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .apng .gif .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm .avif".split()
+    ".jpg .jpeg .jpe .jfif .png .apng .gif .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm .avif"
+    " .heic .heif .hif .jxl".split()
 )
-# Image formats a user may well have but Pillow cannot read without a plugin: listed so that they are
-# reported as "unsupported format" instead of silently ignored.
-FOREIGN_EXTENSIONS = frozenset(".heic .heif .svg .jxl .psd .cr2 .nef .arw .dng".split())
+# Camera RAW files, which LibRaw (rawpy) decodes: their extension decides that LibRaw is asked first, since
+# most are TIFF inside and Pillow would read their small first picture instead.
+RAW_EXTENSIONS = frozenset(
+    ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .raf .orf .rw2 .rwl .pef .srw .x3f .3fr .iiq .erf .mrw".split()
+)
+# Image formats a user may well have that we do not decode: listed so that they are reported as
+# "unsupported format" instead of silently ignored.
+FOREIGN_EXTENSIONS = frozenset(".svg .psd .xcf".split())
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class Listing:
 
 def is_image_name(name: str) -> bool:
     suffix = os.path.splitext(name)[1].lower()
-    return suffix in IMAGE_EXTENSIONS or suffix in FOREIGN_EXTENSIONS
+    return suffix in IMAGE_EXTENSIONS or suffix in RAW_EXTENSIONS or suffix in FOREIGN_EXTENSIONS
 
 
 def list_images(root: Location) -> Listing:

@@ -6,6 +6,7 @@ its version, so that old indexes are refused instead of silently compared with d
 
 from __future__ import annotations
 
+import importlib
 import io
 import warnings
 from collections.abc import Iterator
@@ -17,21 +18,25 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from retrieval.errors import ImageError
-from retrieval.io.files import FOREIGN_EXTENSIONS, NOT_REGULAR
+from retrieval.io.files import FOREIGN_EXTENSIONS, NOT_REGULAR, RAW_EXTENSIONS
+from retrieval.io.raw import decode_raw
 from retrieval.io.sources import ArrowPath, Location, SpecialFile, open_regular
 
 # Transparent pixels are laid on this colour, so a logo on alpha embeds the same wherever it came from.
 BACKGROUND = (255, 255, 255)
 # Decoders we let Pillow use. Others (EPS, which runs Ghostscript; PSD; ICO …) are refused by design.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF")
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF", "HEIF", "JXL")
 
 
 @lru_cache(maxsize=1)
 def decoders() -> tuple[str, ...]:
-    """The allowed formats this Pillow offers. Image.init() registers every plugin first (at the first
-    decode, not at import): Image.open fails on a listed format it has not loaded yet, and a build of
-    Pillow without one of these (AVIF, say) simply does not offer it."""
+    """The allowed formats this Pillow offers. Image.init() registers every plugin first, and HEIF's and
+    JPEG XL's plugins register themselves, all at the first decode, never at import (which changes no
+    global state): Image.open fails on a listed format it has not loaded yet, and a build of Pillow without
+    one of these (AVIF, say) simply does not offer it."""
     Image.init()
+    importlib.import_module("pillow_heif").register_heif_opener()
+    importlib.import_module("pillow_jxl")  # registers "JXL" with Pillow as it is imported
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
@@ -68,7 +73,10 @@ def load_image_bytes(data: bytes, size: tuple[int, int], max_pixels: int) -> np.
     if not data:
         raise ImageError("not an image", "empty file")
     with _as_image_errors(foreign=False):
-        im = _decode(io.BytesIO(data), max_pixels, draft=size)
+        try:
+            im = _decode(io.BytesIO(data), max_pixels, draft=size)
+        except UnidentifiedImageError:  # no name to go by: a RAW upload is known by LibRaw knowing it
+            im = _decode(io.BytesIO(data), max_pixels, draft=size, raw=True)
     return np.asarray(im.resize(size, Image.Resampling.BILINEAR))
 
 
@@ -100,7 +108,7 @@ def open_rgb(path: Location, max_pixels: int, draft: tuple[int, int] | None = No
             if f.seek(0, io.SEEK_END) == 0:
                 raise ImageError("not an image", "empty file")
             f.seek(0)
-            return _decode(f, max_pixels, draft)
+            return _decode(f, max_pixels, draft, raw=path.suffix.lower() in RAW_EXTENSIONS)
 
 
 @contextmanager
@@ -129,11 +137,17 @@ def _as_image_errors(foreign: bool) -> Iterator[None]:
         reason = "truncated" if "truncated" in str(e) else "corrupt"
         raise ImageError(reason, str(e)) from e
     except Exception as e:  # decoders raise anything (SyntaxError, ValueError, struct.error …)
-        raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
+        raise ImageError("corrupt", f"{type(e).__name__}: {str(e).strip()}") from e
 
 
-def _decode(f: BinaryIO, max_pixels: int, draft: tuple[int, int] | None) -> Image.Image:
-    """Open, check the pixel count from the header, decode fully, orient and convert `f` to RGB."""
+def _decode(f: BinaryIO, max_pixels: int, draft: tuple[int, int] | None, *, raw: bool = False) -> Image.Image:
+    """Open, check the pixel count from the header, decode fully, orient and convert `f` to RGB. `raw`: ask
+    LibRaw first; bytes it does not recognise go to Pillow like any file's."""
+    if raw:
+        developed = decode_raw(f, max_pixels, lambda jpeg: _decode(io.BytesIO(jpeg), max_pixels, draft))
+        if developed is not None:
+            return _to_rgb(developed)
+        f.seek(0)
     im = Image.open(f, formats=decoders())
     if im.width * im.height > max_pixels:
         raise ImageError(
