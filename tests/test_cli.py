@@ -114,7 +114,7 @@ def test_a_missing_or_corrupt_index_exits_3(tmp_path, cli_index, photos):
 
 
 def test_an_empty_index_exits_4_for_every_command_that_searches_it(tmp_path, photos, embedder):
-    """BAD_INPUTS 42 and 58; and an index too small to measure is a usage error for the bench."""
+    """BAD_INPUTS 42 and 58 (export too); and an index too small to measure is a usage error for the bench."""
     Store.create(dim=2048, metric="cosine", embedding=embedder.embedding(), root=photos, runtime={}).save(
         tmp_path / "idx"
     )
@@ -124,6 +124,8 @@ def test_an_empty_index_exits_4_for_every_command_that_searches_it(tmp_path, pho
         flag = "--from-index" if command[0] == "bench" else "--index"
         result = run(*command, flag, tmp_path / "idx")
         assert result.exit_code == 4 and "is empty" in result.output, (command, result.output)
+    result = run("export", tmp_path / "rows.parquet", "--index", tmp_path / "idx")
+    assert result.exit_code == 4 and "nothing to export" in result.output and not (tmp_path / "rows.parquet").exists()
     small = Store.create(dim=2048, metric="cosine", embedding=embedder.embedding(), root=photos, runtime={})
     small.add(np.eye(1, 2048, dtype=np.float32), [Entry("photo-0000.jpg", 1, 1)])
     small.save(tmp_path / "one")

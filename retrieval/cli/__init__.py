@@ -10,7 +10,7 @@ from retrieval.cli.app import app
 from retrieval.cli.bench import bench_app
 from retrieval.cli.dupes import dupes
 from retrieval.cli.evaluate import evaluate
-from retrieval.cli.index import compact, info, verify
+from retrieval.cli.index import compact, export, info, verify
 from retrieval.cli.ingest import ingest
 from retrieval.cli.query import query
 from retrieval.cli.serve import serve
@@ -21,6 +21,7 @@ app.command()(query)
 app.command()(info)
 app.command()(verify)
 app.command()(compact)
+app.command()(export)
 app.command()(dupes)
 app.command("eval")(evaluate)
 app.command()(serve)

@@ -1,7 +1,8 @@
-"""The index itself: `retrieval info`, `verify` and `compact`."""
+"""The index itself: `retrieval info`, `verify`, `compact` and `export`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -89,3 +90,26 @@ def compact(
     else:
         typer.echo(f"{where}: already one segment with no deleted rows; nothing written")
     warn(done.store.record.warning())
+
+
+def export(
+    out: Annotated[Path, typer.Argument(help="The file to write (parquet), or the folder (npy).", show_default=False)],
+    index: IndexOption = None,
+    format: Annotated[
+        str, typer.Option("--format", help="parquet: one file, vectors in it | npy: vectors.npy + files.parquet.")
+    ] = "parquet",
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if an export is there already.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write every indexed file's path, size, mtime, hashes and vector, in index order, for other tools.
+
+    Written whole or not at all (a full disk leaves nothing behind); read it with pandas, DuckDB or pyarrow.
+    """
+    settings = settings_from(config, index=index)
+    with reported():
+        from retrieval.maintenance.export import export as run_export
+
+        done = run_export(settings.index, out, format=format, force=force)
+    typer.echo(
+        f"{printable(done.path)}: {done.rows} rows of {done.dim}-d vectors, {done.format}, {done.bytes / 2**20:.1f} MiB"
+    )

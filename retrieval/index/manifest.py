@@ -130,15 +130,20 @@ class Manifest:
 
     def entries(self) -> list[Entry]:
         """Every row, materialised in one pass over each column (a million rows in about a second)."""
-        blob = np.asarray(self._paths).tobytes()
-        starts = self._records["start"].tolist() + [len(blob)]
-        hashes = np.asarray(self._records["sha256"]).tobytes()
-        phashes = self.phashes(np.arange(len(self))).tobytes()
-        sizes, mtimes = self._records["size"].tolist(), self._records["mtime_ns"].tolist()
+        return self.entries_at(np.arange(len(self)))
+
+    def entries_at(self, rows: np.ndarray) -> list[Entry]:
+        """The entries of `rows`, each column read once for all of them."""
+        rows = np.asarray(rows, np.int64)
+        starts, following = self._records["start"], np.minimum(rows + 1, max(len(self) - 1, 0))
+        ends = np.where(rows + 1 < len(self), starts[following], len(self._paths)).tolist()
+        hashes = np.asarray(self._records["sha256"][rows]).tobytes()
+        phashes = self.phashes(rows).tobytes()
+        sizes, mtimes = self._records["size"][rows].tolist(), self._records["mtime_ns"][rows].tolist()
         out = []
-        for i, (size, mtime) in enumerate(zip(sizes, mtimes)):
+        for i, (start, size, mtime) in enumerate(zip(starts[rows].tolist(), sizes, mtimes)):
             digest, phash = hashes[32 * i : 32 * i + 32], phashes[16 * i : 16 * i + 16]
-            path = blob[starts[i] : starts[i + 1]].decode("utf-8", "surrogateescape")
+            path = self._paths[start : ends[i]].tobytes().decode("utf-8", "surrogateescape")
             out.append(
                 Entry(
                     path,

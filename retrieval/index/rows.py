@@ -38,6 +38,14 @@ class Rows:
         [(i, _, local)] = self.split([row])
         return self.segments[i].manifest.entry(int(local[0]))
 
+    def entries_of(self, rows: np.ndarray | list[int]) -> list[Entry]:
+        """The entries of `rows`, in the order given."""
+        out: list[Entry] = [None] * len(rows)  # type: ignore[list-item]
+        for i, where, local in self.split(rows):
+            for at, entry in zip(where.tolist(), self.segments[i].manifest.entries_at(local)):
+                out[at] = entry
+        return out
+
     def row_of(self, path: str) -> int | None:
         """Row of a manifest path (relative, POSIX), or None: a binary search per segment, nothing built."""
         for start, segment in zip(self.starts, self.segments):

@@ -141,8 +141,4 @@ def live_phashes(segments: list[Segment]) -> np.ndarray:
 
 
 def live_entries(segments: list[Segment]) -> list[Entry]:
-    out = []
-    for s in segments:
-        dead = set(s.deleted.tolist())
-        out += [e for i, e in enumerate(s.manifest.entries()) if i not in dead]
-    return out
+    return [e for s in segments for e in s.manifest.entries_at(s.local(np.arange(s.live)))]

@@ -136,6 +136,10 @@ class Store:
         """Every live row's entry, in row order."""
         return live_entries(self._segments)
 
+    def entries_of(self, rows: np.ndarray | list[int]) -> list[Entry]:
+        """The entries of `rows`: a chunk of a large index at a time, as `vectors_of` reads their vectors."""
+        return self._rows.entries_of(rows)
+
     def vectors(self) -> np.ndarray:
         """Every stored (normalized) vector in row order, (count, dim)."""
         return live_vectors(self._segments) if self._segments else np.empty((0, self.dim), np.float32)

@@ -164,10 +164,8 @@ def _bounded(uri: str) -> str:
 def filesystem_of(uri: str) -> tuple[Any, str]:
     """pyarrow's filesystem for `uri` and the path on it, built once per process (an S3 client resolves its
     credentials and region when it is made)."""
-    try:
-        from pyarrow import fs as arrow_fs
-    except ImportError as e:
-        raise UsageError(f"reading {uri} needs pyarrow: pip install 'retrieval[remote]'") from e
+    from pyarrow import fs as arrow_fs
+
     try:
         return arrow_fs.FileSystem.from_uri(_bounded(uri))
     except (OSError, ValueError, TypeError) as e:
