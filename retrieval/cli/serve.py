@@ -36,12 +36,15 @@ def serve(
             file_okay=False,
         ),
     ] = None,
+    metrics_public: Annotated[
+        bool, typer.Option("--metrics-public", help="Answer /metrics without the token (for a scraper).")
+    ] = False,
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Serve the index over HTTP: search by upload or by id, images and thumbnails, /info, /health, and the
-    duplicates page (/dupes).
+    """Serve the index over HTTP: search by upload or by id, images and thumbnails, /info, /health, /metrics
+    (Prometheus) and the duplicates page (/dupes).
 
     The index is loaded once; a later `retrieval ingest` is picked up without a restart.
     """
@@ -59,7 +62,7 @@ def serve(
         sock = listen(host, port)
         searcher = Searcher(settings)
         target = check_target(searcher.root, move_to) if move_to else None
-        app_ = create_app(searcher, ServeOptions(token=token, move_to=target))
+        app_ = create_app(searcher, ServeOptions(token=token, move_to=target, metrics_public=metrics_public))
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     say(f"serving {printable(settings.index)} on http://{shown}:{port}/ (Ctrl-C stops)")
     run(app_, sock)

@@ -35,7 +35,7 @@ def decode_raw(f: BinaryIO, max_pixels: int, decode_jpeg: Callable[[bytes], Imag
     rawpy: Any = importlib.import_module("rawpy")
     try:
         raw = rawpy.imread(f)
-    except rawpy.LibRawFileUnsupportedError:
+    except (rawpy.LibRawFileUnsupportedError, rawpy.LibRawIOError):  # what it says of bytes it cannot parse
         return None
     except rawpy.LibRawError as e:
         raise ImageError("corrupt", f"RAW: LibRaw cannot open it ({_said(e)})") from e

@@ -11,6 +11,7 @@ sent. Blocking work (decoding, the model, FAISS) runs off the event loop.
 # annotations refer to one server's limits (k, upload form fields) and must be evaluated where they are written.
 import asyncio
 from contextlib import asynccontextmanager
+from time import perf_counter
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -20,8 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from retrieval.errors import EmptyIndex, ImageError, NoSuchImage, RetrievalError, StoreError, UsageError
 from retrieval.search.searcher import Searcher
 from retrieval.server.batching import Batcher
+from retrieval.server.metrics import Measured, Metrics
 from retrieval.server.review import Review
-from retrieval.server.routers import dupes, images, pages, search
+from retrieval.server.routers import dupes, images, metrics, pages, search
 from retrieval.server.routers.pages import STATIC
 from retrieval.server.schemas import ServeOptions
 from retrieval.server.thumbnails import Thumbnails
@@ -57,29 +59,39 @@ class Deadline:
 
 def create_app(searcher: Searcher, options: ServeOptions | None = None) -> FastAPI:
     """The application around a loaded `searcher`: tests build it around a tiny index. Its state, on
-    `app.state`: the searcher, the options, the batcher of uploads and the thumbnail cache."""
+    `app.state`: the searcher, the options, the batcher of uploads, the thumbnail cache and the metrics."""
     options = options or ServeOptions()
-    batcher = Batcher(lambda batch: searcher.embedder().embed(batch), options.max_batch, options.max_wait_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        await batcher.close()
+        await app.state.batcher.close()
 
     app = FastAPI(title="retrieval", summary="Content-based image search over one index.", lifespan=lifespan)
     app.state.searcher = searcher
     app.state.options = options
-    app.state.batcher = batcher
+    app.state.metrics = measured = Metrics(app.state)
+
+    def forward(batch):
+        embedder = searcher.embedder()  # loaded on the first upload: not a forward pass's time
+        started = perf_counter()
+        vectors = embedder.embed(batch)
+        measured.observe_forward(len(batch), perf_counter() - started)
+        return vectors
+
+    app.state.batcher = Batcher(forward, options.max_batch, options.max_wait_ms / 1000)
     app.state.thumbnails = Thumbnails(options.thumbnail_size, options.thumbnail_cache)
     app.state.review = Review(options.move_to)
 
     @app.exception_handler(RetrievalError)
     async def library_error(_: Request, error: RetrievalError) -> JSONResponse:
+        measured.errors.labels(type(error).__name__).inc()
         return JSONResponse({"detail": str(error)}, status_code=_status(error))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Deadline, seconds=options.request_timeout_s)
-    for area in (pages, search, images, dupes):
+    app.add_middleware(Measured, metrics=measured)  # added last: outermost, so it sees the deadline's 504
+    for area in (pages, search, images, dupes, metrics):
         app.include_router(area.router(options))
     return app
 

@@ -23,7 +23,6 @@ class Batcher:
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = asyncio.Queue()
         self._incoming = 0
         self._task: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # size of each forward pass, for tests and the benchmark
 
     @contextmanager
     def incoming(self) -> Iterator[None]:
@@ -54,7 +53,6 @@ class Batcher:
                     items.append(await asyncio.wait_for(self._queue.get(), left))
                 except TimeoutError:
                     break
-            self.batches.append(len(items))
             try:
                 vectors = await run_in_threadpool(self._embed, np.stack([pixels for pixels, _ in items]))
             except Exception as e:  # noqa: BLE001 - handed to every waiting request instead

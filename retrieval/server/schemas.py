@@ -24,6 +24,7 @@ class ServeOptions:
     thumbnail_size: int = 256
     thumbnail_cache: int = 512  # thumbnails kept in memory
     move_to: Path | None = None  # where the review page moves a group's extras; None: the page is read-only
+    metrics_public: bool = False  # /metrics without the token (a scraper on a private network)
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():

@@ -18,6 +18,9 @@ class Thumbnails:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._generation: str | None = None
 
+    def __len__(self) -> int:
+        return len(self._cache)
+
     async def get(self, searcher: Searcher, row: int) -> bytes:
         """The thumbnail of indexed image `row` (NoSuchImage past the end), decoded off the event loop."""
         path = searcher.image(row)

@@ -42,11 +42,12 @@ def router(options: ServeOptions) -> APIRouter:
         if len(files) > options.max_files:
             raise HTTPException(400, f"at most {options.max_files} images per request")
         size = (await run_in_threadpool(s.embedder)).spec.input_size
-        batcher = request.app.state.batcher
+        batcher, uploads = request.app.state.batcher, request.app.state.metrics.uploads
 
         async def embedded(upload: UploadFile) -> np.ndarray:
             with batcher.incoming():
                 pixels = await _decoded(upload, size, s.settings.max_pixels, options)
+            uploads.inc()
             return await batcher.embed(pixels)
 
         vectors = np.stack(await asyncio.gather(*(embedded(upload) for upload in files)))
