@@ -81,6 +81,12 @@ class NothingToIndex(RetrievalError):
     exit_code = EXIT_NOTHING
 
 
+class NoMatch(RetrievalError):
+    """A filter kept no indexed file, so a search has no results."""
+
+    exit_code = EXIT_NOTHING
+
+
 class EmptyIndex(RetrievalError):
     """The index holds no vectors, so a query has no results."""
 

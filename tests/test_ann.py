@@ -14,10 +14,13 @@ import pytest
 
 from retrieval.analysis.synthetic import feature_vectors
 from retrieval.ann import tuning
+from retrieval.ann.filtered import FilterPlan
 from retrieval.ann.indexes import IndexChoice
 from retrieval.ann.kinds import KINDS as REGISTERED
 from retrieval.ann.tuning import Candidate, held_out_rows, resident_bytes
 from retrieval.errors import IndexMismatch
+from retrieval.filters import Filter
+from retrieval.index.building import Tuning
 from retrieval.index.generations import current_generation
 from retrieval.index.manifest import Entry
 from retrieval.index.record import META
@@ -249,3 +252,48 @@ def test_every_kind_passes_over_deleted_rows_and_keeps_its_recall(tmp_path, kind
     assert not set(store.entry(r).path for f in found for r in f) & {f"{i}.jpg" for i in deleted.tolist()}
     recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
     assert recall == 1.0 if store.capabilities.exact else recall >= 0.9, (name, recall)
+
+
+FILTER_PATHS = {  # how each filtered search is planned (ann/filtered.py)
+    # at N rows the 0.5 % kept take the exact path, the 5 % the reduced first pass (where the index searches
+    # reduced vectors: PCA + a graph; else the filter inside), the 50 % the filter inside
+    "planned": FilterPlan(exact_rows=50, reduced_rows=1_000),
+    "exact": FilterPlan(exact_rows=N, reduced_rows=0),
+    "reduced first": FilterPlan(exact_rows=0, reduced_rows=N),
+    "filter inside": FilterPlan(exact_rows=0, reduced_rows=0),
+}
+
+
+@pytest.mark.parametrize("path", list(FILTER_PATHS))
+def test_a_filtered_search_keeps_only_the_rows_kept_with_exact_scores_and_recall(tmp_path, kind_and_store, data, path):
+    """Rows' sizes are their numbers, so a size range keeps a known share: 50 %, 5 % and 0.5 % of the rows, a
+    twentieth of them deleted. On every path every hit is kept and live, k of them, each score exact. Against
+    brute force over the kept live rows: on the exact path (and for an exact kind) the top 10's scores are
+    the true top 10's; planned, and reduced first where the index searches reduced vectors, recall@10 at
+    least 0.95 at every share; the filter inside the graph, forced, only where the filter keeps half (a graph
+    walked through few kept rows is why the plan does not take it there)."""
+    name, built = kind_and_store
+    vectors, queries = data
+    built.save(tmp_path / "index")
+    store = Store.load(tmp_path / "index", tuning=Tuning(filtering=FILTER_PATHS[path]))
+    deleted = np.arange(0, len(vectors), 20)
+    store.delete(deleted)
+    live = np.setdiff1d(np.arange(len(vectors)), deleted)
+    factory = store.segments[0]["index"]["factory"]
+    reduced = factory.startswith("PCA") and "HNSW" in factory and "SQ8" not in factory  # else the plan goes on
+    for share in (0.5, 0.05, 0.005):
+        top = round(share * len(vectors))
+        kept = live[live < top]
+        best, truth = faiss.knn(queries, vectors[kept], 10, metric=faiss.METRIC_INNER_PRODUCT)
+        found = store.search(queries, 10, Filter(max_size=top - 1))
+        numbers = [[int(store.entry(r).path[:-4]) for r, _ in hits] for hits in found]
+        assert all(len(n) == min(10, len(kept)) for n in numbers), (name, share)
+        assert set().union(*map(set, numbers)) <= set(kept.tolist()), (name, share)
+        scores = np.array([[s for _, s in hits] for hits in found])
+        for q, rows in enumerate(numbers):
+            np.testing.assert_allclose(scores[q], vectors[rows] @ queries[q], atol=1e-4)
+        if path == "exact" or store.capabilities.exact:
+            np.testing.assert_allclose(scores, best, atol=1e-5, err_msg=f"{name} {share}")
+        elif share == 0.5 or path == "planned" or (path == "reduced first" and reduced):
+            recall = np.mean([len(set(t) & set(n)) / len(t) for t, n in zip(kept[truth].tolist(), numbers)])
+            assert recall >= 0.95, (name, share, recall)

@@ -397,3 +397,23 @@ def test_hash_pairs_by_either_path_are_exactly_the_pairs_brute_force_finds():
     truth = {(int(x), int(y)): int(d) for x, y, d in zip(a, b, distance) if 0 <= d <= 8}
     assert hash_pairs(hashes, 8) == truth and truth[(2900, 2950)] == 0 and not any(2999 in p for p in truth)
     assert hash_pairs(hashes, 8, exact_below=0) == truth
+
+
+def test_with_a_folder_groups_are_found_among_its_files_only(tmp_path, embedder):
+    """The same planted set in a/ and b/: the whole index groups each original with its copies in both folders
+    (6 files) and every other photo with its twin (2), --folder a each original with its copies in a/ alone (3);
+    a folder holding nothing indexed exits 4."""
+    for name in ("a", "b"):
+        groups = planted_folder(tmp_path / "photos" / name)
+    settings = Settings(index=tmp_path / "index", weights="none")
+    ingest(tmp_path / "photos", settings, embedder=embedder)
+    args = ["dupes", "--index", str(settings.index), "--threshold", "0.9995", "--json"]
+    everywhere = runner.invoke(cli, args)
+    within_a = runner.invoke(cli, [*args, "--folder", "a"])
+    assert everywhere.exit_code == 0 and within_a.exit_code == 0, (everywhere.output, within_a.output)
+    members = [sorted(m["path"] for m in g["members"]) for g in json.loads(within_a.output)["groups"]]
+    assert sorted(members) == sorted(sorted(f"a/{p}" for p in g) for g in groups)
+    sizes = sorted(len(g["members"]) for g in json.loads(everywhere.output)["groups"])
+    assert sizes == [2] * (16 - ORIGINALS) + [6] * ORIGINALS
+    nothing = runner.invoke(cli, [*args, "--folder", "c"])
+    assert nothing.exit_code == 4 and "no indexed image is in folder c/" in nothing.output, nothing.output

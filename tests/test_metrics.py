@@ -65,9 +65,10 @@ def test_a_scrape_after_a_known_load_counts_exactly_that_load(indexed, embedder)
     assert samples[(f"{latency}_sum", labels(route="/search", method="GET"))] > 0
     assert samples[("retrieval_uploaded_images_total", labels())] == 2
     assert samples[("retrieval_forward_batch_size_sum", labels())] == 2
-    assert samples[("retrieval_model_forward_seconds_count", labels())] == samples[
-        ("retrieval_forward_batch_size_count", labels())
-    ]
+    assert (
+        samples[("retrieval_model_forward_seconds_count", labels())]
+        == samples[("retrieval_forward_batch_size_count", labels())]
+    )
     assert samples[("retrieval_model_forward_seconds_sum", labels())] > 0
     assert samples[("retrieval_errors_total", labels(kind="NoSuchImage"))] == 1
     assert samples[("retrieval_index_rows", labels())] == searcher.count

@@ -4,8 +4,6 @@ state is saved under test-artifacts/."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,37 +11,13 @@ import pytest
 from retrieval.analysis.synthetic import near_duplicates, photo
 from retrieval.search.searcher import Searcher
 
-from .conftest import PHOTOS
+from .conftest import CHROMEDRIVER, CHROMIUM, PHOTOS
 from .test_server import serving
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver are not installed (scripts/install does it)"
 )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1200,900",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def wait_for(driver, condition, what: str, timeout: float = 30):
@@ -53,9 +27,14 @@ def wait_for(driver, condition, what: str, timeout: float = 30):
 
 
 def captions(driver) -> list[str]:
+    """The hits' captions; none while the grid is being replaced (its old items gone under the reader)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#hits li")]
+    try:
+        return [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#hits li")]
+    except StaleElementReferenceException:
+        return []
 
 
 def test_upload_see_the_grid_click_a_hit_get_its_neighbours(browser, indexed, embedder, tmp_path):

@@ -17,8 +17,9 @@ from retrieval.maintenance.verify import verify
 from retrieval.search.searcher import Searcher
 from retrieval.server import ServeOptions
 
+from .conftest import CHROMEDRIVER, CHROMIUM
 from .test_dupes import planted_folder
-from .test_page import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser, wait_for  # noqa: F401 - browser: a fixture
+from .test_page import ARTIFACTS, wait_for
 from .test_server import serving
 
 
@@ -91,7 +92,7 @@ def test_the_review_routes_page_the_groups_guard_them_and_move_a_groups_extras(p
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver are not installed")
 def test_in_the_browser_with_a_token_a_group_is_shown_its_keeper_changed_by_a_click_and_its_extras_moved(
-    browser,  # noqa: F811 - the fixture imported above
+    browser,
     planted,
     embedder,
     tmp_path,

@@ -16,6 +16,7 @@ ranks exactly like cosine (|a - b|² = 2 - 2 cos). `scores` turns the distances 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -202,8 +203,7 @@ class VectorIndex:
     def stored_vectors(self) -> np.ndarray:
         """The exact vectors of an index that re-ranks, (count, dim), as a numpy array over FAISS's own memory
         (memory-mapped for a loaded index), not a copy: valid while this index lives."""
-        flat = self.stored
-        return faiss.rev_swig_ptr(flat.get_xb(), self.count * self.dim).reshape(self.count, self.dim)
+        return flat_view(self.stored)
 
     def share_pca_of(self, source: VectorIndex) -> bool:
         """Search through `source`'s trained PCA instead of this index's own, when the two are the same
@@ -284,7 +284,7 @@ class VectorIndex:
         """Search parameters that make `search` pass over `rows` (deleted ones), with this index's own
         efSearch, nprobe and re-rank factor: FAISS takes those from the parameters once any are given."""
         selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(rows, np.int64)))
-        return _parameters(self.faiss, selector)
+        return parameters(self.faiss, selector)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
         """Every (row, score) within `threshold` of each query (cosine at least, or distance at most),
@@ -305,6 +305,24 @@ class VectorIndex:
             order = np.argsort(-similar * exact, kind="stable")
             found.append([(int(hits[j]), float(exact[j])) for j in order if similar * (exact[j] - threshold) >= 0])
         return found
+
+    def cosines_at(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(queries), len(rows)) cosine similarities of each query with the exact vectors of `rows`: read in
+        place from the stored (memory-mapped) vectors of a flat or re-ranking index, nothing copied (FAISS's
+        inner products by index), else from reconstructed vectors."""
+        rows = np.asarray(rows, np.int64)
+        flat = self.stored if isinstance(self.faiss, faiss.IndexRefine) else faiss.downcast_index(self.faiss)
+        if not isinstance(flat, faiss.IndexFlat):
+            return np.asarray(queries @ self.reconstruct_batch(rows).T, np.float32)
+        queries = np.ascontiguousarray(queries, np.float32)
+        ids = np.ascontiguousarray(np.broadcast_to(rows, (len(queries), len(rows))))
+        out = np.empty(ids.shape, np.float32)
+        stored = flat_view(flat)
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(out), faiss.swig_ptr(queries), faiss.swig_ptr(stored), faiss.swig_ptr(ids),
+            self.dim, len(queries), len(rows),
+        )  # fmt: skip
+        return out
 
     def reconstruct(self, row: int) -> np.ndarray:
         return self.faiss.reconstruct(row)  # (dim,)
@@ -342,27 +360,56 @@ def viewed(values: faiss.Float32Vector) -> np.ndarray:
     return faiss.rev_swig_ptr(values.data(), values.size()) if values.size() else np.empty(0, np.float32)
 
 
-def _parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Search parameters for `index` and each index it wraps, the innermost one filtering by `selector`."""
+def parameters(
+    index: faiss.Index, selector: faiss.IDSelector, *, widen: float = 1.0, keep: tuple[Any, ...] = ()
+) -> faiss.SearchParameters:
+    """Search parameters for `index` and each index it wraps, the innermost one filtering by `selector`, with
+    the index's own efSearch, nprobe and re-rank factor (FAISS takes those from the parameters once any are
+    given), efSearch and nprobe `widen` times larger. `keep`: what the selector points into (a bitmap)."""
     if isinstance(index, faiss.IndexRefine):
         params = faiss.IndexRefineSearchParameters()
         params.k_factor = index.k_factor
-        inner = params.base_index_params = _parameters(faiss.downcast_index(index.base_index), selector)
+        inner = params.base_index_params = parameters(faiss.downcast_index(index.base_index), selector, widen=widen)
     elif isinstance(index, faiss.IndexPreTransform):
         params = faiss.SearchParametersPreTransform()
-        inner = params.index_params = _parameters(faiss.downcast_index(index.index), selector)
+        inner = params.index_params = parameters(faiss.downcast_index(index.index), selector, widen=widen)
     else:
         if isinstance(index, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW()
-            params.efSearch = index.hnsw.efSearch
+            params.efSearch = math.ceil(index.hnsw.efSearch * widen)
         elif isinstance(index, faiss.IndexIVF):
             params = faiss.SearchParametersIVF()
-            params.nprobe = index.nprobe
+            params.nprobe = min(index.nlist, math.ceil(index.nprobe * widen))
         else:
             params = faiss.SearchParameters()
         params.sel = inner = selector
-    params.referenced_objects = [inner]  # FAISS holds bare pointers: keep what they point at alive
+    params.referenced_objects = [inner, *keep]  # FAISS holds bare pointers: keep what they point at alive
     return params
+
+
+def reduced_vectors(index: faiss.Index) -> tuple[faiss.VectorTransform | None, np.ndarray] | None:
+    """What a graph over reduced vectors searches, for a first pass over some of its rows: the transform in
+    front (PCA) and the graph's flat storage as a numpy view (count, width); None where the searched vectors
+    are not reduced (no PCA) or not stored flat (SQ8, lists, fast scan)."""
+    refined, transformed = _wrappers(index)
+    if refined is None or transformed is None:
+        return None
+    graph = faiss.downcast_index(transformed.index)
+    storage = faiss.downcast_index(graph.storage) if isinstance(graph, faiss.IndexHNSW) else None
+    if not isinstance(storage, faiss.IndexFlat):
+        return None
+    return faiss.downcast_VectorTransform(transformed.chain.at(0)), flat_view(storage)
+
+
+def flat_view(flat: faiss.IndexFlat) -> np.ndarray:
+    """A flat index's vectors, (count, d), as a numpy array over FAISS's own memory (memory-mapped for a
+    loaded index), not a copy: valid while the index lives."""
+    count, width = int(flat.ntotal), int(flat.d)
+    return (
+        faiss.rev_swig_ptr(flat.get_xb(), count * width).reshape(count, width)
+        if count
+        else np.empty((0, width), np.float32)
+    )
 
 
 def apply_search_parameters(index: faiss.Index, choice: IndexChoice) -> None:

@@ -51,6 +51,19 @@ TokenOption = Annotated[
     typer.Option(envvar="RETRIEVAL_TOKEN", help="The server's token (env: RETRIEVAL_TOKEN)."),
 ]
 PrecisionOption = Annotated[str | None, typer.Option(help=f"{' | '.join(PRECISIONS)} (config: precision).")]
+# The filters (retrieval/filters.py): read by the library, so that the command line and the server agree
+FolderOption = Annotated[
+    str | None,
+    typer.Option("--folder", help="Only files under this folder (relative to the indexed one, or inside it)."),
+]
+AfterOption = Annotated[
+    str | None, typer.Option("--modified-after", help="Only files modified at or after this date (2024-05-01; UTC).")
+]
+BeforeOption = Annotated[str | None, typer.Option("--modified-before", help="Only files modified before this date.")]
+MinSizeOption = Annotated[
+    str | None, typer.Option("--min-size", help="Only files of at least this size (500kB, 2MiB).")
+]
+MaxSizeOption = Annotated[str | None, typer.Option("--max-size", help="Only files of at most this size.")]
 
 
 @contextmanager

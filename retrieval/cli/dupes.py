@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from retrieval.cli.app import ConfigOption, IndexOption, JsonOption, reported, settings_from
+from retrieval.cli.app import (
+    AfterOption,
+    BeforeOption,
+    ConfigOption,
+    FolderOption,
+    IndexOption,
+    JsonOption,
+    MaxSizeOption,
+    MinSizeOption,
+    reported,
+    settings_from,
+)
 from retrieval.cli.output import echo_json, say, warn
 from retrieval.errors import EXIT_ERROR, UsageError
 from retrieval.io.files import printable
@@ -51,22 +62,30 @@ def dupes(
         Path | None, typer.Option(help="Move every group's extras here (a dry run unless --apply).", file_okay=False)
     ] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Really move them, log it, and update the index.")] = False,
+    folder: FolderOption = None,
+    modified_after: AfterOption = None,
+    modified_before: BeforeOption = None,
+    min_size: MinSizeOption = None,
+    max_size: MaxSizeOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Find groups of near-duplicate images through the index; optionally move the extras out of the folder.
 
-    Exit 0 whether or not duplicates are found; a dry run (no --apply) changes nothing.
+    Exit 0 whether or not duplicates are found; a dry run (no --apply) changes nothing. The filters keep the
+    groups among the files they keep (one folder at a time); none kept: exit 4.
     """
     settings = settings_from(config, index=index)
     with reported():
         if as_json and as_csv:
             raise UsageError("--json and --csv are two formats for the same output: give one of them")
+        from retrieval.filters import parse_filter
         from retrieval.maintenance.dupes.run import Request, as_json_groups
         from retrieval.maintenance.dupes.run import dupes as find_dupes
 
         keeps = tuple(k.strip() for k in keep.split(",") if k.strip())
         cut = _threshold(threshold)
-        request = Request(cut, relative, neighbours, keeps, evidence, move_to, apply, collage_dir)
+        where = parse_filter(folder, modified_after, modified_before, min_size, max_size)
+        request = Request(cut, relative, neighbours, keeps, evidence, move_to, apply, collage_dir, where or None)
         done = find_dupes(settings, request)
     for note in done.notes:
         warn(note)

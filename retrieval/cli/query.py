@@ -8,17 +8,22 @@ from typing import Annotated, Any
 import typer
 
 from retrieval.cli.app import (
+    AfterOption,
+    BeforeOption,
     ConfigOption,
     EngineOption,
+    FolderOption,
     IndexOption,
     JsonOption,
+    MaxSizeOption,
+    MinSizeOption,
     PrecisionOption,
     TokenOption,
     reported,
     settings_from,
 )
 from retrieval.cli.output import echo_json
-from retrieval.errors import UsageError
+from retrieval.errors import NoMatch, UsageError
 from retrieval.io.files import list_images, printable
 from retrieval.search.results import QueryResult
 
@@ -40,14 +45,25 @@ def query(
         str | None, typer.Option(help="Ask a running `retrieval serve` at this URL instead of loading the index.")
     ] = None,
     token: TokenOption = None,
+    folder: FolderOption = None,
+    modified_after: AfterOption = None,
+    modified_before: BeforeOption = None,
+    min_size: MinSizeOption = None,
+    max_size: MaxSizeOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Print the indexed images most similar to each query image, best first.
 
-    With one IMAGE, --json prints one object; with several (or a folder), a list of them.
+    With one IMAGE, --json prints one object; with several (or a folder), a list of them. The filters narrow
+    the search to the indexed files they keep; none kept: exit 4.
     """
     settings = settings_from(config, index=index, engine=engine, precision=precision)
+    typed = {"folder": folder, "modified_after": modified_after, "modified_before": modified_before}
+    typed |= {"min_size": min_size, "max_size": max_size}
     with reported():
+        from retrieval.filters import parse_filter
+
+        where = parse_filter(**typed)
         paths = _expand(images)
         if collage is not None and len(paths) != 1:
             raise UsageError("--collage draws one query: give a single image")
@@ -56,11 +72,14 @@ def query(
                 raise UsageError("--collage draws from a local index: leave out --server, or --collage")
             from retrieval.search.client import query_server
 
-            results = query_server(server, paths, k or settings.top_k, token)
+            filters = {name: value for name, value in typed.items() if value}
+            results = query_server(server, paths, k or settings.top_k, token, filters=filters)
         else:
             from retrieval.search.searcher import query_many
 
-            results = query_many(paths, settings, k=k)
+            results = query_many(paths, settings, k=k, where=where)
+        if where and not any(result.hits for result in results):
+            raise NoMatch(f"no indexed image is {where.describe()}: nothing to rank")
         if collage is not None:
             from retrieval.search.collage import render
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from retrieval.ann import indexes as ann
 from retrieval.ann import shared, tuning
+from retrieval.ann.filtered import FilterPlan
 from retrieval.ann.indexes import IndexChoice
 from retrieval.ann.tuning import build_like, build_measured
 from retrieval.index.assembly import MAPPED_ROWS, assembled
@@ -54,6 +55,7 @@ class Tuning:
     scan_below: int = SCAN_BELOW  # a new segment of fewer rows is a scan segment (build_scan)
     mapped_rows: int = MAPPED_ROWS  # a build from at least this many rows reads them from a mapped file
     worker_thread: bool = True  # the largest segment searched on a worker thread beside the rest (concurrently)
+    filtering: FilterPlan = FilterPlan()  # where a filtered search switches path (ann/filtered.py)
 
 
 DEFAULT_TUNING = Tuning()

@@ -14,6 +14,7 @@ import numpy as np
 
 from retrieval.ann import indexes as ann
 from retrieval.ann import shared
+from retrieval.ann.filtered import Allowed, FilterPlan
 from retrieval.index.segments import Hits, Segment
 
 
@@ -181,6 +182,15 @@ class FanOut:
         for (members, _), hits in zip(self._searchers, found):
             for i, segment_hits in zip(members, hits):
                 per_segment[i] = segment_hits
+        return merged_hits(per_segment, self._starts, self._metric, k)
+
+    def search_within(self, queries: np.ndarray, k: int, allowed: list[Allowed], plan: FilterPlan) -> Hits:
+        """Top-k (store row, score) per normalized query among each segment's `allowed` rows: every segment by
+        itself (a scan group's shared scan takes no filter), those keeping no row skipped."""
+        per_segment: list[Hits] = [
+            s.search_within(queries, k, rows, plan) if len(rows) else [[] for _ in queries]
+            for s, rows in zip(self._segments, allowed)
+        ]
         return merged_hits(per_segment, self._starts, self._metric, k)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> Hits:

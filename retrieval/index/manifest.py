@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,19 @@ class Manifest:
             )
         return out
 
-    def row_of(self, path: str) -> int | None:
-        """The row of `path`, by binary search over the rows in path order: a few page reads."""
-        target = _encode(path)
+    def rows_under(self, prefix: str) -> np.ndarray:
+        """The rows whose path starts with `prefix` ("a/b/": the files below folder a/b), sorted: the paths in
+        byte order between the prefix and the prefix with its last byte raised, found by two binary searches."""
+        start = _encode(prefix)
+        if not start:
+            return np.arange(len(self), dtype=np.int64)
+        end = start[:-1] + bytes([start[-1] + 1]) if start[-1] < 255 else None
+        low = self._first_not_below(start)
+        high = self._first_not_below(end) if end is not None else len(self._order)
+        return np.sort(np.asarray(self._order[low:high], np.int64))
+
+    def _first_not_below(self, target: bytes) -> int:
+        """The first position in path order whose path is not below `target` (bisect_left)."""
         low, high = 0, len(self._order)
         while low < high:
             middle = (low + high) // 2
@@ -165,6 +176,22 @@ class Manifest:
                 low = middle + 1
             else:
                 high = middle
+        return low
+
+    @cached_property
+    def sizes(self) -> np.ndarray:
+        """Every row's file size, one contiguous array (read once: filters compare it whole)."""
+        return np.ascontiguousarray(self._records["size"])
+
+    @cached_property
+    def mtimes(self) -> np.ndarray:
+        """Every row's mtime in ns, one contiguous array."""
+        return np.ascontiguousarray(self._records["mtime_ns"])
+
+    def row_of(self, path: str) -> int | None:
+        """The row of `path`, by binary search over the rows in path order: a few page reads."""
+        target = _encode(path)
+        low = self._first_not_below(target)
         if low < len(self._order) and self._path_bytes(int(self._order[low])) == target:
             return int(self._order[low])
         return None

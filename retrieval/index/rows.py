@@ -34,6 +34,11 @@ class Rows:
             out.append((s, where, self.segments[s].local(rows[where] - self.starts[s])))
         return out
 
+    def of_segments(self, local: list[np.ndarray]) -> np.ndarray:
+        """Store rows of each segment's live local rows (`local[i]`: segment i's), in order."""
+        parts = [start + s.positions(rows) for start, s, rows in zip(self.starts.tolist(), self.segments, local)]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
     def entry(self, row: int) -> Entry:
         [(i, _, local)] = self.split([row])
         return self.segments[i].manifest.entry(int(local[0]))

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from retrieval.ann import indexes as ann
+from retrieval.ann.filtered import Allowed, FilterPlan, search_within
 from retrieval.index.manifest import Entry, Manifest
 
 NO_ROWS = np.empty(0, np.int64)  # a segment with nothing deleted
@@ -98,6 +99,11 @@ class Segment:
         """`search`'s other half: `find`'s answer as (live position, score) pairs."""
         distances, rows = found
         return self.index.hits_from(distances, self.positions(rows))  # -1 fillers stay -1
+
+    def search_within(self, queries: np.ndarray, k: int, allowed: Allowed, plan: FilterPlan) -> Hits:
+        """Top-k (live position, score) per query among the `allowed` local rows only (selection.py), best
+        first, planned by how many they are (ann/filtered.py)."""
+        return [self._as_positions(hits) for hits in search_within(self.index, queries, k, allowed, plan)]
 
     @cached_property
     def _skipping(self) -> faiss.SearchParameters:

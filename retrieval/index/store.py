@@ -38,6 +38,7 @@ import numpy as np
 from retrieval.ann import indexes as ann
 from retrieval.ann.indexes import IndexChoice
 from retrieval.errors import EmptyIndex, IndexMismatch, StoreError, UsageError
+from retrieval.filters import Filter
 from retrieval.index.building import DEFAULT_TUNING, FLAT, Tuning, build_segment, merge_segments
 from retrieval.index.fanout import FanOut
 from retrieval.index.generations import on_live_generation, publish
@@ -46,6 +47,7 @@ from retrieval.index.record import IndexRecord
 from retrieval.index.rows import Rows
 from retrieval.index.segment_files import FAISS_METRICS, read_generation, write_generation
 from retrieval.index.segments import Segment, live_entries, live_phashes, live_vectors
+from retrieval.index.selection import Selections
 from retrieval.io.sources import Location, recorded
 from retrieval.vectors import normalize
 
@@ -71,6 +73,7 @@ class Store:
         self._folder = generation  # where the segments with files lie: the generation loaded or last saved
         self._rows = Rows(segments)
         self._fanout = FanOut(segments, self._rows.starts, record.metric, tuning.worker_thread)
+        self._selections = Selections(segments, str(record.location))
 
     @property
     def generation(self) -> str | None:
@@ -211,6 +214,7 @@ class Store:
     def _changed(self) -> None:
         self._rows = Rows(self._segments)
         self._fanout = FanOut(self._segments, self._rows.starts, self.metric, self._tuning.worker_thread)
+        self._selections = Selections(self._segments, str(self.root))
         live = [(s.live, s.description) for s in self._segments]
         self._record = self._record.with_index(self._record.requested, live)
 
@@ -218,17 +222,25 @@ class Store:
     def capabilities(self) -> ann.Capabilities:
         return ann.Capabilities(exact=all(s.index.capabilities.exact for s in self._segments), range_search=True)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    def search(self, queries: np.ndarray, k: int, where: Filter | None = None) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query, best first. Score: cosine similarity, or Euclidean distance for l2.
 
         Each segment's top-k, merged: exact scores compare across segments. Scan segments coded alike are
         searched as one group (segments.searchers), and the largest segment on a worker thread meanwhile
         (`concurrently`). Fewer than k pairs come back when the index holds fewer vectors; faiss's -1
-        fillers never do.
+        fillers never do. `where`: only among the rows it keeps (selection.py), each segment's search
+        planned by how many those are (ann/filtered.py); none kept, no hits.
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, not {k}")
-        return self._fanout.search(self._checked(queries), k)
+        queries = self._checked(queries)
+        if not where:
+            return self._fanout.search(queries, k)
+        return self._fanout.search_within(queries, k, self._selections.of(where), self._tuning.filtering)
+
+    def kept(self, where: Filter) -> np.ndarray:
+        """The rows `where` keeps, sorted (dupes: one folder at a time)."""
+        return self._rows.of_segments([a.rows for a in self._selections.of(where)])
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
         """Every (row, score) per query with a cosine of at least `threshold` (for l2: a distance of at

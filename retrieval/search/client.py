@@ -21,10 +21,16 @@ PROBE_TIMEOUT = 10.0  # seconds for /info: a server that is up answers it at onc
 
 
 def query_server(
-    url: str, images: list[Path], k: int, token: str | None = None, timeout: float = 60
+    url: str,
+    images: list[Path],
+    k: int,
+    token: str | None = None,
+    timeout: float = 60,
+    filters: dict[str, str] | None = None,
 ) -> list[QueryResult]:
     """The top-k hits for each of `images` from the server at `url`, as QueryResults with absolute paths
-    under the server's indexed folder. Sent in requests of as many images as the server takes in one."""
+    under the server's indexed folder. Sent in requests of as many images as the server takes in one.
+    `filters`: the filter fields as typed (folder, modified_after …), which the server reads."""
     _check_url(url)
     info = _call(url, "/info", token, timeout=min(timeout, PROBE_TIMEOUT))
     if not isinstance(info, dict) or not isinstance(info.get("root"), str) or not isinstance(info.get("count"), int):
@@ -40,7 +46,7 @@ def query_server(
                     files.append((image.name, f.read()))
             except OSError as e:
                 raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
-        body, content_type = multipart({"k": str(k)}, files)
+        body, content_type = multipart({"k": str(k), **(filters or {})}, files)
         answer = _call(url, "/search", token, body=body, content_type=content_type, timeout=timeout)
         try:
             results += [

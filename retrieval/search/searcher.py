@@ -16,6 +16,7 @@ from retrieval.config import Settings
 from retrieval.embedding.backbones import Pooling, identity, weights_setting
 from retrieval.embedding.embedders import Embedder, create_embedder
 from retrieval.errors import EmptyIndex, ImageError, NoSuchImage
+from retrieval.filters import Filter
 from retrieval.index.generations import current_generation
 from retrieval.index.record import IndexRecord
 from retrieval.index.store import Store
@@ -127,26 +128,31 @@ class Searcher:
             return self._embedder
 
     def search_vectors(
-        self, vectors: np.ndarray, k: int, min_score: float | None = None
+        self, vectors: np.ndarray, k: int, min_score: float | None = None, where: Filter | None = None
     ) -> tuple[str | None, list[list[Hit]]]:
         """Hits for query vectors (n, dim), from one generation, which is returned with them; with
-        `min_score`, only those at least that cosine."""
+        `min_score`, only those at least that cosine; with `where`, only among the files it keeps."""
         store = self._store
-        return store.generation, [_named_hits(store, pairs, min_score) for pairs in store.search(vectors, k)]
+        found = store.search(vectors, k, where)
+        return store.generation, [_named_hits(store, pairs, min_score) for pairs in found]
 
-    def neighbours(self, row: int, k: int, min_score: float | None = None) -> tuple[str | None, list[Hit]]:
-        """The indexed image `row`'s nearest neighbours (itself first), by its stored vector: no model."""
+    def neighbours(
+        self, row: int, k: int, min_score: float | None = None, where: Filter | None = None
+    ) -> tuple[str | None, list[Hit]]:
+        """The indexed image `row`'s nearest neighbours (itself first, unless `where` leaves it out), by its
+        stored vector: no model."""
         store = self._store
         if not 0 <= row < store.count:
             raise NoSuchImage(f"no image with id {row}: ids run from 0 to {store.count - 1}")
-        return store.generation, _named_hits(store, store.search(store.vector(row), k)[0], min_score)
+        return store.generation, _named_hits(store, store.search(store.vector(row), k, where)[0], min_score)
 
-    def query(self, images: list[Path], k: int | None = None) -> list[QueryResult]:
+    def query(self, images: list[Path], k: int | None = None, where: Filter | None = None) -> list[QueryResult]:
         """The top-k most similar indexed images to each of `images`, searched in one batch.
 
         An image that is in the index, unchanged since it was embedded, is looked up by its stored vector,
         so no model (and no TensorFlow) is loaded. Any other image is embedded, in batches, with the model,
         weights and preprocessing the index records, on the engine and precision the settings ask for.
+        `where`: only among the indexed files it keeps (no hits when it keeps none).
         """
         store = self._store
         if store.count == 0:
@@ -164,7 +170,7 @@ class Searcher:
                 chunk = to_embed[start : start + batch]
                 pixels = np.stack([_query_pixels(images[i], size, self._settings.max_pixels) for i in chunk])
                 vectors[chunk] = embedder.embed(pixels)
-        found = store.search(vectors, k or self._settings.top_k)
+        found = store.search(vectors, k or self._settings.top_k, where)
         return [
             QueryResult(image, store.root, store.metric, _named_hits(store, pairs), row is None, store.generation)
             for image, row, pairs in zip(images, rows, found)
@@ -200,9 +206,10 @@ def query(
     *,
     k: int | None = None,
     make_embedder: EmbedderFactory = create_embedder,
+    where: Filter | None = None,
 ) -> QueryResult:
     """Top-k most similar indexed images to `image` (see Searcher.query)."""
-    return query_many([image], settings, k=k, make_embedder=make_embedder)[0]
+    return query_many([image], settings, k=k, make_embedder=make_embedder, where=where)[0]
 
 
 def query_many(
@@ -211,10 +218,11 @@ def query_many(
     *,
     k: int | None = None,
     make_embedder: EmbedderFactory = create_embedder,
+    where: Filter | None = None,
 ) -> list[QueryResult]:
     """`query` for several images at once: the index is loaded once, the images that need it are
     embedded in batches, and all vectors are searched in one call."""
-    return Searcher(settings, make_embedder).query(images, k)
+    return Searcher(settings, make_embedder).query(images, k, where)
 
 
 def indexed_row(store: Store, image: Path) -> int | None:

@@ -19,6 +19,7 @@ class Kind:
     faiss_parameter: ClassVar[str | None] = None  # that parameter's name in faiss.ParameterSpace, if it has one
     scanned_as_group: ClassVar[bool] = False  # segments coded alike are scanned as one (segments.ScanGroup)
     range_searched: ClassVar[bool] = True  # FAISS range-searches its structure; else its stored vectors are
+    selects: ClassVar[bool] = True  # its search takes an ID selector (a filter inside it); fast scan's does not
     # the configurations the test battery builds (at 256 dimensions) and `bench search` sweeps (at 2048):
     # label -> IndexChoice fields
     tested: ClassVar[dict[str, dict[str, Any]]] = {}

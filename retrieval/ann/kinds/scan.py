@@ -16,6 +16,7 @@ class Scan(Kind):
     values = RERANKS
     scanned_as_group = True
     range_searched = False  # fast scan has no range search: a scan index (a small one) is searched exactly
+    selects = False  # nor an ID selector: a filtered search drops the rows it leaves out after the scan
     tested = {"scan": {"pca": 64}}
 
     def structure(self, choice: Any, width: int, count: int) -> str:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from retrieval.errors import EmptyIndex, UsageError
+from retrieval.errors import EmptyIndex, NoMatch, UsageError
+from retrieval.filters import Filter
 from retrieval.index.store import Store
 from retrieval.io.images import decoders
 from retrieval.io.sources import open_regular
@@ -130,16 +131,23 @@ def find_groups(
     *,
     chunk: int = 1024,
     progress: Callable[[int, int], None] | None = None,
+    where: Filter | None = None,
 ) -> list[Group]:
     """The index's near-duplicate groups, largest first, each ordered by `keep` (see `order`). EmptyIndex for
-    an index with no rows, as a query of it; UsageError for a keep rule that is not one, before any search."""
+    an index with no rows, as a query of it; UsageError for a keep rule that is not one, before any search.
+    `where`: among the files it keeps only (one folder at a time); NoMatch when it keeps none."""
     check_keep(keep)
     if store.count == 0:
         raise EmptyIndex("the index is empty: no duplicates to find")
-    if store.count < 2:
+    rows = store.kept(where) if where else np.arange(store.count)
+    if where and not len(rows):
+        raise NoMatch(f"no indexed image is {where.describe()}: no duplicates to find")
+    if len(rows) < 2:
         return []
-    by_vectors = dict(_vector_links(store, rule, chunk, progress)) if rule.vectors else {}
+    by_vectors = dict(_vector_links(store, rule, rows, where, chunk, progress)) if rule.vectors else {}
     hashes = store.perceptual_hashes() if rule.hash_distance is not None or store.hashed else None
+    if hashes is not None and where:
+        hashes[np.setdiff1d(np.arange(store.count), rows)] = 0  # a row without a hash takes no part
     by_hash = hash_pairs(hashes, rule.hash_distance) if hashes is not None and rule.hash_distance is not None else {}
     links = _joined(store, by_vectors, by_hash, hashes)
     components = _components(store.count, list(links))
@@ -160,20 +168,26 @@ def find_groups(
 
 
 def _vector_links(
-    store: Store, rule: Rule, chunk: int, progress: Callable[[int, int], None] | None
+    store: Store,
+    rule: Rule,
+    searched: np.ndarray,
+    where: Filter | None,
+    chunk: int,
+    progress: Callable[[int, int], None] | None,
 ) -> Iterator[tuple[tuple[int, int], float]]:
-    """(row, row) pairs, smaller first, with their cosine, for every neighbour the rule accepts."""
-    k = min(rule.neighbours + 1, store.count)
-    for start in range(0, store.count, chunk):
-        rows = np.arange(start, min(start + chunk, store.count))
-        for row, hits in zip(rows.tolist(), store.search(store.vectors_of(rows), k)):
+    """(row, row) pairs, smaller first, with their cosine, for every neighbour the rule accepts: of each of the
+    `searched` rows, among the rows `where` keeps."""
+    k = min(rule.neighbours + 1, len(searched))
+    for start in range(0, len(searched), chunk):
+        rows = searched[start : start + chunk]
+        for row, hits in zip(rows.tolist(), store.search(store.vectors_of(rows), k, where)):
             others = [(r, s) for r, s in hits if r != row][: k - 1]
             cosines = as_cosine(np.array([s for _, s in others], np.float32), store.metric)
             for (other, _), cosine, linked in zip(others, cosines, rule.links(cosines)):
                 if linked:
                     yield (min(row, other), max(row, other)), float(cosine)
         if progress:
-            progress(int(rows[-1]) + 1, store.count)
+            progress(min(start + chunk, len(searched)), len(searched))
 
 
 def _joined(

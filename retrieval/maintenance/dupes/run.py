@@ -9,6 +9,7 @@ from pathlib import Path
 from retrieval.config import Settings
 from retrieval.embedding.embedders import create_embedder
 from retrieval.errors import RetrievalError, UsageError
+from retrieval.filters import Filter
 from retrieval.io.sources import Location
 from retrieval.maintenance.dupes.groups import DEFAULT_KEEP, EVIDENCE, HASH_DISTANCE, Group, Rule, find_groups
 from retrieval.maintenance.dupes.moves import Move, apply_moves, check_target, plan_moves
@@ -30,6 +31,7 @@ class Request:
     move_to: Path | None = None  # where the extras go (a dry run unless `apply`)
     apply: bool = False
     collage_dir: Path | None = None  # one collage per group, drawn before anything moves
+    where: Filter | None = None  # among the files it keeps only (one folder at a time)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def dupes(
         if measured is None and not by_hash:
             raise UsageError(f"too few images to measure a cut-off on (fewer than {MIN_ROWS}): give --threshold")
     rule = Rule(threshold, request.relative, request.neighbours, HASH_DISTANCE if by_hash else None)
-    groups = find_groups(store, rule, request.keep)
+    groups = find_groups(store, rule, request.keep, where=request.where)
     moves = plan_moves(groups, store.root, request.move_to) if request.move_to else []
     collages = []
     if request.collage_dir:

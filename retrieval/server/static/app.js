@@ -4,6 +4,13 @@
 "use strict";
 // common.js, loaded first, gives token, auth, withToken, $, say and call.
 let metric = "cosine";
+let again = null; // the last search, run again when a filter changes
+const FILTERS = ["folder", "modified_after", "modified_before", "min_size", "max_size"];
+
+function filters() {
+  // the filter fields given, as [name, value] pairs (the server reads and checks them)
+  return FILTERS.map((name) => [name, $(name).value.trim()]).filter(([, value]) => value);
+}
 
 function showQuery(src, title) {
   $("query").hidden = false;
@@ -47,6 +54,8 @@ async function searchByFile(file) {
   const form = new FormData();
   form.append("files", file);
   form.append("k", $("k").value);
+  for (const [name, value] of filters()) form.append(name, value);
+  again = () => searchByFile(file);
   try {
     const body = await call("search", { method: "POST", body: form });
     metric = body.metric;
@@ -61,7 +70,9 @@ async function searchById(id, path) {
   showQuery(withToken("thumbnails/" + id), "Neighbours of " + path);
   say("searching ...", true);
   try {
-    const body = await call("search?id=" + id + "&k=" + $("k").value);
+    const query = new URLSearchParams([["id", id], ["k", $("k").value], ...filters()]);
+    again = () => searchById(id, path);
+    const body = await call("search?" + query);
     metric = body.metric;
     showHits(body.results[0]);
   } catch (error) {
@@ -70,6 +81,7 @@ async function searchById(id, path) {
 }
 
 $("file").addEventListener("change", (event) => searchByFile(event.target.files[0]));
+for (const name of [...FILTERS, "k"]) $(name).addEventListener("change", () => again && again());
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
