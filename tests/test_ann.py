@@ -256,11 +256,11 @@ def test_every_kind_passes_over_deleted_rows_and_keeps_its_recall(tmp_path, kind
 
 FILTER_PATHS = {  # how each filtered search is planned (ann/filtered.py)
     # at N rows the 0.5 % kept take the exact path, the 5 % the reduced first pass (where the index searches
-    # reduced vectors: PCA + a graph; else the filter inside), the 50 % the filter inside
-    "planned": FilterPlan(exact_rows=50, reduced_rows=1_000),
-    "exact": FilterPlan(exact_rows=N, reduced_rows=0),
-    "reduced first": FilterPlan(exact_rows=0, reduced_rows=N),
-    "filter inside": FilterPlan(exact_rows=0, reduced_rows=0),
+    # reduced vectors: PCA + a graph; else the exact one), the 50 % the filter inside
+    "planned": FilterPlan(exact_rows=50, inside_share=0.2),
+    "exact": FilterPlan(exact_rows=N),
+    "reduced first": FilterPlan(exact_rows=0, inside_share=1.01),
+    "filter inside": FilterPlan(exact_rows=0, inside_share=0.0),
 }
 
 
@@ -280,7 +280,7 @@ def test_a_filtered_search_keeps_only_the_rows_kept_with_exact_scores_and_recall
     store.delete(deleted)
     live = np.setdiff1d(np.arange(len(vectors)), deleted)
     factory = store.segments[0]["index"]["factory"]
-    reduced = factory.startswith("PCA") and "HNSW" in factory and "SQ8" not in factory  # else the plan goes on
+    reduced = factory.startswith("PCA") and "HNSW" in factory and "SQ8" not in factory  # else exactly
     for share in (0.5, 0.05, 0.005):
         top = round(share * len(vectors))
         kept = live[live < top]

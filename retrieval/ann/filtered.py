@@ -1,13 +1,15 @@
 """A search among some rows of an index only (a folder, a date range: index/selection.py says which), planned as
 vector databases plan one: by how many rows the filter keeps.
 
-- few rows (`exact_rows`): their exact vectors are read and scored, exactly;
-- more, in an index that searches reduced vectors (PCA + graph): those rows' reduced vectors are scored
-  first, and the best `rerank` x k re-ranked by their exact vectors (`reduced_rows`; a first pass over 1 KB a
-  row where the exact vectors are 8 KB);
-- most rows: the approximate search itself with the filter inside it (a FAISS ID selector), its candidate
-  list (efSearch, nprobe) widened by the share the filter drops, up to `max_widen` times; a kind whose
-  search takes no selector (fast scan) fetches that many more candidates and drops the others after.
+- few rows (`exact_rows`): their exact vectors are scored where they lie, exactly;
+- a fair share of the index (`inside_share`): the approximate search itself with the filter inside it (a
+  FAISS ID selector), its candidate list (efSearch, nprobe) widened by the share the filter drops, up to
+  `max_widen` times; a kind whose search takes no selector (fast scan) fetches that many more candidates
+  and drops the others after;
+- between the two, in an index that searches reduced vectors (PCA + graph): those rows' reduced vectors
+  scored first (1 KB a row where the exact vectors are 8 KB), the best `rerank` x k re-ranked by their
+  exact vectors; in any other index, the exact vectors (a graph walked through a small share of kept rows
+  misses most of the true neighbours).
 
 Every path returns exact scores (the exact vectors re-rank), in the index's metric, best first. Where the
 switches belong was measured on a million vectors (benchmarks/filters.py).
@@ -29,11 +31,14 @@ Hits = list[list[tuple[int, float]]]
 
 @dataclass(frozen=True)
 class FilterPlan:
-    """Where a filtered search switches path (see the module docstring): measured by benchmarks/filters.py."""
+    """Where a filtered search switches path (see the module docstring), measured on a million vectors by
+    benchmarks/filters.py: the exact path costs about 0.7 us a kept row there, the reduced first pass about
+    0.2 us, and the graph with the filter inside 1.6-2.9 ms whatever it keeps, but finds the true neighbours
+    only while the filter keeps a fair share (recall@10 0.955 at 5 % with a 9x wider list, 0.67 at 0.5 %)."""
 
-    exact_rows: int = 2_000
-    reduced_rows: int = 60_000
-    max_widen: int = 32
+    exact_rows: int = 500  # at most this many kept rows: their exact vectors
+    inside_share: float = 0.04  # at least this share of the index's rows kept: the graph, the filter inside it
+    max_widen: int = 9  # the graph's candidate list widened by the share dropped, at most this many times
 
 
 class Allowed:
@@ -56,18 +61,30 @@ class Allowed:
 
 
 def search_within(index: VectorIndex, queries: np.ndarray, k: int, allowed: Allowed, plan: FilterPlan) -> Hits:
-    """Top-k (row, score) per query among the `allowed` rows only, best first; fewer when fewer are allowed."""
+    """Top-k (row, score) per query among the `allowed` rows only, best first; fewer when fewer are allowed.
+    Few rows: exactly; a fair share of them: the graph with the filter inside (the scan kind, which takes no
+    filter: more candidates, the kept ones re-ranked); between the two: the reduced first pass where the
+    index searches reduced vectors, else exactly."""
     k = min(k, len(allowed))
     if k < 1:
         return [[] for _ in queries]
-    if len(allowed) <= plan.exact_rows:
-        return exact_among(index, queries, k, allowed.rows)
-    if len(allowed) <= plan.reduced_rows and (reduced := reduced_vectors(index.faiss)) is not None:
-        return _reduced_first(index, reduced, queries, k, allowed.rows)
-    widen = min(float(plan.max_widen), index.count / len(allowed))
-    if index.choice.declared.selects:
-        return _inside(index, queries, k, allowed, widen)
-    return _after(index, queries, k, allowed.rows, widen)
+    share = len(allowed) / index.count
+    if len(allowed) > plan.exact_rows and share >= plan.inside_share:
+        widen = min(float(plan.max_widen), 1 / share)
+        if index.choice.declared.selects:
+            return _inside(index, queries, k, allowed, widen)
+        return _after(index, queries, k, allowed.rows, widen)
+    if len(allowed) > plan.exact_rows:
+        return _scanned(index, queries, k, allowed.rows)
+    return exact_among(index, queries, k, allowed.rows)
+
+
+def _scanned(index: VectorIndex, queries: np.ndarray, k: int, rows: np.ndarray) -> Hits:
+    """Every one of `rows` scored: by its reduced vector first where the index searches reduced ones, else
+    exactly."""
+    if (reduced := reduced_vectors(index.faiss)) is not None:
+        return _reduced_first(index, reduced, queries, k, rows)
+    return exact_among(index, queries, k, rows)
 
 
 def exact_among(index: VectorIndex, queries: np.ndarray, k: int, rows: np.ndarray) -> Hits:
@@ -94,12 +111,16 @@ def _reduced_first(
     k: int,
     allowed: np.ndarray,
 ) -> Hits:
-    """The allowed rows' reduced vectors scored by L2 (what the graph searches), the best rerank x k of each
-    query re-ranked exactly."""
+    """The allowed rows' reduced vectors scored by L2 where they lie (what the graph searches; FAISS's
+    distances by index, nothing gathered), the best rerank x k of each query re-ranked exactly."""
     transform, vectors = reduced
-    projected = transform.apply(queries) if transform is not None else queries
-    gathered = vectors[allowed]
-    distances = (gathered * gathered).sum(axis=1)[np.newaxis, :] - 2.0 * projected @ gathered.T
+    projected = np.ascontiguousarray(transform.apply(queries) if transform is not None else queries, np.float32)
+    ids = np.ascontiguousarray(np.broadcast_to(allowed, (len(queries), len(allowed))))
+    distances = np.empty(ids.shape, np.float32)
+    faiss.fvec_L2sqr_by_idx(
+        faiss.swig_ptr(distances), faiss.swig_ptr(projected), faiss.swig_ptr(vectors), faiss.swig_ptr(ids),
+        vectors.shape[1], len(queries), len(allowed),
+    )  # fmt: skip
     fetch = min(len(allowed), k * index.choice.rerank)
     candidates = np.argpartition(distances, fetch - 1, axis=1)[:, :fetch] if fetch < len(allowed) else None
     found = []
@@ -111,13 +132,13 @@ def _reduced_first(
 
 def _inside(index: VectorIndex, queries: np.ndarray, k: int, allowed: Allowed, widen: float) -> Hits:
     """The approximate search with an ID selector inside it, its candidate list widened `widen` times; a query
-    it finds fewer than k kept rows for, answered exactly among them."""
+    it finds fewer than k kept rows for scans them all (`_scanned`)."""
     bitmap = allowed.bitmap
     selector = faiss.IDSelectorBitmap(index.count, faiss.swig_ptr(bitmap))
     found = index.faiss.search(queries, k, params=parameters(index.faiss, selector, widen=widen, keep=(bitmap,)))
     hits = index.hits_from(*found)
-    # a graph walked through few kept rows can end with fewer than k of them: that query is answered exactly
-    return [h if len(h) == k else exact_among(index, q[np.newaxis], k, allowed.rows)[0] for h, q in zip(hits, queries)]
+    # a graph walked through few kept rows can end with fewer than k of them: that query scans them all
+    return [h if len(h) == k else _scanned(index, q[np.newaxis], k, allowed.rows)[0] for h, q in zip(hits, queries)]
 
 
 def _after(index: VectorIndex, queries: np.ndarray, k: int, allowed: np.ndarray, widen: float) -> Hits:

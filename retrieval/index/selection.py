@@ -63,7 +63,3 @@ class Selections:
             while len(self._kept) > CACHED:
                 self._kept.popitem(last=False)
         return kept
-
-    def count(self, where: Filter) -> int:
-        """How many live rows `where` keeps in all."""
-        return sum(len(a) for a in self.of(where))
