@@ -110,6 +110,11 @@ def describe_embedding(spec: ModelSpec, weights: dict[str, Any], pooling: Poolin
     }
 
 
+def embedding_of(spec: ModelSpec, weights: str, seed: int, pooling: Pooling) -> dict[str, Any]:
+    """`describe_embedding` of the weights setting `weights` (imagenet, none or a file) with `seed`."""
+    return describe_embedding(spec, weights_fingerprint(spec, weights, seed), pooling)
+
+
 def caffe_preprocess(images: np.ndarray) -> np.ndarray:
     """(n, h, w, 3) uint8 RGB -> float32 BGR minus the ImageNet mean, as Keras' preprocess_input does,
     without importing Keras. Always a new array: the caller's batch buffer is never touched."""

@@ -21,10 +21,9 @@ from retrieval.embedding.backbones import (
     ModelSpec,
     Pooling,
     build_keras_model,
-    describe_embedding,
+    embedding_of,
     keras_cache_file,
     spec_for,
-    weights_fingerprint,
 )
 
 if TYPE_CHECKING:
@@ -95,4 +94,4 @@ def embedding_for(settings: Settings) -> dict[str, Any]:
         build_keras_model(spec, "imagenet", settings.seed)
     elif settings.weights not in ("imagenet", "none") and not Path(settings.weights).is_file():
         build_keras_model(spec, settings.weights, settings.seed)  # raises WeightsUnavailable, saying what to do
-    return describe_embedding(spec, weights_fingerprint(spec, settings.weights, settings.seed), pooling_for(settings))
+    return embedding_of(spec, settings.weights, settings.seed, pooling_for(settings))

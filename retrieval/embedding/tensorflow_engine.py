@@ -12,9 +12,8 @@ from retrieval.embedding.backbones import (
     Pooling,
     build_keras_model,
     caffe_preprocess,
-    describe_embedding,
+    embedding_of,
     import_tensorflow,
-    weights_fingerprint,
 )
 from retrieval.io.system import native_bf16, resolve_precision
 
@@ -44,7 +43,7 @@ class KerasEmbedder:
         # on a CUDA GPU (which TensorFlow then uses by itself), auto means fp16 arithmetic on its tensor cores
         self._precision = "fp16" if gpus and precision == "auto" else resolve_precision(precision, native_bf16())
         net = build_keras_model(spec, weights, seed, precision=self._precision)
-        self._embedding = describe_embedding(spec, weights_fingerprint(spec, weights, seed), pooling)
+        self._embedding = embedding_of(spec, weights, seed, pooling)
         self._versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
         width, height = spec.input_size
         # One traced graph for every batch size: no per-call Python overhead, no retracing.

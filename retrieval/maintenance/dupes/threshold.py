@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from retrieval.embedding.quantize import Embed
 from retrieval.errors import ImageError
 from retrieval.index.store import Store
 from retrieval.io.changes import CHANGES
@@ -47,7 +47,6 @@ SAMPLE_ROWS = 2_000  # stored vectors whose neighbours are searched
 COPY_IMAGES = 50  # images whose changed copies are embedded for the copy recall
 MIN_ROWS = 40  # fewer rows than this, and the quantile is one image's (22 rows let a pair through)
 RECORD = "dupes-threshold.json"
-Embed = Callable[[np.ndarray], np.ndarray]  # (n, h, w, 3) uint8 -> (n, dim)
 
 
 @dataclass(frozen=True)
