@@ -70,15 +70,15 @@ def parse_filter(
     min_size: str | None = None,
     max_size: str | None = None,
 ) -> Filter:
-    """A Filter from what a user typed (UsageError naming the bad value): `folder` relative to the indexed
-    root; dates as ISO 8601 ("2024-05-01", "2024-05-01T12:30", with or without an offset; without one, UTC);
-    sizes in bytes or with a unit ("2MB", "1.5 MiB", "500k")."""
+    """A Filter from what a user typed (UsageError naming the bad value; a field given empty is one): `folder`
+    relative to the indexed root; dates as ISO 8601 ("2024-05-01", "2024-05-01T12:30", with or without an
+    offset; without one, UTC); sizes in bytes or with a unit ("2MB", "1.5 MiB", "500k")."""
     return Filter(
-        folder=parse_folder(folder or ""),
-        modified_after=parse_time(modified_after, "modified after") if modified_after else None,
-        modified_before=parse_time(modified_before, "modified before") if modified_before else None,
-        min_size=parse_size(min_size, "minimum size") if min_size else None,
-        max_size=parse_size(max_size, "maximum size") if max_size else None,
+        folder=parse_folder(folder) if folder is not None else "",
+        modified_after=parse_time(modified_after, "modified after") if modified_after is not None else None,
+        modified_before=parse_time(modified_before, "modified before") if modified_before is not None else None,
+        min_size=parse_size(min_size, "minimum size") if min_size is not None else None,
+        max_size=parse_size(max_size, "maximum size") if max_size is not None else None,
     )
 
 
@@ -87,9 +87,11 @@ def parse_folder(folder: str) -> str:
     A relative one is relative to the indexed root, and refused if it climbs out of it (`..`); an absolute
     one stays absolute, for the index to make relative to its root (`within`), or refuse."""
     text = folder.strip()
+    if not text:
+        raise UsageError("an empty folder narrows nothing: leave it out, or give '.' for the whole index")
     if "\x00" in text:
         raise UsageError("a folder cannot contain a NUL character")
-    normal = posixpath.normpath(text) if text else "."
+    normal = posixpath.normpath(text)
     if normal == ".." or normal.startswith("../"):
         raise UsageError(f"folder {folder!r} is outside the indexed folder")
     return "" if normal == "." else normal

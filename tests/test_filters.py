@@ -59,6 +59,9 @@ def test_dates_sizes_and_folders_are_read_as_typed():
         ({"folder": "a/../../b"}, "outside the indexed folder"),
         ({"folder": "a\x00b"}, "NUL"),
         ({"modified_after": "2024-02-01", "modified_before": "2024-01-01"}, "range is empty"),
+        ({"min_size": ""}, "cannot read '' as a size"),
+        ({"modified_before": " "}, "cannot read ' ' as a date"),
+        ({"folder": ""}, "an empty folder"),
         ({"min_size": "2MB", "max_size": "1MB"}, "range is empty"),
     ],
 )
@@ -119,7 +122,8 @@ def test_the_command_line_takes_every_filter_and_exits_4_when_none_is_kept(tmp_p
     assert _paths(before.output)[0].endswith("2023/photo-0002.jpg"), before.output
     none = run("query", image, "--index", index, "--max-size", "10")
     assert none.exit_code == 4 and "no indexed image is of at most 10 bytes" in none.output, none.output
-    for bad in (["--modified-after", "soon"], ["--folder", "../x"], ["--folder", "/elsewhere"], ["--min-size", "nan"]):
+    bad_flags = (["--modified-after", "soon"], ["--folder", "../x"], ["--folder", "/elsewhere"], ["--min-size", "nan"])
+    for bad in (*bad_flags, ["--max-size", ""], ["--folder", ""]):
         result = run("query", image, "--index", index, *bad)
         assert result.exit_code == 2, (bad, result.output)
 

@@ -24,7 +24,7 @@ from functools import cached_property
 import faiss
 import numpy as np
 
-from retrieval.ann.indexes import VectorIndex, parameters, reduced_vectors, scores
+from retrieval.ann.indexes import VectorIndex, by_index, parameters, reduced_vectors, scores
 
 Hits = list[list[tuple[int, float]]]
 
@@ -114,13 +114,8 @@ def _reduced_first(
     """The allowed rows' reduced vectors scored by L2 where they lie (what the graph searches; FAISS's
     distances by index, nothing gathered), the best rerank x k of each query re-ranked exactly."""
     transform, vectors = reduced
-    projected = np.ascontiguousarray(transform.apply(queries) if transform is not None else queries, np.float32)
-    ids = np.ascontiguousarray(np.broadcast_to(allowed, (len(queries), len(allowed))))
-    distances = np.empty(ids.shape, np.float32)
-    faiss.fvec_L2sqr_by_idx(
-        faiss.swig_ptr(distances), faiss.swig_ptr(projected), faiss.swig_ptr(vectors), faiss.swig_ptr(ids),
-        vectors.shape[1], len(queries), len(allowed),
-    )  # fmt: skip
+    projected = transform.apply(queries) if transform is not None else queries
+    distances = by_index(faiss.fvec_L2sqr_by_idx, projected, vectors, allowed)
     fetch = min(len(allowed), k * index.choice.rerank)
     candidates = np.argpartition(distances, fetch - 1, axis=1)[:, :fetch] if fetch < len(allowed) else None
     found = []

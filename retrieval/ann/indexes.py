@@ -314,15 +314,7 @@ class VectorIndex:
         flat = self.stored if isinstance(self.faiss, faiss.IndexRefine) else faiss.downcast_index(self.faiss)
         if not isinstance(flat, faiss.IndexFlat):
             return np.asarray(queries @ self.reconstruct_batch(rows).T, np.float32)
-        queries = np.ascontiguousarray(queries, np.float32)
-        ids = np.ascontiguousarray(np.broadcast_to(rows, (len(queries), len(rows))))
-        out = np.empty(ids.shape, np.float32)
-        stored = flat_view(flat)
-        faiss.fvec_inner_products_by_idx(
-            faiss.swig_ptr(out), faiss.swig_ptr(queries), faiss.swig_ptr(stored), faiss.swig_ptr(ids),
-            self.dim, len(queries), len(rows),
-        )  # fmt: skip
-        return out
+        return by_index(faiss.fvec_inner_products_by_idx, queries, flat_view(flat), rows)
 
     def reconstruct(self, row: int) -> np.ndarray:
         return self.faiss.reconstruct(row)  # (dim,)
@@ -399,6 +391,19 @@ def reduced_vectors(index: faiss.Index) -> tuple[faiss.VectorTransform | None, n
     if not isinstance(storage, faiss.IndexFlat):
         return None
     return faiss.downcast_VectorTransform(transformed.chain.at(0)), flat_view(storage)
+
+
+def by_index(kernel: Any, queries: np.ndarray, stored: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(queries), len(rows)) of FAISS's `kernel` (fvec_inner_products_by_idx or fvec_L2sqr_by_idx) between
+    each query and the `rows` of `stored` (count, d), read where they lie: nothing gathered or copied."""
+    queries = np.ascontiguousarray(queries, np.float32)
+    ids = np.ascontiguousarray(np.broadcast_to(np.asarray(rows, np.int64), (len(queries), len(rows))))
+    out = np.empty(ids.shape, np.float32)
+    kernel(
+        faiss.swig_ptr(out), faiss.swig_ptr(queries), faiss.swig_ptr(stored), faiss.swig_ptr(ids),
+        stored.shape[1], len(queries), len(rows),
+    )  # fmt: skip
+    return out
 
 
 def flat_view(flat: faiss.IndexFlat) -> np.ndarray:
