@@ -1,5 +1,5 @@
-"""Filtered search on a million vectors: recall@10 and latency for filters keeping 50 %, 5 %, 0.5 % and 0.01 % of
-the rows, the plan's choice against each path forced, and what evaluating a filter costs.
+"""Filtered search on a million vectors: recall@10 and latency for filters keeping 50 %, 20 %, 5 %, 0.5 % and 0.01 %
+of the rows, the plan's choice against each path forced, and what evaluating a filter costs.
 
     .venv/bin/python benchmarks/filters.py [--count 1000000] [--folder /tmp/filters]   # build ~8 min, runs ~5 min
 
@@ -8,8 +8,9 @@ would take days here), PCA256,HNSW32,RFlat as `auto` builds at this size, built 
 Each row's manifest entry carries a size and an mtime drawn as random permutations of 0..count-1, so a size
 range keeps an exact share of rows, unrelated to the vectors, and a path in two levels of folders (a row's
 top folder is row % 20, its second row % 2000) for the folder filters. Truth: brute force over the kept rows'
-exact vectors. Latency: one query at a time through Store.search, the filter's rows already evaluated (a
-store keeps the last 16 filters' rows; the first evaluation is timed apart). Writes
+exact vectors. Latency: one query at a time through Store.search, the filter's rows already evaluated and its
+codes made (a store keeps the last 16 filters'; the first evaluation and the first search, which makes the
+codes where the plan takes them, are timed apart). Writes
 benchmarks/results/filters.json and filters.md.
 """
 
@@ -25,8 +26,7 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 QUERIES, K = 200, 10
-SHARES = (0.5, 0.05, 0.005, 0.0001)
-WIDEN = (6, 8, 9, 12)  # the caps on the graph's widened candidate list tried
+SHARES = (0.5, 0.2, 0.05, 0.005, 0.0001)
 
 
 def build(count: int, folder: Path) -> tuple[Path, float]:
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/filters"))
     args = parser.parse_args()
 
-    from retrieval.ann.filtered import FilterPlan
+    from retrieval.ann.filtered import CODED_AT_LEAST, FilterPlan
     from retrieval.filters import Filter
     from retrieval.index.building import Tuning
     from retrieval.index.store import Store
@@ -132,25 +132,35 @@ def main() -> None:
         ("folder 07/0007/ (0.05 %)", 0.0005, Filter(folder="07/0007")),
     ]
     default = FilterPlan()
-    paths = {  # each path forced: exact from few rows, reduced first pass, the filter inside the graph
+    paths = {  # each path forced: exact, the reduced vectors' first pass, the codes', the filter inside the graph
         "exact": replace(default, exact_rows=store.count),
-        "reduced": replace(default, exact_rows=0, inside_share=1.01),
-        **{f"inside, widen <= {w}": replace(default, exact_rows=0, inside_share=0.0, max_widen=w) for w in WIDEN},
+        "reduced": replace(default, exact_rows=0, coded_rows=store.count + 1, coded_share=1.01),
+        "coded": replace(default, exact_rows=0, coded_rows=0, coded_share=1.01),
+        "inside": replace(default, exact_rows=0, coded_share=0.0, inside_share=0.0),
     }
     rows = []
     for label, _share, where in filters:
         started = time.perf_counter()
         kept = store.kept(where)
         first_ms = (time.perf_counter() - started) * 1e3
+        started = time.perf_counter()
+        store.search(queries[:1], K, where)
+        first_search_ms = (time.perf_counter() - started) * 1e3
         expected = truth(store, queries, kept)
         row = {"filter": label, "kept": int(len(kept)), "first_evaluation_ms": first_ms}
+        row["first_search_ms"] = first_search_ms
         row["scan_floor_ms"] = scan_floor_ms(len(kept))
         row["plan"] = measured(store, queries, where, expected)
         for path, plan in paths.items():
             if (path == "exact" and len(kept) > 60_000) or (path == "reduced" and len(kept) > 100_000):
                 continue  # 8 KB a row (1 KB reduced): a tenth of a second a query and more
+            if path == "coded" and len(kept) < CODED_AT_LEAST:
+                continue  # too few rows to train codes on: the plan reads their reduced vectors
             forced = Store.load(index, tuning=Tuning(filtering=plan))
-            row[path] = measured(forced, queries, where, expected)
+            started = time.perf_counter()
+            forced.search(queries[:1], K, where)  # the first: makes the codes on the coded path
+            first_search_ms = (time.perf_counter() - started) * 1e3
+            row[path] = {**measured(forced, queries, where, expected), "first_search_ms": first_search_ms}
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {
@@ -175,22 +185,26 @@ def markdown(result: dict) -> str:
     forced = list(result["forced"])
     lines = [
         f"{result['count']:,} cone-family vectors, index {result['index']} (machine: {host['cpu']}, "
-        f"{host['cores']} cores; {host['date']}). Plan: exact up to {plan['exact_rows']:,} kept rows; the filter "
-        f"inside the graph from {plan['inside_share']:.0%} of the rows kept (efSearch widened by the share dropped, "
-        f"at most {plan['max_widen']}x); between the two the reduced first pass. Unfiltered: recall@10 "
-        f"{result['unfiltered']['recall_at_10']:.3f}, p50 {result['unfiltered']['p50_ms']:.2f} ms. Each path "
-        "forced: recall@10 / p50 ms. Scan floor: reading as many rows' reduced vectors (1 KB each) from memory, "
-        "contiguous, the least any first pass over them takes.",
+        f"{host['cores']} cores; {host['date']}). Plan: exact up to {plan['exact_rows']:,} kept rows; then a first "
+        f"pass over the kept rows' reduced vectors, from {plan['coded_rows']:,} rows over their 4-bit product codes "
+        f"(the best {plan['coded_rerank']} x k re-ranked exactly); the filter inside the graph from "
+        f"{plan['coded_share']:.0%} of the rows kept (efSearch widened by the share dropped, at most "
+        f"{plan['max_widen']}x). Unfiltered: recall@10 {result['unfiltered']['recall_at_10']:.3f}, p50 "
+        f"{result['unfiltered']['p50_ms']:.2f} ms. Each path forced: recall@10 / p50 ms. First search: the first "
+        "query after the filter's rows are evaluated (it makes the codes where the plan takes them; the last column "
+        "where the codes' path is forced). Scan floor: "
+        "reading as many rows' reduced vectors (1 KB each) from memory, contiguous, the least a first pass over "
+        "them takes.",
         "",
-        "| filter | rows kept | first evaluation ms | plan: recall@10 | p50 ms | p99 ms | scan floor ms | "
-        + " | ".join(forced)
-        + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(forced),
+        "| filter | rows kept | first evaluation ms | first search ms | plan: recall@10 | p50 ms | p99 ms | "
+        "scan floor ms | " + " | ".join(forced) + " | coded: first search ms |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * (len(forced) + 1),
     ]
     for row in result["filters"]:
         cells = [f"{row[p]['recall_at_10']:.3f} / {row[p]['p50_ms']:.2f}" if p in row else "-" for p in forced]
+        cells.append(f"{row['coded']['first_search_ms']:.1f}" if "coded" in row else "-")
         lines.append(
-            f"| {row['filter']} | {row['kept']:,} | {row['first_evaluation_ms']:.1f} | "
+            f"| {row['filter']} | {row['kept']:,} | {row['first_evaluation_ms']:.1f} | {row['first_search_ms']:.1f} | "
             f"{row['plan']['recall_at_10']:.3f} | {row['plan']['p50_ms']:.2f} | {row['plan']['p99_ms']:.2f} | "
             f"{row['scan_floor_ms']:.2f} | " + " | ".join(cells) + " |"
         )

@@ -6,6 +6,8 @@ of the previous format."""
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -13,8 +15,8 @@ import numpy as np
 import pytest
 
 from retrieval.analysis.synthetic import feature_vectors
-from retrieval.ann import tuning
-from retrieval.ann.filtered import FilterPlan
+from retrieval.ann import filtered, tuning
+from retrieval.ann.filtered import FilterPlan, product_codes
 from retrieval.ann.indexes import IndexChoice
 from retrieval.ann.kinds import KINDS as REGISTERED
 from retrieval.ann.tuning import Candidate, held_out_rows, resident_bytes
@@ -255,12 +257,14 @@ def test_every_kind_passes_over_deleted_rows_and_keeps_its_recall(tmp_path, kind
 
 
 FILTER_PATHS = {  # how each filtered search is planned (ann/filtered.py)
-    # at N rows the 0.5 % kept take the exact path, the 5 % the reduced first pass (where the index searches
-    # reduced vectors: PCA + a graph; else the exact one), the 50 % the filter inside
-    "planned": FilterPlan(exact_rows=50, inside_share=0.2),
+    # at N rows, planned: the 0.5 % kept take the exact path; where the index searches reduced vectors (PCA + a
+    # graph) the 5 % their reduced first pass and the 50 % the codes' first pass, elsewhere the 5 % the exact
+    # path and the 50 % the filter inside
+    "planned": FilterPlan(exact_rows=50, coded_rows=1000, coded_share=0.6, inside_share=0.2),
     "exact": FilterPlan(exact_rows=N),
-    "reduced first": FilterPlan(exact_rows=0, inside_share=1.01),
-    "filter inside": FilterPlan(exact_rows=0, inside_share=0.0),
+    "reduced first": FilterPlan(exact_rows=0, coded_rows=N, coded_share=1.01, inside_share=1.01),
+    "coded first": FilterPlan(exact_rows=0, coded_rows=0, coded_share=1.01, inside_share=1.01),
+    "filter inside": FilterPlan(exact_rows=0, coded_share=0.0, inside_share=0.0),
 }
 
 
@@ -269,9 +273,9 @@ def test_a_filtered_search_keeps_only_the_rows_kept_with_exact_scores_and_recall
     """Rows' sizes are their numbers, so a size range keeps a known share: 50 %, 5 % and 0.5 % of the rows, a
     twentieth of them deleted. On every path every hit is kept and live, k of them, each score exact. Against
     brute force over the kept live rows: on the exact path (and for an exact kind) the top 10's scores are
-    the true top 10's; planned, and reduced first where the index searches reduced vectors, recall@10 at
-    least 0.95 at every share; the filter inside the graph, forced, only where the filter keeps half (a graph
-    walked through few kept rows is why the plan does not take it there)."""
+    the true top 10's; planned, and reduced or coded first where the index searches reduced vectors,
+    recall@10 at least 0.95 at every share; the filter inside the graph, forced, only where the filter keeps
+    half (a graph walked through few kept rows is why the plan does not take it there)."""
     name, built = kind_and_store
     vectors, queries = data
     built.save(tmp_path / "index")
@@ -294,6 +298,29 @@ def test_a_filtered_search_keeps_only_the_rows_kept_with_exact_scores_and_recall
             np.testing.assert_allclose(scores[q], vectors[rows] @ queries[q], atol=1e-4)
         if path == "exact" or store.capabilities.exact:
             np.testing.assert_allclose(scores, best, atol=1e-5, err_msg=f"{name} {share}")
-        elif share == 0.5 or path == "planned" or (path == "reduced first" and reduced):
+        elif share == 0.5 or path == "planned" or (path in ("reduced first", "coded first") and reduced):
             recall = np.mean([len(set(t) & set(n)) / len(t) for t, n in zip(kept[truth].tolist(), numbers)])
             assert recall >= 0.95, (name, share, recall)
+
+
+def test_a_filters_codes_are_made_once_while_eight_threads_search_it(tmp_path, synthetic, monkeypatch):
+    """Eight threads search one filter at once on the codes' path: its codes are made once (the count of
+    product_codes calls is 1), and every thread gets the same hits, those of the same search on one thread."""
+    vectors, queries = synthetic
+    build(KINDS["pca-hnsw"], vectors).save(tmp_path / "index")
+    plan = FILTER_PATHS["coded first"]
+    where = Filter(max_size=len(vectors) // 2 - 1)
+    expected = Store.load(tmp_path / "index", tuning=Tuning(filtering=plan)).search(queries, 10, where)
+    made = []
+    monkeypatch.setattr(filtered, "product_codes", lambda *a: made.append(1) or product_codes(*a))
+    store = Store.load(tmp_path / "index", tuning=Tuning(filtering=plan))
+    barrier = threading.Barrier(8)
+
+    def search(_: int) -> list:
+        barrier.wait()
+        return store.search(queries, 10, where)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(search, range(8)))
+    assert len(made) == 1
+    assert all(a == expected for a in answers)

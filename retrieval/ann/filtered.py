@@ -2,14 +2,16 @@
 vector databases plan one: by how many rows the filter keeps.
 
 - few rows (`exact_rows`): their exact vectors are scored where they lie, exactly;
-- a fair share of the index (`inside_share`): the approximate search itself with the filter inside it (a
-  FAISS ID selector), its candidate list (efSearch, nprobe) widened by the share the filter drops, up to
-  `max_widen` times; a kind whose search takes no selector (fast scan) fetches that many more candidates
-  and drops the others after;
-- between the two, in an index that searches reduced vectors (PCA + graph): those rows' reduced vectors
-  scored first (1 KB a row where the exact vectors are 8 KB), the best `rerank` x k re-ranked by their
-  exact vectors; in any other index, the exact vectors (a graph walked through a small share of kept rows
-  misses most of the true neighbours).
+- in an index that searches reduced vectors (PCA + graph), up to `coded_share` of its rows: a first pass over
+  those rows alone, the best candidates re-ranked by their exact vectors. Below `coded_rows` the reduced
+  vectors themselves are read (1 KB a row where the exact vectors are 8 KB); from there 4-bit product codes of
+  them (64 bytes a row, FAISS's fast scan), made when the filter is first searched and kept with its rows;
+- a fair share of the index (`inside_share`, or `coded_share` where codes are made): the approximate search
+  itself with the filter inside it (a FAISS ID selector), its candidate list (efSearch, nprobe) widened by
+  the share the filter drops, up to `max_widen` times; a kind whose search takes no selector (fast scan)
+  fetches that many more candidates and drops the others after;
+- between the exact rows and `inside_share` in any other index, the exact vectors (a graph walked through a
+  small share of kept rows misses most of the true neighbours).
 
 Every path returns exact scores (the exact vectors re-rank), in the index's metric, best first. Where the
 switches belong was measured on a million vectors (benchmarks/filters.py).
@@ -18,6 +20,7 @@ switches belong was measured on a million vectors (benchmarks/filters.py).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -32,22 +35,35 @@ Hits = list[list[tuple[int, float]]]
 @dataclass(frozen=True)
 class FilterPlan:
     """Where a filtered search switches path (see the module docstring), measured on a million vectors by
-    benchmarks/filters.py: the exact path costs about 0.7 us a kept row there, the reduced first pass about
-    0.2 us, and the graph with the filter inside 1.6-2.9 ms whatever it keeps, but finds the true neighbours
-    only while the filter keeps a fair share (recall@10 0.955 at 5 % with a 9x wider list, 0.67 at 0.5 %)."""
+    benchmarks/filters.py: the exact path costs about 0.7 us a kept row there and the reduced first pass
+    about 0.2 us; the codes' first pass 0.5 ms at 50,000 kept rows and 1.1 ms at 200,000 (100 candidates
+    re-ranked), after 0.15-0.4 s to make the codes; the graph with the filter inside 0.7-2.5 ms, finding the
+    true neighbours only while the filter keeps a fair share (recall@10 0.955 at 5 % with a 9x wider list,
+    0.67 at 0.5 %)."""
 
     exact_rows: int = 500  # at most this many kept rows: their exact vectors
-    inside_share: float = 0.04  # at least this share of the index's rows kept: the graph, the filter inside it
+    coded_rows: int = 5_000  # from this many kept rows (and CODED_AT_LEAST): product codes, not reduced vectors
+    coded_share: float = 0.2  # below this share of the rows, in an index of reduced vectors: a first pass
+    coded_rerank: int = 10  # candidates from the codes re-ranked exactly, per wanted result
+    inside_share: float = 0.04  # from this share kept (coded_share where codes are made): the filter inside
     max_widen: int = 9  # the graph's candidate list widened by the share dropped, at most this many times
+
+
+CODED_AT_LEAST = 128  # kept rows at the least for codes: their quantizer, 16 centroids a sub-vector, trains on them
+TRAINED_ON = 2_000  # kept rows, drawn seeded, the codes' quantizer is trained on at most
+CODED_CHUNK = 65_536  # rows gathered and encoded at a time: a bounded copy (64 MB of 1 KB reduced vectors)
 
 
 class Allowed:
     """The rows of one index a filter keeps (sorted, unique; deleted ones left out) and, made once when a
-    selector first needs it, their bitmap: a store keeps these per filter, so repeated queries reuse them."""
+    search first needs them, their bitmap and their product codes: a store keeps these per filter, so
+    repeated queries reuse them."""
 
     def __init__(self, rows: np.ndarray, count: int) -> None:
         self.rows = rows
         self.count = count  # rows of the index, kept or not
+        self._codes: faiss.IndexPQFastScan | None = None
+        self._coding = threading.Lock()  # a server's threads searching one filter make its codes once
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -59,23 +75,49 @@ class Allowed:
         kept[self.rows] = True
         return np.packbits(kept, bitorder="little")
 
+    def codes(self, reduced: np.ndarray) -> faiss.IndexPQFastScan:
+        """The kept rows' product codes, made from their `reduced` vectors (the index's) the first time."""
+        with self._coding:
+            if self._codes is None:
+                self._codes = product_codes(reduced, self.rows)
+            return self._codes
+
+
+def product_codes(vectors: np.ndarray, rows: np.ndarray) -> faiss.IndexPQFastScan:
+    """4-bit product codes of `rows` of `vectors` (a sub-vector of two dimensions a code, 16 centroids each:
+    64 bytes a row of 256 floats) in FAISS's fast-scan layout, which scores them from tables held in SIMD
+    registers; trained on a seeded sample of those rows, so they fit what the filter keeps. Local ids: the
+    i-th code is rows[i]."""
+    width = vectors.shape[1]
+    codes = faiss.IndexPQFastScan(width, width // 2 if width % 2 == 0 else width, 4)
+    codes.pq.cp.niter = 10  # 16 centroids settle in a few rounds; 25 took twice as long for the same recall
+    codes.pq.cp.min_points_per_centroid = CODED_AT_LEAST // 16  # FAISS warns below 39; 8 place 16 centroids
+    sample = np.random.default_rng(0).choice(len(rows), min(len(rows), TRAINED_ON), replace=False)
+    codes.train(vectors[rows[np.sort(sample)]])
+    for start in range(0, len(rows), CODED_CHUNK):
+        codes.add(vectors[rows[start : start + CODED_CHUNK]])
+    return codes
+
 
 def search_within(index: VectorIndex, queries: np.ndarray, k: int, allowed: Allowed, plan: FilterPlan) -> Hits:
     """Top-k (row, score) per query among the `allowed` rows only, best first; fewer when fewer are allowed.
-    Few rows: exactly; a fair share of them: the graph with the filter inside (the scan kind, which takes no
-    filter: more candidates, the kept ones re-ranked); between the two: the reduced first pass where the
-    index searches reduced vectors, else exactly."""
+    The path by how many rows are kept (the module docstring)."""
     k = min(k, len(allowed))
     if k < 1:
         return [[] for _ in queries]
     share = len(allowed) / index.count
-    if len(allowed) > plan.exact_rows and share >= plan.inside_share:
+    reduced = reduced_vectors(index.faiss)
+    if len(allowed) <= plan.exact_rows:
+        return exact_among(index, queries, k, allowed.rows)
+    if reduced is not None and share < plan.coded_share:
+        if len(allowed) >= max(plan.coded_rows, CODED_AT_LEAST):
+            return _coded_first(index, reduced[0], allowed.codes(reduced[1]), queries, k, allowed.rows, plan)
+        return _reduced_first(index, reduced, queries, k, allowed.rows)
+    if reduced is not None or share >= plan.inside_share:  # an index of reduced vectors: from coded_share
         widen = min(float(plan.max_widen), 1 / share)
         if index.choice.declared.selects:
             return _inside(index, queries, k, allowed, widen)
         return _after(index, queries, k, allowed.rows, widen)
-    if len(allowed) > plan.exact_rows:
-        return _scanned(index, queries, k, allowed.rows)
     return exact_among(index, queries, k, allowed.rows)
 
 
@@ -122,6 +164,25 @@ def _reduced_first(
     for q, query in enumerate(queries):
         rows = allowed if candidates is None else np.sort(allowed[candidates[q]])
         found += exact_among(index, query[np.newaxis], k, rows)
+    return found
+
+
+def _coded_first(
+    index: VectorIndex,
+    transform: faiss.VectorTransform | None,
+    codes: faiss.IndexPQFastScan,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+    plan: FilterPlan,
+) -> Hits:
+    """The allowed rows' product codes scored (fast scan, by L2 in the reduced space the graph searches), the
+    best coded_rerank x k of each query re-ranked exactly."""
+    projected = transform.apply(queries) if transform is not None else queries
+    _, candidates = codes.search(projected, min(len(allowed), k * plan.coded_rerank))
+    found = []
+    for q, query in enumerate(queries):
+        found += exact_among(index, query[np.newaxis], k, np.sort(allowed[candidates[q][candidates[q] >= 0]]))
     return found
 
 

@@ -44,22 +44,32 @@ def allowed_rows(segment: Segment, where: Filter, root: str) -> Allowed:
 
 class Selections:
     """The rows each of the last CACHED filters keeps, per segment, for one list of segments (a store makes a
-    new one when its segments change)."""
+    new one when its segments change). Threads asking for one filter at once evaluate it once, and so share
+    what its first search makes (a bitmap, product codes); other filters wait for neither."""
 
     def __init__(self, segments: list[Segment], root: str) -> None:
         self._segments = segments
         self._root = root
-        self._kept: OrderedDict[Filter, list[Allowed]] = OrderedDict()
+        self._kept: OrderedDict[Filter, _Kept] = OrderedDict()
         self._lock = threading.Lock()  # a server searches from several threads
 
     def of(self, where: Filter) -> list[Allowed]:
         with self._lock:
-            if (kept := self._kept.get(where)) is not None:
+            if (entry := self._kept.get(where)) is not None:
                 self._kept.move_to_end(where)
-                return kept
-        kept = [allowed_rows(s, where, self._root) for s in self._segments]
-        with self._lock:
-            self._kept[where] = kept
-            while len(self._kept) > CACHED:
-                self._kept.popitem(last=False)
-        return kept
+            else:
+                entry = self._kept[where] = _Kept()
+                while len(self._kept) > CACHED:
+                    self._kept.popitem(last=False)
+        with entry.lock:
+            if entry.allowed is None:  # the first to ask (or the first after a refusal: it is raised again)
+                entry.allowed = [allowed_rows(s, where, self._root) for s in self._segments]
+            return entry.allowed
+
+
+class _Kept:
+    """One filter's rows per segment, evaluated by the first thread that asks while the others wait."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.allowed: list[Allowed] | None = None
