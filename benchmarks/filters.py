@@ -1,13 +1,15 @@
 """Filtered search on a million vectors: recall@10 and latency for filters keeping 50 %, 20 %, 5 %, 0.5 % and 0.01 %
 of the rows, the plan's choice against each path forced, and what evaluating a filter costs.
 
-    .venv/bin/python benchmarks/filters.py [--count 1000000] [--folder /tmp/filters]   # build ~8 min, runs ~5 min
+    .venv/bin/python benchmarks/filters.py [--count 1000000] [--folder /tmp/filters]   # build ~11 min, runs ~7 min
 
 The index: `count` seeded cone-family vectors (shaped like the model's features; embedding a million images
 would take days here), PCA256,HNSW32,RFlat as `auto` builds at this size, built once in FOLDER and reused.
-Each row's manifest entry carries a size and an mtime drawn as random permutations of 0..count-1, so a size
-range keeps an exact share of rows, unrelated to the vectors, and a path in two levels of folders (a row's
-top folder is row % 20, its second row % 2000) for the folder filters. Truth: brute force over the kept rows'
+Each row's manifest entry carries a size drawn as a random permutation of 0..count-1, so a size range keeps
+an exact share of rows, unrelated to the vectors; an mtime (seconds) that is its rank when the rows are
+grouped into 20 events of alike vectors (by_event), so a time range keeps an exact share of rows alike, as a
+trip's photos are; and a path in two levels of folders (a row's top folder is row % 20, its second row %
+2000) for the folder filters, unrelated to the vectors. Truth: brute force over the kept rows'
 exact vectors. Latency: one query at a time through Store.search, the filter's rows already evaluated and its
 codes made (a store keeps the last 16 filters'; the first evaluation and the first search, which makes the
 codes where the plan takes them, are timed apart). Writes
@@ -27,6 +29,7 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 QUERIES, K = 200, 10
 SHARES = (0.5, 0.2, 0.05, 0.005, 0.0001)
+EVENTS = 20  # groups of alike vectors whose mtimes follow one another (by_event)
 
 
 def build(count: int, folder: Path) -> tuple[Path, float]:
@@ -43,7 +46,7 @@ def build(count: int, folder: Path) -> tuple[Path, float]:
     vectors, queries = feature_vectors("cone", count, queries=QUERIES, seed=31)
     np.save(folder / "queries.npy", queries)
     rng = np.random.default_rng(32)
-    sizes, mtimes = rng.permutation(count), rng.permutation(count)
+    sizes, mtimes = rng.permutation(count), by_event(vectors, rng)
     entries = [
         Entry(f"{i % 20:02d}/{i % 2000:04d}/v{i:07d}.jpg", int(s), int(m) * 10**9)
         for i, s, m in zip(range(count), sizes.tolist(), mtimes.tolist())
@@ -56,6 +59,18 @@ def build(count: int, folder: Path) -> tuple[Path, float]:
     del vectors
     store.save(folder / "index")
     return folder / "index", time.perf_counter() - started
+
+
+def by_event(vectors: np.ndarray, rng: np.random.Generator, events: int = EVENTS) -> np.ndarray:
+    """Each row's mtime rank (0..count-1) as a photo library's would run: rows grouped into `events` of alike
+    vectors (each row with the nearest of `events` rows drawn at random), the events one after another, in
+    random order within each; so a time range keeps rows alike, as a trip's photos are."""
+    anchors = vectors[rng.choice(len(vectors), events, replace=False)]
+    event = np.concatenate([np.argmax(c @ anchors.T, axis=1) for c in np.array_split(vectors, 64)])
+    order = np.lexsort((rng.random(len(vectors)), event))  # by event, at random within one
+    ranks = np.empty(len(vectors), np.int64)
+    ranks[order] = np.arange(len(vectors))
+    return ranks
 
 
 def truth(store, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -130,6 +145,15 @@ def main() -> None:
     filters += [
         ("folder 07/ (5 %)", 0.05, Filter(folder="07")),
         ("folder 07/0007/ (0.05 %)", 0.0005, Filter(folder="07/0007")),
+    ]
+    middle = store.count // 2  # a time range: rows alike (by_event), in one or two events
+    filters += [
+        (
+            f"time, alike: {share:.2%} of rows",
+            share,
+            Filter(modified_after=middle * 10**9, modified_before=(middle + round(share * store.count)) * 10**9),
+        )
+        for share in (0.05, 0.005)
     ]
     default = FilterPlan()
     paths = {  # each path forced: exact, the reduced vectors' first pass, the codes', the filter inside the graph

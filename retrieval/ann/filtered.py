@@ -36,15 +36,15 @@ Hits = list[list[tuple[int, float]]]
 class FilterPlan:
     """Where a filtered search switches path (see the module docstring), measured on a million vectors by
     benchmarks/filters.py: the exact path costs about 0.7 us a kept row there and the reduced first pass
-    about 0.2 us; the codes' first pass 0.5 ms at 50,000 kept rows and 1.1 ms at 200,000 (100 candidates
-    re-ranked), after 0.15-0.4 s to make the codes; the graph with the filter inside 0.7-2.5 ms, finding the
-    true neighbours only while the filter keeps a fair share (recall@10 0.955 at 5 % with a 9x wider list,
-    0.67 at 0.5 %)."""
+    about 0.2 us; the codes' first pass 0.6 ms at 50,000 kept rows and 1.6 ms at 200,000 (200 candidates
+    re-ranked), after 0.15-0.45 s to make the codes (0.9 s at 200,000); the graph with the filter inside
+    0.8-2.5 ms, finding the true neighbours only while the filter keeps a fair share (recall@10 0.955 at 5 %
+    with a 9x wider list, 0.84 where the 5 % kept are alike, 0.67 at 0.5 %)."""
 
     exact_rows: int = 500  # at most this many kept rows: their exact vectors
     coded_rows: int = 5_000  # from this many kept rows (and CODED_AT_LEAST): product codes, not reduced vectors
     coded_share: float = 0.2  # below this share of the rows, in an index of reduced vectors: a first pass
-    coded_rerank: int = 10  # candidates from the codes re-ranked exactly, per wanted result
+    coded_rerank: int = 20  # candidates from the codes re-ranked exactly, per wanted result
     inside_share: float = 0.04  # from this share kept (coded_share where codes are made): the filter inside
     max_widen: int = 9  # the graph's candidate list widened by the share dropped, at most this many times
 
