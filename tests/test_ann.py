@@ -263,6 +263,7 @@ FILTER_PATHS = {  # how each filtered search is planned (ann/filtered.py)
     "planned": FilterPlan(exact_rows=50, coded_rows=1000, coded_share=0.6, inside_share=0.2),
     "exact": FilterPlan(exact_rows=N),
     "reduced first": FilterPlan(exact_rows=0, coded_rows=N, coded_share=1.01, inside_share=1.01),
+    # below CODED_AT_LEAST (128) kept rows there are too few to train codes on: the 0.5 % read reduced vectors
     "coded first": FilterPlan(exact_rows=0, coded_rows=0, coded_share=1.01, inside_share=1.01),
     "filter inside": FilterPlan(exact_rows=0, coded_share=0.0, inside_share=0.0),
 }
