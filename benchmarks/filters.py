@@ -40,7 +40,11 @@ def build(count: int, folder: Path) -> tuple[Path, float]:
     from retrieval.embedding.embedders import embedding_for
     from retrieval.index.manifest import Entry
 
+    layout = {"count": count, "seed": 31, "sizes": "permutation", "mtimes": f"by_event({EVENTS})"}
     if (folder / "index" / "CURRENT").is_file() and (folder / "queries.npy").is_file():
+        recorded = folder / "layout.json"
+        if not recorded.is_file() or recorded.read_text(errors="replace") != json.dumps(layout):
+            raise SystemExit(f"{folder} holds an index built for another count or layout: delete it or give --folder")
         return folder / "index", 0.0
     started = time.perf_counter()
     vectors, queries = feature_vectors("cone", count, queries=QUERIES, seed=31)
@@ -58,6 +62,7 @@ def build(count: int, folder: Path) -> tuple[Path, float]:
     store.add(vectors, entries)
     del vectors
     store.save(folder / "index")
+    (folder / "layout.json").write_text(json.dumps(layout))
     return folder / "index", time.perf_counter() - started
 
 
